@@ -1,0 +1,59 @@
+# The two commands of the README: `make demo` and `make test`. Both set up what they need on a
+# fresh Debian 12 machine (as root): Debian packages, the venv, the generated protobuf code.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+GUESTS := ../shared/guests
+GUEST_DIR ?= /var/tmp/guests/linux
+DEMO_OUT ?= /var/tmp/v2v-demo
+export LIBGUESTFS_BACKEND ?= direct
+export LIBGUESTFS_BACKEND_SETTINGS ?= force_tcg
+
+DEB_PACKAGES := nbdkit libnbd-bin python3-libnbd python3-guestfs libguestfs-tools qemu-utils \
+	qemu-system-x86 linux-image-amd64 libvirt-clients python3-venv \
+	debootstrap fdisk e2fsprogs dosfstools mtools ovmf
+PROTOS := $(wildcard protos/v2v/v1/*.proto)
+GENERATED := $(patsubst protos/%.proto,%_pb2.py,$(PROTOS))
+
+.PHONY: setup deps demo test lint protos clean
+
+setup: deps $(VENV)/.installed protos
+
+# Debian packages: installed only when one is missing, so repeated runs cost nothing.
+deps:
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+		| grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+
+# --system-site-packages: the nbd and guestfs bindings come from Debian, not PyPI.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || /usr/bin/python3 -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+protos: $(GENERATED)
+
+v2v/v1/%_pb2.py: protos/v2v/v1/%.proto $(VENV)/.installed
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. $<
+
+demo: setup
+	$(GUESTS)/make-linux-guest.sh -o $(GUEST_DIR) -F qcow2 >/dev/null
+	rm -rf $(DEMO_OUT) && mkdir -p $(DEMO_OUT)
+	$(VENV)/bin/v2v -i disk $(GUEST_DIR)/debian12-vmware.raw -o local -os $(DEMO_OUT) -of qcow2
+	@echo
+	@echo "Converted guest in $(DEMO_OUT):"; ls -l $(DEMO_OUT)
+	@echo "Boot it under virtio:  $(GUESTS)/boot-test.sh -b virtio $(DEMO_OUT)/debian12-vmware-sda"
+	@echo "or with libvirt:       virsh define $(DEMO_OUT)/debian12-vmware.xml"
+
+test: setup
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -v -rs $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) v2v/v1/*_pb2*.py *.egg-info

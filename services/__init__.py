@@ -1,0 +1,1 @@
+"""The four phase services: input, convert, output, copier."""

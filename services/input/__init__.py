@@ -1,0 +1,1 @@
+"""Input service: opens a source read-only, one NBD socket per disk behind an overlay."""

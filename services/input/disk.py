@@ -1,0 +1,51 @@
+"""-i disk: one or more local disk images. The metadata is what virt-v2v assumes for -i disk:
+named after the first file, 2 GiB, 1 vCPU, one NIC on the "default" network."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from pathlib import Path
+
+from v2v.services.input.base import InputPlugin, register
+from v2v.services.input.diskfile import probe, serve_overlay
+
+from v2v.errors import V2VError
+from v2v.v1 import input_pb2
+from v2v.v1 import types_pb2 as pb
+from v2v.workdir import WorkDir
+
+GiB = 1024**3
+
+
+def name_from_path(path: str) -> str:
+    name = Path(path).name
+    for _ in range(2):  # guest.img, guest.qcow2, guest-sda.raw.gz
+        stem, dot, ext = name.rpartition(".")
+        if dot and stem and ext.isalnum() and len(ext) <= 6:
+            name = stem
+    return name
+
+
+@register("disk")
+class DiskInput(InputPlugin):
+    def open(self, options: input_pb2.DiskInput, guest: str, workdir: WorkDir, stack: ExitStack) -> pb.Source:
+        if not options.paths:
+            raise V2VError("-i disk: no disk image given", pb.ERROR_CODE_BAD_INPUT)
+        source = pb.Source(
+            name=name_from_path(options.paths[0]),
+            hypervisor=pb.HYPERVISOR_UNSPECIFIED,
+            memory=2 * GiB,
+            vcpus=1,
+            nics=[pb.Nic(network="default", network_type=pb.NETWORK_TYPE_NETWORK)],
+        )
+        for i, path in enumerate(options.paths):
+            disk = probe(Path(path).absolute(), options.format)
+            disk.index = i
+            source.disks.append(disk)
+        for disk in source.disks:
+            try:
+                stack.enter_context(serve_overlay(disk, workdir.in_sock(disk.index),
+                                                  workdir.log(f"input-disk{disk.index}.log")))
+            except V2VError as err:
+                raise err.fill(disk=disk.index)
+        return source

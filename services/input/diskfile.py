@@ -1,0 +1,89 @@
+"""Serving one source disk file read-only behind a copy-on-write overlay.
+
+raw goes through nbdkit's file plugin with the cow filter (the plugin below the filter is opened
+read-only); every other format through qemu-nbd --snapshot (a temporary qcow2 overlay). Writes by
+later phases land in the overlay and vanish with the server."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from v2v.errors import V2VError
+from v2v.nbdserver import Nbdkit, NbdServer, QemuNbd
+from v2v.process import run
+from v2v.v1 import types_pb2 as pb
+
+FORMATS = ("raw", "qcow2", "vmdk", "vdi", "vhdx", "vpc", "qed", "parallels")
+
+# Signatures of what a disk image starts with: a partition table, a filesystem, LVM, swap.
+# A raw "disk" with none of them is almost always the wrong file.
+_SIGNATURES: list[tuple[int, bytes]] = [
+    (510, b"\x55\xaa"),  # MBR (and the protective MBR of GPT)
+    (512, b"EFI PART"),  # GPT header
+    (1080, b"\x53\xef"),  # ext2/3/4 superblock magic
+    (0, b"XFSB"),
+    (65600, b"_BHRfS_M"),  # btrfs
+    (512 + 24, b"LVM2 001"),  # LVM PV label in sector 1
+    (4086, b"SWAPSPACE2"),
+    (3, b"NTFS    "),
+    (54, b"FAT"),
+    (82, b"FAT32"),
+    (32769, b"CD001"),  # ISO 9660
+]
+
+
+def check_readable(path: Path) -> None:
+    if not path.exists():
+        raise V2VError(f"{path}: no such file", pb.ERROR_CODE_BAD_INPUT)
+    if path.is_dir():
+        raise V2VError(f"{path}: is a directory, not a disk image", pb.ERROR_CODE_BAD_INPUT)
+    if not os.access(path, os.R_OK):
+        raise V2VError(f"{path}: cannot read it (permission denied)", pb.ERROR_CODE_BAD_INPUT)
+    if path.stat().st_size == 0:
+        raise V2VError(f"{path}: is empty (0 bytes), not a disk image", pb.ERROR_CODE_BAD_INPUT)
+
+
+def image_info(path: Path, fmt: str = "") -> tuple[str, int]:
+    """(format, virtual size) as qemu sees the file; `fmt` forces the format (-if)."""
+    cmd = ["qemu-img", "info", "--output=json", "-U"]
+    if fmt:
+        cmd += ["-f", fmt]
+    try:
+        info = json.loads(run([*cmd, str(path)], f"{path}: cannot read the disk image", timeout=60))
+    except V2VError as err:
+        err.code = pb.ERROR_CODE_BAD_INPUT
+        raise
+    return info["format"], int(info["virtual-size"])
+
+
+def check_raw_looks_like_disk(path: Path) -> None:
+    with open(path, "rb") as f:
+        head = f.read(70000)
+    if not any(head[off:off + len(sig)] == sig for off, sig in _SIGNATURES):
+        raise V2VError(f"{path}: not a disk image (no partition table, filesystem or LVM found; "
+                       "if it really is a raw disk, say so with -if raw)", pb.ERROR_CODE_BAD_INPUT)
+
+
+def probe(path: Path, fmt: str = "") -> pb.SourceDisk:
+    """Checks a disk file and describes it; raises a one-line error naming the file."""
+    check_readable(path)
+    if fmt and fmt not in FORMATS:
+        raise V2VError(f"-if {fmt}: unknown disk format (known: {', '.join(FORMATS)})",
+                       pb.ERROR_CODE_BAD_INPUT)
+    detected, size = image_info(path, fmt)
+    if detected == "raw" and not fmt:
+        check_raw_looks_like_disk(path)
+    return pb.SourceDisk(location=str(path), format=detected, virtual_size=size)
+
+
+def serve_overlay(disk: pb.SourceDisk, sock: Path, log: Path) -> NbdServer:
+    """An NBD server for the disk (start it with `with`), writable through an overlay."""
+    what = f"disk {disk.index} ({disk.location})"
+    path = Path(disk.location)
+    if disk.format == "raw":
+        server: NbdServer = Nbdkit(sock, log, what, "file", [f"file={path}"], filters=["cow"])
+    else:
+        server = QemuNbd(sock, log, what, path, disk.format, snapshot=True)
+    return server

@@ -1,0 +1,62 @@
+"""The Input gRPC service: keeps each work directory's NBD servers alive from Open to Close."""
+
+from __future__ import annotations
+
+import threading
+from contextlib import ExitStack
+
+import grpc
+import v2v.services.input.disk  # noqa: F401  (registers -i disk)
+from v2v.services.input.base import plugin_for
+
+from v2v.errors import V2VError
+from v2v.grpcserver import rpc
+from v2v.v1 import input_pb2, input_pb2_grpc
+from v2v.workdir import WorkDir
+
+
+class InputService(input_pb2_grpc.InputServicer):
+    def __init__(self) -> None:
+        self._open: dict[str, ExitStack] = {}
+        self._lock = threading.Lock()
+
+    def open(self, request: input_pb2.OpenRequest) -> input_pb2.OpenResponse:
+        """Open without gRPC: the same code the RPC runs."""
+        workdir = WorkDir(request.workdir)
+        plugin, options = plugin_for(request.input)
+        stack = ExitStack()
+        try:
+            source = plugin.open(options, request.guest, workdir, stack)
+            workdir.write(WorkDir.SOURCE, source)
+        except V2VError as err:
+            stack.close()
+            raise err.fill(step="open", guest=request.guest)
+        except BaseException:
+            stack.close()
+            raise
+        with self._lock:
+            old = self._open.pop(request.workdir, None)
+            self._open[request.workdir] = stack
+        if old:
+            old.close()
+        return input_pb2.OpenResponse(source=source,
+                                      sockets=[str(workdir.in_sock(d.index)) for d in source.disks])
+
+    def close(self, workdir: str) -> None:
+        with self._lock:
+            stack = self._open.pop(workdir, None)
+        if stack:
+            stack.close()
+
+    def shutdown(self) -> None:
+        for wd in list(self._open):
+            self.close(wd)
+
+    @rpc
+    def Open(self, request: input_pb2.OpenRequest, context: grpc.ServicerContext) -> input_pb2.OpenResponse:
+        return self.open(request)
+
+    @rpc
+    def Close(self, request: input_pb2.CloseRequest, context: grpc.ServicerContext) -> input_pb2.CloseResponse:
+        self.close(request.workdir)
+        return input_pb2.CloseResponse()

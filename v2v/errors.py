@@ -1,0 +1,121 @@
+"""The one exception type of v2v, and its travel across gRPC as a google.rpc.Status detail."""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, status_pb2
+from grpc_status import rpc_status
+
+from v2v.v1 import types_pb2 as pb
+
+Code = pb.ErrorCode
+
+# How each error code maps onto the gRPC status a client sees first.
+_GRPC_CODES = {
+    pb.ERROR_CODE_BAD_INPUT: code_pb2.INVALID_ARGUMENT,
+    pb.ERROR_CODE_NO_OS: code_pb2.FAILED_PRECONDITION,
+    pb.ERROR_CODE_UNSUPPORTED: code_pb2.UNIMPLEMENTED,
+    pb.ERROR_CODE_MULTIPLE_ROOTS: code_pb2.FAILED_PRECONDITION,
+    pb.ERROR_CODE_TARGET_EXISTS: code_pb2.ALREADY_EXISTS,
+    pb.ERROR_CODE_NO_SPACE: code_pb2.RESOURCE_EXHAUSTED,
+    pb.ERROR_CODE_CANCELLED: code_pb2.CANCELLED,
+    pb.ERROR_CODE_SERVICE_UNAVAILABLE: code_pb2.UNAVAILABLE,
+}
+
+
+class V2VError(Exception):
+    """A failure that names what failed: guest, step, disk, a stable code and the cause."""
+
+    def __init__(
+        self,
+        message: str,
+        code: int = pb.ERROR_CODE_INTERNAL,
+        *,
+        step: str = "",
+        guest: str = "",
+        disk: int | None = None,
+        detail: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.step = step
+        self.guest = guest
+        self.disk = disk
+        self.detail = detail
+
+    def to_proto(self) -> pb.Error:
+        err = pb.Error(
+            guest=self.guest, step=self.step, code=self.code, message=self.message, detail=self.detail
+        )
+        if self.disk is not None:
+            err.disk = self.disk
+        return err
+
+    @classmethod
+    def from_proto(cls, err: pb.Error) -> V2VError:
+        return cls(
+            err.message,
+            err.code,
+            step=err.step,
+            guest=err.guest,
+            disk=err.disk if err.HasField("disk") else None,
+            detail=err.detail,
+        )
+
+    def fill(self, *, step: str = "", guest: str = "", disk: int | None = None) -> V2VError:
+        """Adds context the raiser did not know, keeping what it did say."""
+        self.step = self.step or step
+        self.guest = self.guest or guest
+        if self.disk is None:
+            self.disk = disk
+        return self
+
+    def one_line(self) -> str:
+        """The line a person reads: 'guest GUEST: step STEP: disk N: message'."""
+        parts = []
+        if self.guest:
+            parts.append(f"guest {self.guest}")
+        if self.step:
+            parts.append(f"step {self.step}")
+        if self.disk is not None:
+            parts.append(f"disk {self.disk}")
+        parts.append(self.message)
+        return ": ".join(parts)
+
+    def __str__(self) -> str:
+        return self.one_line()
+
+
+def to_status(err: V2VError) -> grpc.Status:
+    """The gRPC status for an error: code, one-line message, and the Error as a detail."""
+    detail = any_pb2.Any()
+    detail.Pack(err.to_proto())
+    status = status_pb2.Status(
+        code=_GRPC_CODES.get(err.code, code_pb2.INTERNAL),
+        message=err.one_line(),
+        details=[detail],
+    )
+    return rpc_status.to_status(status)
+
+
+def from_rpc_error(exc: grpc.RpcError, *, step: str, guest: str = "", disk: int | None = None) -> V2VError:
+    """Turns a failed call back into the V2VError the service raised, or names the transport failure."""
+    status = rpc_status.from_call(exc)  # type: ignore[arg-type]
+    if status is not None:
+        for any_detail in status.details:
+            err = pb.Error()
+            if any_detail.Unpack(err):
+                return V2VError.from_proto(err).fill(step=step, guest=guest, disk=disk)
+    code = exc.code() if hasattr(exc, "code") else None  # type: ignore[attr-defined]
+    text = exc.details() if hasattr(exc, "details") else str(exc)  # type: ignore[attr-defined]
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+        return V2VError(
+            f"the {step} service went away: {text}",
+            pb.ERROR_CODE_SERVICE_UNAVAILABLE,
+            step=step,
+            guest=guest,
+            disk=disk,
+        )
+    return V2VError(f"{text}", pb.ERROR_CODE_INTERNAL, step=step, guest=guest, disk=disk)

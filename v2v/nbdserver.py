@@ -1,0 +1,119 @@
+"""NBD servers on Unix sockets: nbdkit and qemu-nbd, owned by context managers.
+
+Readiness is a real NBD handshake (libnbd), not the socket file appearing."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+import nbd
+
+from v2v.errors import V2VError
+from v2v.process import Process
+from v2v.v1 import types_pb2 as pb
+
+
+def nbd_uri(sock: Path) -> str:
+    return f"nbd+unix:///?socket={sock}"
+
+
+def export_size(sock: Path) -> int:
+    h = nbd.NBD()
+    h.connect_uri(nbd_uri(sock))
+    size = h.get_size()
+    h.shutdown()
+    return size
+
+
+class NbdServer:
+    """A server process exporting one disk on `sock`. Subclasses build the command line."""
+
+    def __init__(self, sock: Path, log: Path, what: str) -> None:
+        self.sock = sock
+        self.what = what  # e.g. "disk 0 (/path/guest.img)", for errors
+        self.process = Process(self.command(), log)
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self, timeout: float = 30.0) -> NbdServer:
+        self.sock.unlink(missing_ok=True)
+        self.process.start()
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self.process.running():
+                raise self.process.failure(f"cannot serve {self.what}")
+            if self.sock.exists() and self._handshake():
+                return self
+            if time.monotonic() > deadline:
+                self.stop()
+                raise V2VError(f"cannot serve {self.what}: {self.process.name} did not answer on {self.sock} "
+                               f"within {timeout:.0f} s", pb.ERROR_CODE_PROCESS_FAILED)
+            time.sleep(0.05)
+
+    def _handshake(self) -> bool:
+        h = nbd.NBD()
+        try:
+            h.connect_uri(nbd_uri(self.sock))
+        except nbd.Error:
+            return False
+        h.shutdown()
+        return True
+
+    @property
+    def uri(self) -> str:
+        return nbd_uri(self.sock)
+
+    def stop(self) -> None:
+        self.process.stop()
+        self.sock.unlink(missing_ok=True)
+
+    def __enter__(self) -> NbdServer:
+        return self.start()
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+
+class Nbdkit(NbdServer):
+    """nbdkit PLUGIN [ARGS] with filters, in the foreground, exiting with its parent."""
+
+    def __init__(self, sock: Path, log: Path, what: str, plugin: str, args: Sequence[str] = (),
+                 filters: Sequence[str] = (), readonly: bool = False) -> None:
+        self.plugin = plugin
+        self.args = list(args)
+        self.filters = list(filters)
+        self.readonly = readonly
+        super().__init__(sock, log, what)
+
+    def command(self) -> list[str]:
+        cmd = ["nbdkit", "--foreground", "--exit-with-parent", "--unix", str(self.sock)]
+        cmd += [f"--filter={f}" for f in self.filters]
+        if self.readonly:
+            cmd.append("--readonly")
+        return cmd + [self.plugin, *self.args]
+
+
+class QemuNbd(NbdServer):
+    """qemu-nbd on an image file. `snapshot` puts a throw-away qcow2 overlay in front of it, so
+    writes never reach the file."""
+
+    def __init__(self, sock: Path, log: Path, what: str, path: Path, fmt: str,
+                 snapshot: bool = False, readonly: bool = False) -> None:
+        self.path = path
+        self.fmt = fmt
+        self.snapshot = snapshot
+        self.readonly = readonly
+        super().__init__(sock, log, what)
+
+    def command(self) -> list[str]:
+        cmd = ["qemu-nbd", "--persistent", "--shared=0", f"--socket={self.sock}", f"--format={self.fmt}",
+               "--discard=unmap", "--cache=unsafe" if self.snapshot else "--cache=none", "--aio=threads"]
+        if self.snapshot:
+            cmd.append("--snapshot")
+        if self.readonly:
+            cmd.append("--read-only")
+        return cmd + [str(self.path)]

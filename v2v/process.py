@@ -1,0 +1,99 @@
+"""Child processes owned by context managers: whatever happens, they are stopped on exit."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+from v2v.errors import V2VError
+from v2v.v1 import types_pb2 as pb
+
+
+def tail(path: Path | None, lines: int = 8) -> str:
+    """The last lines of a log file: the usual cause of a tool's failure."""
+    if path is None or not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+
+
+def run(cmd: Sequence[str], what: str, timeout: float | None = None) -> str:
+    """Runs a short tool to completion; a failure names the tool and carries its stderr."""
+    try:
+        res = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, check=False)
+    except FileNotFoundError:
+        raise V2VError(f"{what}: {cmd[0]} is not installed", pb.ERROR_CODE_PROCESS_FAILED) from None
+    if res.returncode != 0:
+        err = res.stderr.strip().splitlines()
+        raise V2VError(f"{what}: {err[-1] if err else f'{cmd[0]} exited {res.returncode}'}",
+                       pb.ERROR_CODE_PROCESS_FAILED, detail=res.stderr.strip())
+    return res.stdout
+
+
+class Process:
+    """A long-running child with its stderr in a log file. Leaving the `with` block stops it
+    (SIGTERM, then SIGKILL) so no process outlives its owner, even on errors."""
+
+    def __init__(self, cmd: Sequence[str], log: Path, name: str = "") -> None:
+        self.cmd = list(cmd)
+        self.log = log
+        self.name = name or Path(cmd[0]).name
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, pass_fds: Sequence[int] = ()) -> Process:
+        with open(self.log, "ab") as logf:
+            try:
+                self.proc = subprocess.Popen(
+                    self.cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+                    pass_fds=tuple(pass_fds), start_new_session=True,
+                )
+            except FileNotFoundError:
+                raise V2VError(f"{self.cmd[0]} is not installed", pb.ERROR_CODE_PROCESS_FAILED) from None
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def returncode(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def wait(self, timeout: float | None = None) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def failure(self, what: str) -> V2VError:
+        """An error for this process having failed, with the tail of its log as the cause."""
+        rc = self.returncode()
+        why = f"killed by signal {-rc}" if rc is not None and rc < 0 else f"exited with status {rc}"
+        last = tail(self.log, 1)
+        return V2VError(f"{what}: {self.name} {why}" + (f": {last}" if last else ""),
+                        pb.ERROR_CODE_PROCESS_FAILED, detail=tail(self.log, 20))
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def __enter__(self) -> Process:
+        if self.proc is None:
+            self.start()
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()

@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC code of the v2v.v1 API (make protos)."""
