@@ -47,5 +47,6 @@ class DiskInput(InputPlugin):
                 stack.enter_context(serve_overlay(disk, workdir.in_sock(disk.index),
                                                   workdir.log(f"input-disk{disk.index}.log")))
             except V2VError as err:
-                raise err.fill(disk=disk.index)
+                err.fill(disk=disk.index)
+                raise
         return source

@@ -30,7 +30,8 @@ class InputService(input_pb2_grpc.InputServicer):
             workdir.write(WorkDir.SOURCE, source)
         except V2VError as err:
             stack.close()
-            raise err.fill(step="open", guest=request.guest)
+            err.fill(step="open", guest=request.guest)
+            raise
         except BaseException:
             stack.close()
             raise
