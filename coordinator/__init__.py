@@ -1,0 +1,1 @@
+"""Coordinator: drives guests through the phase services; the `v2v` CLI."""

@@ -1,0 +1,52 @@
+"""Stubs for the four phase services, from their addresses."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import grpc
+
+from v2v.grpcserver import channel
+from v2v.v1 import convert_pb2_grpc, copier_pb2_grpc, input_pb2_grpc, output_pb2_grpc
+
+SERVICES = ("input", "convert", "output", "copier")
+
+
+@dataclass(frozen=True)
+class ServiceAddresses:
+    input: str
+    convert: str
+    output: str
+    copier: str
+
+    @classmethod
+    def from_env(cls, **given: str | None) -> ServiceAddresses:
+        """Each address from the argument, else $V2V_<SERVICE> (e.g. V2V_INPUT=unix:/run/v2v/input.sock)."""
+        values = {s: given.get(s) or os.environ.get(f"V2V_{s.upper()}", "") for s in SERVICES}
+        missing = [s for s, v in values.items() if not v]
+        if missing:
+            raise ValueError(f"no address for the {', '.join(missing)} service(s): "
+                             f"give --{missing[0]} or set V2V_{missing[0].upper()}")
+        return cls(**values)
+
+
+class PhaseClients:
+    """One channel per service, shared by every guest the coordinator drives."""
+
+    def __init__(self, addresses: ServiceAddresses) -> None:
+        self.addresses = addresses
+        self._channels: list[grpc.Channel] = []
+        self.input = input_pb2_grpc.InputStub(self._open(addresses.input))
+        self.convert = convert_pb2_grpc.ConvertStub(self._open(addresses.convert))
+        self.output = output_pb2_grpc.OutputStub(self._open(addresses.output))
+        self.copier = copier_pb2_grpc.CopierStub(self._open(addresses.copier))
+
+    def _open(self, address: str) -> grpc.Channel:
+        ch = channel(address)
+        self._channels.append(ch)
+        return ch
+
+    def close(self) -> None:
+        for ch in self._channels:
+            ch.close()

@@ -1,0 +1,88 @@
+"""The libguestfs appliance on the input's NBD sockets, owned by a context manager."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+import guestfs
+
+from v2v.errors import V2VError
+from v2v.v1 import convert_pb2
+from v2v.v1 import types_pb2 as pb
+
+DEFAULT_MEMORY_MIB = 2048
+DEFAULT_VCPUS = 2
+
+_LOGGED_EVENTS = (guestfs.EVENT_APPLIANCE | guestfs.EVENT_LIBRARY | guestfs.EVENT_WARNING
+                  | guestfs.EVENT_TRACE)
+
+
+def backend_settings(accel: int) -> list[str] | None:
+    """libguestfs backend settings for the accelerator; None keeps libguestfs' own choice
+    (which honours LIBGUESTFS_BACKEND_SETTINGS)."""
+    if accel == convert_pb2.ACCELERATOR_TCG:
+        return ["force_tcg"]
+    if accel == convert_pb2.ACCELERATOR_KVM:
+        return []
+    return None
+
+
+class Appliance:
+    """A launched libguestfs handle with one drive per socket. Closing it always shuts the
+    appliance down, and `kill()` stops it from another thread (cancellation)."""
+
+    def __init__(self, sockets: list[Path], options: convert_pb2.ConvertOptions, log: Path) -> None:
+        self.g = guestfs.GuestFS(python_return_dict=True)
+        self._log: IO[str] = open(log, "a", buffering=1)  # noqa: SIM115  (closed in close())
+        self.g.set_event_callback(self._on_event, _LOGGED_EVENTS)
+        self.g.set_verbose(options.verbose)
+        self.g.set_trace(options.trace)
+        self.g.set_memsize(options.appliance_memory_mib or DEFAULT_MEMORY_MIB)
+        self.g.set_smp(options.appliance_vcpus or DEFAULT_VCPUS)
+        settings = backend_settings(options.accelerator)
+        if settings is not None:
+            self.g.set_backend_settings(settings)
+        for sock in sockets:
+            # cachemode=unsafe: the overlay is thrown away or copied whole, never crash-recovered.
+            self.g.add_drive_opts("", format="raw", protocol="nbd", server=[f"unix:{sock}"],
+                                  cachemode="unsafe", discard="besteffort")
+
+    def _on_event(self, event: int, event_handle: int, buf: bytes | str, array: list[int]) -> None:
+        text = buf.decode(errors="replace") if isinstance(buf, bytes) else buf
+        self._log.write(text if text.endswith("\n") else text + "\n")
+
+    def launch(self) -> Appliance:
+        try:
+            self.g.launch()
+        except RuntimeError as exc:
+            raise V2VError(f"cannot start the libguestfs appliance: {exc}", pb.ERROR_CODE_PROCESS_FAILED,
+                           detail=str(exc)) from None
+        return self
+
+    def kill(self) -> None:
+        try:
+            pid = self.g.get_pid()
+        except RuntimeError:
+            return
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def close(self) -> None:
+        try:
+            self.g.shutdown()
+        except RuntimeError:
+            pass  # already dead (killed or crashed): close() below still cleans up
+        self.g.close()
+        self._log.close()
+
+    def __enter__(self) -> Appliance:
+        return self.launch()
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()

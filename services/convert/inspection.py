@@ -1,0 +1,79 @@
+"""Inspection: find the guest's operating system, pick its root (--root), mount it."""
+
+from __future__ import annotations
+
+import guestfs
+
+from v2v.errors import V2VError
+from v2v.v1 import convert_pb2
+from v2v.v1 import types_pb2 as pb
+
+
+def choose_root(roots: list[str], choice: convert_pb2.RootChoice) -> str:
+    """virt-v2v's --root: single (the default) fails on several roots, first takes the first,
+    a device name takes that one."""
+    if not roots:
+        raise V2VError("no operating system was found on the disks (is this a guest's system disk?)",
+                       pb.ERROR_CODE_NO_OS)
+    kind = choice.WhichOneof("kind")
+    if kind == "device":
+        if choice.device not in roots:
+            raise V2VError(f"--root {choice.device}: not a root of this guest (roots: {', '.join(roots)})",
+                           pb.ERROR_CODE_BAD_INPUT)
+        return choice.device
+    if kind == "first" or len(roots) == 1:
+        return roots[0]
+    raise V2VError(f"the disks hold {len(roots)} operating systems ({', '.join(roots)}): choose one with "
+                   "--root first or --root DEVICE", pb.ERROR_CODE_MULTIPLE_ROOTS)
+
+
+def inspect(g: guestfs.GuestFS, choice: convert_pb2.RootChoice) -> pb.Inspection:
+    try:
+        roots = g.inspect_os()
+    except RuntimeError as exc:
+        raise V2VError(f"inspection failed: {exc}", pb.ERROR_CODE_NO_OS) from None
+    root = choose_root(sorted(roots), choice)
+    insp = pb.Inspection(
+        root=root,
+        type=g.inspect_get_type(root),
+        distro=g.inspect_get_distro(root),
+        product_name=g.inspect_get_product_name(root),
+        major_version=g.inspect_get_major_version(root),
+        minor_version=g.inspect_get_minor_version(root),
+        arch=g.inspect_get_arch(root),
+        hostname=g.inspect_get_hostname(root),
+        package_format=g.inspect_get_package_format(root),
+        package_management=g.inspect_get_package_management(root),
+        mountpoints=g.inspect_get_mountpoints(root),
+    )
+    insp.firmware = pb.FIRMWARE_UEFI if has_esp(g) else pb.FIRMWARE_BIOS
+    return insp
+
+
+def has_esp(g: guestfs.GuestFS) -> bool:
+    """An EFI System Partition on a GPT disk means the guest boots with UEFI."""
+    esp_guid = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+    for part in g.list_partitions():
+        try:
+            if g.part_get_parttype(g.part_to_dev(part)) == "gpt" and \
+                    g.part_get_gpt_type(g.part_to_dev(part), g.part_to_partnum(part)).upper() == esp_guid:
+                return True
+        except RuntimeError:
+            continue
+    return False
+
+
+def mount_all(g: guestfs.GuestFS, insp: pb.Inspection) -> list[str]:
+    """Mounts the guest's filesystems, shortest mountpoint first; returns the mountpoints."""
+    mounted = []
+    for mp, dev in sorted(insp.mountpoints.items(), key=lambda kv: len(kv[0])):
+        try:
+            g.mount(dev, mp)
+            mounted.append(mp)
+        except RuntimeError as exc:
+            if mp == "/":
+                raise V2VError(f"cannot mount the root filesystem {dev}: {exc}",
+                               pb.ERROR_CODE_CONVERSION_FAILED) from None
+            # A guest's broken /home must not stop its conversion; it is reported, not fatal.
+            continue
+    return mounted

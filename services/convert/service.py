@@ -1,0 +1,120 @@
+"""The Convert gRPC service: one appliance per request, sub-steps streamed as they happen."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import grpc
+
+from v2v.errors import V2VError
+from v2v.events import StepReporter
+from v2v.grpcserver import stream_rpc
+from v2v.services.convert.appliance import Appliance
+from v2v.services.convert.inspection import inspect, mount_all
+from v2v.services.convert.linux import LinuxConversion
+from v2v.streaming import stream_events
+from v2v.v1 import convert_pb2, convert_pb2_grpc
+from v2v.v1 import types_pb2 as pb
+from v2v.workdir import WorkDir
+
+
+def target_nics(source: pb.Source, caps: pb.GuestCaps) -> list[pb.Nic]:
+    model = {pb.NET_BUS_VIRTIO_NET: pb.NIC_MODEL_VIRTIO, pb.NET_BUS_E1000: pb.NIC_MODEL_E1000,
+             pb.NET_BUS_RTL8139: pb.NIC_MODEL_RTL8139}[caps.net_bus]
+    nics = []
+    for nic in source.nics:
+        n = pb.Nic()
+        n.CopyFrom(nic)
+        n.model = model
+        nics.append(n)
+    return nics
+
+
+class ConvertService(convert_pb2_grpc.ConvertServicer):
+    def __init__(self) -> None:
+        self._running: dict[str, Appliance] = {}
+        self._lock = threading.Lock()
+
+    def convert(self, request: convert_pb2.ConvertRequest, report: StepReporter) -> convert_pb2.ConvertResult:
+        """The whole conversion, without gRPC. Sub-step events go to `report`."""
+        workdir = WorkDir(request.workdir)
+        source = workdir.read(WorkDir.SOURCE, pb.Source())
+        sockets = [workdir.in_sock(d.index) for d in source.disks]
+        opts = request.options
+        with report.step("launch"):
+            appliance = Appliance(sockets, opts, workdir.log("convert-appliance.log"))
+            with self._lock:
+                self._running[request.workdir] = appliance
+            try:
+                appliance.launch()
+            except BaseException:
+                self._forget(request.workdir)
+                appliance.close()
+                raise
+        try:
+            g = appliance.g
+            with report.step("inspect"):
+                insp = inspect(g, opts.root)
+                report.note(f"{insp.product_name} ({insp.arch}) on {insp.root}", step="inspect")
+            with report.step("mount"):
+                mounted = mount_all(g, insp)
+            if insp.type != "linux":
+                raise V2VError(f"converting {insp.type} guests ({insp.product_name}) is not supported yet",
+                               pb.ERROR_CODE_UNSUPPORTED, step="convert")
+            caps = LinuxConversion(g, insp, source, report).run()
+            if not opts.skip_trim:
+                with report.step("fstrim"):
+                    self.trim(g, mounted, report)
+            with report.step("shutdown"):
+                g.umount_all()
+                g.shutdown()
+        finally:
+            self._forget(request.workdir)
+            appliance.close()
+        target = pb.TargetMeta(
+            name=request.target_name or source.name,
+            source=source,
+            inspection=insp,
+            caps=caps,
+            firmware=source.firmware or insp.firmware,
+            nics=target_nics(source, caps),
+        )
+        workdir.write(WorkDir.TARGET, target)
+        return convert_pb2.ConvertResult(inspection=insp, caps=caps, target=target)
+
+    @staticmethod
+    def trim(g: object, mounted: list[str], report: StepReporter) -> None:
+        """fstrim every filesystem, so the copy can skip free space. A filesystem that cannot be
+        trimmed costs copy time, not correctness: a warning."""
+        for mp in mounted:
+            try:
+                g.fstrim(mp)  # type: ignore[attr-defined]
+            except RuntimeError as exc:
+                report.warn(f"fstrim {mp}: {exc}", step="fstrim")
+
+    def _forget(self, workdir: str) -> None:
+        with self._lock:
+            self._running.pop(workdir, None)
+
+    def cancel(self, workdir: str) -> None:
+        """Stops a running conversion: the appliance dies, the conversion fails at once."""
+        with self._lock:
+            appliance = self._running.get(workdir)
+        if appliance:
+            appliance.kill()
+
+    def shutdown(self) -> None:
+        for wd in list(self._running):
+            self.cancel(wd)
+
+    @stream_rpc
+    def Convert(self, request: convert_pb2.ConvertRequest,
+                context: grpc.ServicerContext) -> Iterator[convert_pb2.ConvertEvent]:
+        context.add_callback(lambda: self.cancel(request.workdir))
+        for item in stream_events(lambda sink: self.convert(request, StepReporter(request.guest, sink,
+                                                                                  parent="convert"))):
+            if isinstance(item, pb.StepEvent):
+                yield convert_pb2.ConvertEvent(step=item)
+            else:
+                yield convert_pb2.ConvertEvent(result=item)
