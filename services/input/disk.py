@@ -6,10 +6,9 @@ from __future__ import annotations
 from contextlib import ExitStack
 from pathlib import Path
 
+from v2v.errors import V2VError
 from v2v.services.input.base import InputPlugin, register
 from v2v.services.input.diskfile import probe, serve_overlay
-
-from v2v.errors import V2VError
 from v2v.v1 import input_pb2
 from v2v.v1 import types_pb2 as pb
 from v2v.workdir import WorkDir

@@ -6,11 +6,11 @@ import threading
 from contextlib import ExitStack
 
 import grpc
-import v2v.services.input.disk  # noqa: F401  (registers -i disk)
-from v2v.services.input.base import plugin_for
 
+import v2v.services.input.disk  # noqa: F401  (registers -i disk)
 from v2v.errors import V2VError
 from v2v.grpcserver import rpc
+from v2v.services.input.base import plugin_for
 from v2v.v1 import input_pb2, input_pb2_grpc
 from v2v.workdir import WorkDir
 

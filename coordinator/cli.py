@@ -1,0 +1,197 @@
+"""`v2v`: virt-v2v's command line on top of the coordinator.
+
+    v2v -i disk guest.img -o local -os out/          convert (embedded services unless configured)
+    v2v serve input --listen unix:/run/v2v/in.sock   run one service
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+import grpc
+from rich.console import Console
+
+from v2v.coordinator.display import HumanDisplay, MachineDisplay, print_source
+from v2v.errors import V2VError, from_rpc_error
+from v2v.grpcserver import channel, wait_ready
+from v2v.v1 import (
+    convert_pb2,
+    coordinator_pb2,
+    coordinator_pb2_grpc,
+    copier_pb2,
+    input_pb2,
+    output_pb2,
+)
+from v2v.v1 import types_pb2 as pb
+
+INPUTS = ("disk",)
+OUTPUTS = {"local": "local", "disk": "local"}  # -o name -> OutputSpec field
+ACCELERATORS = {"auto": convert_pb2.ACCELERATOR_AUTO, "kvm": convert_pb2.ACCELERATOR_KVM,
+                "tcg": convert_pb2.ACCELERATOR_TCG}
+
+
+def conversion_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="v2v", description="Convert a guest from a foreign hypervisor to run on KVM.",
+        epilog="Run one service: v2v serve {input,convert,output,copier,coordinator} --listen ADDR",
+    )
+    p.add_argument("-i", dest="input", choices=INPUTS, default="disk", help="input type (default: disk)")
+    p.add_argument("-if", dest="input_format", default="", metavar="FORMAT",
+                   help="input disk format (raw, qcow2, vmdk, ...); default: detect")
+    p.add_argument("-o", dest="output", choices=sorted(OUTPUTS), default="local", help="output type")
+    p.add_argument("-os", dest="output_storage", metavar="DIR", help="output storage (-o local: a directory)")
+    p.add_argument("-of", dest="output_format", choices=("raw", "qcow2"), default="raw", help="output disk format")
+    p.add_argument("-oa", dest="output_alloc", choices=("sparse", "preallocated"), default="sparse",
+                   help="output allocation")
+    p.add_argument("-on", dest="output_name", default="", metavar="NAME", help="rename the guest on the target")
+    p.add_argument("--root", default="ask", metavar="ask|single|first|/dev/X",
+                   help="which OS to convert when the disks hold several (ask = single: fail and list them)")
+    p.add_argument("--print-source", action="store_true", help="print the parsed source and exit")
+    p.add_argument("--machine-readable", action="store_true", help="one JSON object per event on stdout")
+    p.add_argument("--parallel", type=int, default=0, metavar="N", help="disks copied at once (default: all)")
+    p.add_argument("--accel", choices=sorted(ACCELERATORS), default=os.environ.get("V2V_ACCEL", "auto"),
+                   help="how the conversion appliance runs: kvm, tcg (software) or auto (default; $V2V_ACCEL)")
+    p.add_argument("--coordinator", default=os.environ.get("V2V_COORDINATOR", ""), metavar="ADDR",
+                   help="use this coordinator (unix:PATH or HOST:PORT; $V2V_COORDINATOR) "
+                        "instead of starting the services in this process")
+    p.add_argument("-v", "--verbose", action="store_true", help="verbose: libguestfs messages in the logs")
+    p.add_argument("-x", dest="trace", action="store_true", help="trace libguestfs calls in the logs")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    p.add_argument("files", nargs="*", metavar="FILE", help="the input's files (-i disk: disk images)")
+    return p
+
+
+def root_choice(text: str) -> convert_pb2.RootChoice:
+    if text in ("ask", "single"):
+        return convert_pb2.RootChoice(single=True)
+    if text == "first":
+        return convert_pb2.RootChoice(first=True)
+    if text.startswith("/dev/"):
+        return convert_pb2.RootChoice(device=text)
+    raise V2VError(f"--root {text}: expected ask, single, first or /dev/DEVICE", pb.ERROR_CODE_BAD_INPUT)
+
+
+def build_job(a: argparse.Namespace) -> coordinator_pb2.GuestJob:
+    """The command line as the typed job the coordinator takes: nothing is re-parsed later."""
+    if not a.files:
+        raise V2VError(f"-i {a.input}: no input file given", pb.ERROR_CODE_BAD_INPUT, step="open")
+    job = coordinator_pb2.GuestJob(print_source=a.print_source)
+    # Absolute paths: the services may run with another working directory.
+    job.input.disk.CopyFrom(input_pb2.DiskInput(paths=[os.path.abspath(f) for f in a.files], format=a.input_format))
+    job.convert.CopyFrom(convert_pb2.ConvertOptions(accelerator=ACCELERATORS[a.accel], root=root_choice(a.root),
+                                                    verbose=a.verbose, trace=a.trace))
+    out = output_pb2.OutputSpec(name=a.output_name, format=a.output_format,
+                                allocation=output_pb2.ALLOCATION_PREALLOCATED if a.output_alloc == "preallocated"
+                                else output_pb2.ALLOCATION_SPARSE)
+    if not a.print_source:
+        if not a.output_storage:
+            raise V2VError(f"-o {a.output}: give the output directory with -os DIR", pb.ERROR_CODE_BAD_INPUT,
+                           step="setup")
+        out.local.directory = os.path.abspath(a.output_storage)
+    job.output.CopyFrom(out)
+    job.copy.CopyFrom(copier_pb2.CopyOptions(parallel=max(a.parallel, 0)))
+    return job
+
+
+def run_job(address: str, job: coordinator_pb2.GuestJob, display: HumanDisplay | MachineDisplay) -> \
+        coordinator_pb2.GuestStatus:
+    """Submits the guest, shows its events until it ends; Ctrl-C / SIGTERM cancel it cleanly."""
+    ch = channel(address)
+    wait_ready(ch, "coordinator")
+    stub = coordinator_pb2_grpc.CoordinatorStub(ch)
+    gid = stub.Submit(coordinator_pb2.SubmitRequest(job=job)).id
+    ref = coordinator_pb2.GuestRef(id=gid)
+    try:
+        for ev in stub.Watch(ref):
+            display.event(ev)
+    except KeyboardInterrupt:
+        stub.Cancel(ref)
+        for _ in stub.Watch(ref):  # wait until its cleanup is done
+            pass
+    status = stub.Status(ref)
+    ch.close()
+    return status
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def convert_main(argv: Sequence[str]) -> int:
+    parser = conversion_parser()
+    a = parser.parse_intermixed_args(argv)
+    display: HumanDisplay | MachineDisplay = MachineDisplay() if a.machine_readable else \
+        HumanDisplay(quiet=a.quiet, verbose=a.verbose)
+    err_console = Console(stderr=True, highlight=False)
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        job = build_job(a)
+        if a.coordinator:
+            status = run_job(a.coordinator, job, display)
+        else:
+            from v2v.coordinator.servers import EmbeddedServices
+
+            with EmbeddedServices() as address:
+                status = run_job(address, job, display)
+    except V2VError as err:
+        status = coordinator_pb2.GuestStatus(state=coordinator_pb2.GUEST_STATE_FAILED, error=err.to_proto())
+    except grpc.RpcError as exc:
+        err = from_rpc_error(exc, step="coordinator")
+        status = coordinator_pb2.GuestStatus(state=coordinator_pb2.GUEST_STATE_FAILED, error=err.to_proto())
+    display.status(status)
+    if status.state != coordinator_pb2.GUEST_STATE_SUCCEEDED:
+        err_console.print(f"v2v: error: {V2VError.from_proto(status.error).one_line()}", markup=False)
+        return 1
+    if a.print_source and not a.machine_readable:
+        print_source(status.source, Console(highlight=False))
+    return 0
+
+
+def serve_main(argv: Sequence[str]) -> int:
+    from v2v.coordinator.clients import SERVICES, ServiceAddresses
+    from v2v.coordinator.servers import RunningService, coordinator_servicer, phase_servicer
+
+    p = argparse.ArgumentParser(prog="v2v serve", description="Run one v2v service until SIGTERM/SIGINT.")
+    p.add_argument("service", choices=(*SERVICES, "coordinator"))
+    p.add_argument("--listen", required=True, metavar="ADDR", help="unix:PATH or HOST:PORT")
+    for s in SERVICES:
+        p.add_argument(f"--{s}", metavar="ADDR", help=f"coordinator only: the {s} service (default $V2V_{s.upper()})")
+    p.add_argument("--workdir-root", type=Path, default=None,
+                   help="coordinator only: where work directories go (default $V2V_WORKDIR_ROOT or /var/tmp/v2v); "
+                        "must be the same path for every service")
+    a = p.parse_args(argv)
+    if a.service == "coordinator":
+        try:
+            addresses = ServiceAddresses.from_env(**{s: getattr(a, s) for s in SERVICES})
+        except ValueError as exc:
+            p.error(str(exc))
+        spec = coordinator_servicer(addresses, a.workdir_root)
+    else:
+        spec = phase_servicer(a.service)
+    svc = RunningService(a.listen, spec)
+    print(f"v2v {a.service} service listening on {a.listen}", file=sys.stderr, flush=True)
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        svc.server.wait_for_termination()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        svc.stop()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["serve"]:
+        return serve_main(args[1:])
+    return convert_main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""What the CLI shows: a line per step with elapsed time and live bars per disk for people,
+or one JSON object per line for programs (--machine-readable)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import TextIO
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
+
+from v2v.v1 import coordinator_pb2
+from v2v.v1 import types_pb2 as pb
+
+GiB = 1024**3
+
+
+def to_dict(msg: Message) -> dict:
+    return json_format.MessageToDict(msg, preserving_proto_field_name=True)
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    raise AssertionError
+
+
+class MachineDisplay:
+    """One JSON object per line: {"step": StepEvent} or {"progress": Progress}, then {"status": ...}."""
+
+    def __init__(self, out: TextIO = sys.stdout) -> None:
+        self.out = out
+
+    def event(self, ev: pb.Event) -> None:
+        self._line(to_dict(ev))
+
+    def status(self, status: coordinator_pb2.GuestStatus) -> None:
+        self._line({"status": to_dict(status)})
+
+    def _line(self, obj: dict) -> None:
+        self.out.write(json.dumps(obj, separators=(",", ":")) + "\n")
+        self.out.flush()
+
+
+class HumanDisplay:
+    """virt-v2v-like lines, "[  12.3] step ...", sub-steps indented, live bars while copying."""
+
+    def __init__(self, quiet: bool = False, verbose: bool = False) -> None:
+        self.console = Console(highlight=False)
+        self.err = Console(stderr=True, highlight=False)
+        self.quiet = quiet
+        self.verbose = verbose
+        self.t0 = time.monotonic()
+        self.progress: Progress | None = None
+        self.tasks: dict[int, TaskID] = {}
+
+    def _say(self, text: str) -> None:
+        if not self.quiet:
+            self.console.print(f"[{time.monotonic() - self.t0:6.1f}] {text}")
+
+    def event(self, ev: pb.Event) -> None:
+        if ev.HasField("progress"):
+            self._progress(ev.progress)
+            return
+        s = ev.step
+        indent = "  " if s.parent else ""
+        disk = f" disk {s.disk}" if s.HasField("disk") else ""
+        took = s.duration.ToTimedelta().total_seconds()
+        if s.state == pb.STEP_STATE_STARTED and not s.parent:
+            self._say(f"{s.step}{disk} ...")
+        elif s.state == pb.STEP_STATE_SUCCEEDED:
+            if s.step == "copy" and not s.parent:
+                self._stop_bars()
+            self._say(f"{indent}{s.step}{disk} done in {took:.1f} s" + (f": {s.message}" if s.message else ""))
+        elif s.state == pb.STEP_STATE_FAILED:
+            self._stop_bars()
+            if not s.parent:  # the failure itself is printed once, by the CLI
+                self._say(f"{s.step}{disk} failed after {took:.1f} s")
+        elif s.state == pb.STEP_STATE_NOTE:
+            if s.severity >= pb.SEVERITY_WARNING:
+                self.err.print(f"v2v: warning: {s.message}")
+            elif self.verbose or s.step in ("inspect", "kernel"):
+                self._say(f"{indent}  {s.message}")
+
+    def _progress(self, p: pb.Progress) -> None:
+        if self.quiet:
+            return
+        if self.progress is None:
+            self.progress = Progress(TextColumn("  disk {task.fields[disk]}"), BarColumn(),
+                                     TextColumn("{task.percentage:>3.0f}%"), DownloadColumn(binary_units=True),
+                                     TransferSpeedColumn(), console=self.console)
+            self.progress.start()
+        if p.disk not in self.tasks:
+            self.tasks[p.disk] = self.progress.add_task("copy", total=p.bytes_total or None, disk=p.disk)
+        self.progress.update(self.tasks[p.disk], completed=p.bytes_done, total=p.bytes_total or None)
+
+    def _stop_bars(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+            self.tasks.clear()
+
+    def status(self, status: coordinator_pb2.GuestStatus) -> None:
+        self._stop_bars()
+        if status.state == coordinator_pb2.GUEST_STATE_SUCCEEDED and status.files and not self.quiet:
+            self._say(f"{status.name}: finished; the output is in:")
+            for f in status.files:
+                self.console.print(f"    {f}")
+
+
+def print_source(source: pb.Source, out: Console) -> None:
+    """The parsed source as virt-v2v --print-source shows it."""
+    fw = pb.Firmware.Name(source.firmware).removeprefix("FIRMWARE_").lower()
+    hv = pb.Hypervisor.Name(source.hypervisor).removeprefix("HYPERVISOR_").lower()
+    out.print(f"    source name: {source.name}\nhypervisor type: {hv}\n         memory: {source.memory} "
+              f"({human_size(source.memory)})\n       nr vCPUs: {source.vcpus}\n       firmware: {fw}")
+    if source.HasField("cpu_topology"):
+        t = source.cpu_topology
+        out.print(f"   CPU topology: sockets: {t.sockets} cores/socket: {t.cores} threads/core: {t.threads}")
+    out.print("disks:")
+    for d in source.disks:
+        bus = pb.Controller.Name(d.controller).removeprefix("CONTROLLER_").lower()
+        out.print(f"    {d.index}: {d.location} ({d.format}, {human_size(d.virtual_size)}) [{bus}]")
+    out.print("removable media:")
+    for r in source.removables:
+        out.print(f"    {pb.RemovableType.Name(r.type).removeprefix('REMOVABLE_TYPE_').lower()} "
+                  f"[{pb.Controller.Name(r.controller).removeprefix('CONTROLLER_').lower()}] slot {r.slot}")
+    out.print("NICs:")
+    for n in source.nics:
+        kind = pb.NetworkType.Name(n.network_type).removeprefix("NETWORK_TYPE_").lower()
+        model = pb.NicModel.Name(n.model).removeprefix("NIC_MODEL_").lower()
+        out.print(f"    {kind} \"{n.network}\" mac: {n.mac or '(none)'} [{model}]")
