@@ -119,10 +119,22 @@ class GuestRun:
         call = self.clients.copier.Copy(copier_pb2.CopyRequest(workdir=str(wd.path), guest=self.name,
                                                                disks=disks, options=opts))
         self._calls.append(call)
-        for ev in call:
-            if ev.HasField("step"):
-                ev.step.parent = "copy"
-            self.sink(ev)
+        pending = {d.disk for d in disks}
+        try:
+            for ev in call:
+                if ev.HasField("step"):
+                    ev.step.parent = "copy"
+                    if ev.step.state == pb.STEP_STATE_SUCCEEDED:
+                        pending.discard(ev.step.disk)
+                self.sink(ev)
+        except grpc.RpcError as exc:
+            # A copier that died cannot say which disk it was on; the disks not yet done can.
+            err = from_rpc_error(exc, step="copy", guest=self.name)
+            if err.disk is None and len(pending) == 1:
+                err.disk = pending.pop()
+            elif err.disk is None and pending:
+                err.message += f" (disks not copied: {', '.join(map(str, sorted(pending)))})"
+            raise err from None
 
     def _cleanup(self, wd: WorkDir, opened: bool, set_up: bool) -> None:
         """Best effort, in reverse order; each failure is reported but does not hide the first."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -11,6 +12,14 @@ from types import TracebackType
 
 from v2v.errors import V2VError
 from v2v.v1 import types_pb2 as pb
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: if the service that started it dies (even by SIGKILL),
+    the kernel kills the child too, so a crashed service leaves no nbdcopy or qemu-nbd behind."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def tail(path: Path | None, lines: int = 8) -> str:
@@ -48,7 +57,7 @@ class Process:
             try:
                 self.proc = subprocess.Popen(
                     self.cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
-                    pass_fds=tuple(pass_fds), start_new_session=True,
+                    pass_fds=tuple(pass_fds), start_new_session=True, preexec_fn=_die_with_parent,
                 )
             except FileNotFoundError:
                 raise V2VError(f"{self.cmd[0]} is not installed", pb.ERROR_CODE_PROCESS_FAILED) from None
