@@ -67,6 +67,7 @@ class GuestRun:
     def run(self) -> None:
         wd = self._workdir = WorkDir.create(self.name, self.workdir_root)
         opened = set_up = False
+        ok = False
         try:
             with self.phase("open"):
                 opened = True
@@ -74,6 +75,7 @@ class GuestRun:
                                                                       input=self.job.input))
                 self.source = resp.source
             if self.job.print_source:
+                ok = True
                 return
             with self.phase("convert"):
                 result = self._convert(wd)
@@ -91,8 +93,9 @@ class GuestRun:
                     workdir=str(wd.path), guest=self.name, output=self.job.output, target=target))
                 self.files = list(fin.files)
                 set_up = False
+            ok = True
         finally:
-            self._cleanup(wd, opened, set_up)
+            self._cleanup(wd, opened, set_up, ok)
 
     def _convert(self, wd: WorkDir) -> convert_pb2.ConvertResult:
         call = self.clients.convert.Convert(convert_pb2.ConvertRequest(
@@ -136,13 +139,17 @@ class GuestRun:
                 err.message += f" (disks not copied: {', '.join(map(str, sorted(pending)))})"
             raise err from None
 
-    def _cleanup(self, wd: WorkDir, opened: bool, set_up: bool) -> None:
-        """Best effort, in reverse order; each failure is reported but does not hide the first."""
+    def _cleanup(self, wd: WorkDir, opened: bool, set_up: bool, ok: bool) -> None:
+        """Best effort, in reverse order; each failure is reported but does not hide the first.
+        A failed guest's logs stay (its sockets and processes do not)."""
         if set_up:
             self._quietly("abort", lambda: self.clients.output.Abort(output_pb2.AbortRequest(workdir=str(wd.path))))
         if opened:
             self._quietly("close", lambda: self.clients.input.Close(input_pb2.CloseRequest(workdir=str(wd.path))))
-        wd.remove()
+        if ok:
+            wd.remove()
+        else:
+            self.report.note(f"logs of the failed run kept in {wd.path / 'logs'}", step="close")
 
     def _quietly(self, what: str, fn: Callable[[], object]) -> None:
         try:
