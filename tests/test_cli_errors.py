@@ -1,0 +1,49 @@
+"""Bad input through the whole CLI (embedded services): exit 1, one line naming the guest and
+step, nothing left running."""
+
+import pytest
+
+from tests.conftest import children_mentioning
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("v2v: error:")]
+
+
+@pytest.mark.parametrize("name, expect", [
+    ("missing.img", "step open: /var/tmp/guests/phony/missing.img: no such file"),
+    ("garbage.img", "step open: /var/tmp/guests/phony/garbage.img: not a disk image"),
+    ("zero-length.img", "is empty"),
+])
+def test_bad_input_one_line(v2v, phony, tmp_path, name, expect):
+    r = v2v("-i", "disk", str(phony / name), "-o", "local", "-os", str(tmp_path))
+    assert r.rc == 1
+    lines = error_lines(r.stderr)
+    assert len(lines) == 1, r.stderr
+    assert f"guest {name.rsplit('.', 1)[0]}:" in lines[0] and expect in lines[0]
+
+
+def test_print_source(v2v, phony):
+    r = v2v("-i", "disk", str(phony / "ubuntu-twodisk-1.img"), str(phony / "ubuntu-twodisk-2.img"),
+            "--print-source")
+    assert r.rc == 0, r.stderr
+    assert "source name: ubuntu-twodisk-1" in r.stdout
+    assert "0: /var/tmp/guests/phony/ubuntu-twodisk-1.img (raw, 512.0 MiB)" in r.stdout
+    assert "1: /var/tmp/guests/phony/ubuntu-twodisk-2.img (raw, 256.0 MiB)" in r.stdout
+
+
+def test_missing_output_directory(v2v, phony, tmp_path):
+    r = v2v("-i", "disk", str(phony / "debian-single.img"), "-o", "local", "-os", str(tmp_path / "nope"))
+    assert r.rc == 1
+    assert "nope" in error_lines(r.stderr)[0]
+
+
+@pytest.mark.appliance
+def test_disk_without_os(v2v, phony, tmp_path, workroot):
+    r = v2v("-i", "disk", str(phony / "data-nofs-os.img"), "-o", "local", "-os", str(tmp_path), "--accel", "tcg")
+    assert r.rc == 1
+    lines = error_lines(r.stderr)
+    assert lines == ["v2v: error: guest data-nofs-os: step convert: no operating system was found on the disks "
+                     "(is this a guest's system disk?)"], r.stderr
+    assert list(tmp_path.glob("data-nofs-os*")) == []
+    assert children_mentioning(str(workroot)) == []
