@@ -43,13 +43,19 @@ class GuestRun:
         self.clients = clients
         self.name = guest_name(job)
         self.sink = sink
-        self.report = StepReporter(self.name, lambda ev: sink(pb.Event(step=ev)))
+        self.report = StepReporter(self.name, self._on_step)
         self.workdir_root = workdir_root
         self.source: pb.Source | None = None
         self.files: list[str] = []
         self._calls: list[Any] = []  # in-flight streaming calls, cancelled by cancel()
         self._cancelled = threading.Event()
         self._workdir: WorkDir | None = None
+
+    def _on_step(self, ev: pb.StepEvent) -> None:
+        """Relays a phase's event; a finished phase also leaves its marker in the work directory."""
+        if ev.state == pb.STEP_STATE_SUCCEEDED and not ev.parent and self._workdir is not None:
+            self._workdir.mark_done(ev)
+        self.sink(pb.Event(step=ev))
 
     @contextmanager
     def phase(self, step: str) -> Iterator[None]:

@@ -92,8 +92,5 @@ class WorkDir:
     def mark_done(self, event: pb.StepEvent) -> None:
         self.write(f"{event.step}.done", event)
 
-    def is_done(self, step: str) -> bool:
-        return (self.path / f"{step}.done").exists()
-
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
