@@ -127,8 +127,8 @@ def convert_main(argv: Sequence[str]) -> int:
     parser = conversion_parser()
     a = parser.parse_intermixed_args(argv)
     display: HumanDisplay | MachineDisplay = MachineDisplay() if a.machine_readable else \
-        HumanDisplay(quiet=a.quiet, verbose=a.verbose)
-    err_console = Console(stderr=True, highlight=False)
+        HumanDisplay(quiet=a.quiet or a.print_source, verbose=a.verbose)
+    err_console = Console(stderr=True, highlight=False, soft_wrap=True)
     signal.signal(signal.SIGTERM, _terminate)
     try:
         job = build_job(a)
@@ -149,7 +149,7 @@ def convert_main(argv: Sequence[str]) -> int:
         err_console.print(f"v2v: error: {V2VError.from_proto(status.error).one_line()}", markup=False)
         return 1
     if a.print_source and not a.machine_readable:
-        print_source(status.source, Console(highlight=False))
+        print_source(status.source)
     return 0
 
 

@@ -13,22 +13,14 @@ from google.protobuf.message import Message
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
 
+from v2v.units import human_size
 from v2v.v1 import coordinator_pb2
 from v2v.v1 import types_pb2 as pb
-
-GiB = 1024**3
 
 
 def to_dict(msg: Message) -> dict:
     return json_format.MessageToDict(msg, preserving_proto_field_name=True)
 
-
-def human_size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    raise AssertionError
 
 
 class MachineDisplay:
@@ -52,8 +44,8 @@ class HumanDisplay:
     """virt-v2v-like lines, "[  12.3] step ...", sub-steps indented, live bars while copying."""
 
     def __init__(self, quiet: bool = False, verbose: bool = False) -> None:
-        self.console = Console(highlight=False)
-        self.err = Console(stderr=True, highlight=False)
+        self.console = Console(highlight=False, soft_wrap=True)
+        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
         self.quiet = quiet
         self.verbose = verbose
         self.t0 = time.monotonic()
@@ -114,25 +106,25 @@ class HumanDisplay:
                 self.console.print(f"    {f}")
 
 
-def print_source(source: pb.Source, out: Console) -> None:
+def print_source(source: pb.Source, out: TextIO = sys.stdout) -> None:
     """The parsed source as virt-v2v --print-source shows it."""
     fw = pb.Firmware.Name(source.firmware).removeprefix("FIRMWARE_").lower()
-    hv = pb.Hypervisor.Name(source.hypervisor).removeprefix("HYPERVISOR_").lower()
-    out.print(f"    source name: {source.name}\nhypervisor type: {hv}\n         memory: {source.memory} "
-              f"({human_size(source.memory)})\n       nr vCPUs: {source.vcpus}\n       firmware: {fw}")
+    hv = pb.Hypervisor.Name(source.hypervisor).removeprefix("HYPERVISOR_").lower().replace("unspecified", "unknown")
+    print(f"    source name: {source.name}\nhypervisor type: {hv}\n         memory: {source.memory} "
+              f"({human_size(source.memory)})\n       nr vCPUs: {source.vcpus}\n       firmware: {fw}", file=out)
     if source.HasField("cpu_topology"):
         t = source.cpu_topology
-        out.print(f"   CPU topology: sockets: {t.sockets} cores/socket: {t.cores} threads/core: {t.threads}")
-    out.print("disks:")
+        print(f"   CPU topology: sockets: {t.sockets} cores/socket: {t.cores} threads/core: {t.threads}", file=out)
+    print("disks:", file=out)
     for d in source.disks:
         bus = pb.Controller.Name(d.controller).removeprefix("CONTROLLER_").lower()
-        out.print(f"    {d.index}: {d.location} ({d.format}, {human_size(d.virtual_size)}) [{bus}]")
-    out.print("removable media:")
+        print(f"    {d.index}: {d.location} ({d.format}, {human_size(d.virtual_size)}) [{bus}]", file=out)
+    print("removable media:", file=out)
     for r in source.removables:
-        out.print(f"    {pb.RemovableType.Name(r.type).removeprefix('REMOVABLE_TYPE_').lower()} "
-                  f"[{pb.Controller.Name(r.controller).removeprefix('CONTROLLER_').lower()}] slot {r.slot}")
-    out.print("NICs:")
+        print(f"    {pb.RemovableType.Name(r.type).removeprefix('REMOVABLE_TYPE_').lower()} "
+                  f"[{pb.Controller.Name(r.controller).removeprefix('CONTROLLER_').lower()}] slot {r.slot}", file=out)
+    print("NICs:", file=out)
     for n in source.nics:
         kind = pb.NetworkType.Name(n.network_type).removeprefix("NETWORK_TYPE_").lower()
         model = pb.NicModel.Name(n.model).removeprefix("NIC_MODEL_").lower()
-        out.print(f"    {kind} \"{n.network}\" mac: {n.mac or '(none)'} [{model}]")
+        print(f"    {kind} \"{n.network}\" mac: {n.mac or '(none)'} [{model}]", file=out)

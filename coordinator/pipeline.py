@@ -83,6 +83,9 @@ class GuestRun:
             if self.job.print_source:
                 ok = True
                 return
+            with self.phase("check"):
+                self.clients.output.Check(output_pb2.CheckRequest(guest=self.name, output=self.job.output,
+                                                                  source=self.source))
             with self.phase("convert"):
                 result = self._convert(wd)
             with self.phase("setup"):

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from v2v.workdir import WorkDir
 
 REPO = Path(__file__).resolve().parent.parent
 GUESTS = Path(os.environ.get("V2V_SHARED", REPO.parent / "shared")) / "guests"
@@ -60,13 +64,21 @@ class Run:
 
 
 @pytest.fixture
-def workroot(tmp_path: Path) -> Iterator[Path]:
-    """A private V2V_WORKDIR_ROOT; after the test, no process or socket of it may remain."""
-    root = tmp_path / "w"
-    root.mkdir()
+def workroot() -> Iterator[Path]:
+    """A private V2V_WORKDIR_ROOT; after the test, no process or socket of it may remain.
+    Not under tmp_path: its long names would overflow the 107 bytes of a socket path."""
+    root = Path(tempfile.mkdtemp(prefix="v2v-t.", dir="/tmp"))
     yield root
-    assert children_mentioning(str(root)) == [], "processes left behind"
-    assert sockets_under(root) == [], "sockets left behind"
+    try:
+        assert children_mentioning(str(root)) == [], "processes left behind"
+        assert sockets_under(root) == [], "sockets left behind"
+    finally:
+        shutil.rmtree(root)
+
+
+@pytest.fixture
+def workdir(workroot: Path) -> WorkDir:
+    return WorkDir.create("guest", workroot)
 
 
 @pytest.fixture

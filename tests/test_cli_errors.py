@@ -27,15 +27,24 @@ def test_print_source(v2v, phony):
     r = v2v("-i", "disk", str(phony / "ubuntu-twodisk-1.img"), str(phony / "ubuntu-twodisk-2.img"),
             "--print-source")
     assert r.rc == 0, r.stderr
-    assert "source name: ubuntu-twodisk-1" in r.stdout
-    assert "0: /var/tmp/guests/phony/ubuntu-twodisk-1.img (raw, 512.0 MiB)" in r.stdout
-    assert "1: /var/tmp/guests/phony/ubuntu-twodisk-2.img (raw, 256.0 MiB)" in r.stdout
+    assert r.stdout.startswith("    source name: ubuntu-twodisk-1\n")
+    assert "0: /var/tmp/guests/phony/ubuntu-twodisk-1.img (raw, 512 MiB)" in r.stdout
+    assert "1: /var/tmp/guests/phony/ubuntu-twodisk-2.img (raw, 256 MiB)" in r.stdout
 
 
 def test_missing_output_directory(v2v, phony, tmp_path):
     r = v2v("-i", "disk", str(phony / "debian-single.img"), "-o", "local", "-os", str(tmp_path / "nope"))
     assert r.rc == 1
-    assert "nope" in error_lines(r.stderr)[0]
+    assert error_lines(r.stderr) == [f"v2v: error: guest debian-single: step check: -os {tmp_path}/nope: "
+                                     "no such directory"]
+
+
+def test_existing_target_refused_before_conversion(v2v, phony, tmp_path):
+    (tmp_path / "debian-single-sda").write_text("precious")
+    r = v2v("-i", "disk", str(phony / "debian-single.img"), "-o", "local", "-os", str(tmp_path))
+    assert r.rc == 1
+    assert "step check: already exists: " in error_lines(r.stderr)[0]
+    assert (tmp_path / "debian-single-sda").read_text() == "precious"
 
 
 @pytest.mark.appliance

@@ -1,6 +1,7 @@
 """Block device renaming in guest configuration files (pure logic)."""
 
-from v2v.services.convert.devices import drive_index, drive_letters, remap, target_name
+from v2v.drives import device_name, drive_index, drive_letters
+from v2v.services.convert.devices import remap
 from v2v.v1 import types_pb2 as pb
 
 FSTAB = """\
@@ -41,7 +42,7 @@ def test_other_source_names():
 def test_scsi_and_ide_targets():
     assert remap("/dev/vda1", pb.BLOCK_BUS_VIRTIO_SCSI, 1) == "/dev/sda1"
     assert remap("/dev/sda1", pb.BLOCK_BUS_IDE, 1) == "/dev/hda1"
-    assert target_name(27, pb.BLOCK_BUS_VIRTIO_BLK) == "vdab"
+    assert device_name(pb.BLOCK_BUS_VIRTIO_BLK, 27) == "vdab"
 
 
 def test_words_containing_device_names_are_left_alone():

@@ -35,7 +35,7 @@ def test_convert_boots_under_virtio(v2v, real_guest, tmp_path):
     # Every top-level step started and succeeded, with a duration, in order.
     done = [e["step"]["step"] for e in evs if "step" in e and not e["step"].get("parent")
             and e["step"]["state"] == "STEP_STATE_SUCCEEDED"]
-    assert done == ["open", "convert", "setup", "copy", "finalize"]
+    assert done == ["open", "check", "convert", "setup", "copy", "finalize"]
     assert all("duration" in e["step"] for e in evs if "step" in e and e["step"]["state"] == "STEP_STATE_SUCCEEDED")
     subs = {e["step"]["step"] for e in evs if e.get("step", {}).get("parent") == "convert"}
     assert {"launch", "inspect", "remove-tools", "devices", "initramfs", "fstrim"} <= subs

@@ -20,11 +20,21 @@ def nbd_uri(sock: Path) -> str:
     return f"nbd+unix:///?socket={sock}"
 
 
-def export_size(sock: Path) -> int:
+def location_uri(location: str) -> str:
+    """Where an export is, as an NBD URI: given a URI or a Unix socket path."""
+    return location if "://" in location else nbd_uri(Path(location))
+
+
+def export_size(location: str) -> int:
+    """The size of the export at an NBD URI or Unix socket path."""
+    uri = location_uri(location)
     h = nbd.NBD()
-    h.connect_uri(nbd_uri(sock))
-    size = h.get_size()
-    h.shutdown()
+    try:
+        h.connect_uri(uri)
+        size = h.get_size()
+        h.shutdown()
+    except nbd.Error as exc:
+        raise V2VError(f"cannot read the size of {uri}: {exc}", pb.ERROR_CODE_BAD_INPUT) from exc
     return size
 
 

@@ -5,39 +5,11 @@ from __future__ import annotations
 
 import re
 
-from v2v.v1 import types_pb2 as pb
+from v2v.drives import device_name, drive_index
 
 # /dev/sda3, /dev/hdb, /dev/xvdc1, /dev/nvme0n1p2; not /dev/sdaX-like names inside longer words.
 _DEVICE = re.compile(r"(?<![\w/])/dev/(?:(?P<kind>sd|hd|xvd|vd)(?P<letters>[a-z]+)(?P<part>\d*)"
                      r"|nvme(?P<ctrl>\d+)n1(?:p(?P<npart>\d+))?)\b")
-
-_PREFIX = {
-    pb.BLOCK_BUS_VIRTIO_BLK: "vd",
-    pb.BLOCK_BUS_VIRTIO_SCSI: "sd",
-    pb.BLOCK_BUS_SATA: "sd",
-    pb.BLOCK_BUS_IDE: "hd",
-}
-
-
-def drive_letters(index: int) -> str:
-    """0 -> a, 25 -> z, 26 -> aa: the kernel's naming of the Nth disk."""
-    letters = ""
-    index += 1
-    while index:
-        index, rem = divmod(index - 1, 26)
-        letters = chr(ord("a") + rem) + letters
-    return letters
-
-
-def drive_index(letters: str) -> int:
-    index = 0
-    for c in letters:
-        index = index * 26 + (ord(c) - ord("a") + 1)
-    return index - 1
-
-
-def target_name(index: int, bus: int) -> str:
-    return _PREFIX.get(bus, "vd") + drive_letters(index)
 
 
 def remap(text: str, bus: int, disks: int) -> str:
@@ -51,6 +23,6 @@ def remap(text: str, bus: int, disks: int) -> str:
             index, part = drive_index(m.group("letters")), m.group("part")
         if index >= disks:
             return m.group(0)
-        return f"/dev/{target_name(index, bus)}{part}"
+        return f"/dev/{device_name(bus, index)}{part}"
 
     return _DEVICE.sub(sub, text)

@@ -7,7 +7,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from v2v.errors import V2VError
-from v2v.services.input.base import InputPlugin, register
+from v2v.services.input.base import INPUTS, InputPlugin
 from v2v.services.input.diskfile import probe, serve_overlay
 from v2v.v1 import input_pb2
 from v2v.v1 import types_pb2 as pb
@@ -25,7 +25,7 @@ def name_from_path(path: str) -> str:
     return name
 
 
-@register("disk")
+@INPUTS.register("disk")
 class DiskInput(InputPlugin):
     def open(self, options: input_pb2.DiskInput, guest: str, workdir: WorkDir, stack: ExitStack) -> pb.Source:
         if not options.paths:

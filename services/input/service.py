@@ -10,7 +10,7 @@ import grpc
 import v2v.services.input.disk  # noqa: F401  (registers -i disk)
 from v2v.errors import V2VError
 from v2v.grpcserver import rpc
-from v2v.services.input.base import plugin_for
+from v2v.services.input.base import INPUTS
 from v2v.v1 import input_pb2, input_pb2_grpc
 from v2v.workdir import WorkDir
 
@@ -23,7 +23,7 @@ class InputService(input_pb2_grpc.InputServicer):
     def open(self, request: input_pb2.OpenRequest) -> input_pb2.OpenResponse:
         """Open without gRPC: the same code the RPC runs."""
         workdir = WorkDir(request.workdir)
-        plugin, options = plugin_for(request.input)
+        plugin, options = INPUTS.lookup(request.input)
         stack = ExitStack()
         try:
             source = plugin.open(options, request.guest, workdir, stack)

@@ -1,0 +1,1 @@
+"""Copier service: nbdcopy from each source NBD socket to its target, with progress."""

@@ -1,0 +1,89 @@
+"""One nbdcopy process copying one disk between two NBD servers, reporting its progress."""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from v2v.nbdserver import location_uri
+from v2v.process import Process
+from v2v.v1 import copier_pb2
+
+# nbdcopy --progress=FD writes "N/100\n", N the integer percentage. It writes a line only when it
+# starts on another 128 MiB work range (and "100/100" at the end), so small disks jump 0 -> 100.
+_PROGRESS_LINE = re.compile(r"(\d+)/100")
+
+
+def parse_progress(line: str) -> int | None:
+    """The percentage of one line of nbdcopy --progress=FD, or None for anything else."""
+    m = _PROGRESS_LINE.fullmatch(line.strip())
+    return min(int(m.group(1)), 100) if m else None
+
+
+
+class Nbdcopy:
+    """nbdcopy SOURCE TARGET for one disk. `on_progress(bytes_done)` is called from a reader
+    thread as nbdcopy reports: the percentage it reports, of `size` bytes."""
+
+    def __init__(self, copy: copier_pb2.DiskCopy, options: copier_pb2.CopyOptions, size: int, log: Path,
+                 on_progress: Callable[[int], None]) -> None:
+        self.copy = copy
+        self.options = options
+        self.size = size
+        self.log = log
+        self.on_progress = on_progress
+        self.process: Process | None = None
+        self.killed = False  # stopped on purpose (cancel, another disk failed), not failed
+        self._reader: threading.Thread | None = None
+
+    def command(self, progress_fd: int) -> list[str]:
+        opts = self.options
+        cmd = ["nbdcopy", f"--progress={progress_fd}"]
+        if opts.flush:
+            cmd.append("--flush")
+        if opts.target_is_zero:
+            cmd.append("--target-is-zero")
+        for flag, value in (("requests", opts.requests), ("request-size", opts.request_size),
+                            ("connections", opts.connections)):
+            if value:
+                cmd.append(f"--{flag}={value}")
+        return [*cmd, location_uri(self.copy.source), location_uri(self.copy.target)]
+
+    def start(self) -> None:
+        read_fd, write_fd = os.pipe()
+        try:
+            self.process = Process(self.command(write_fd), self.log).start(pass_fds=[write_fd])
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)  # nbdcopy holds the only write end: its exit ends the reader
+        self._reader = threading.Thread(target=self._read_progress, args=(read_fd,),
+                                        name=f"nbdcopy-progress-{self.copy.disk}", daemon=True)
+        self._reader.start()
+
+    def _read_progress(self, read_fd: int) -> None:
+        with open(read_fd, errors="replace") as pipe:
+            for line in pipe:
+                pct = parse_progress(line)
+                if pct is not None:
+                    self.on_progress(self.size * pct // 100)
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.running()
+
+    def wait(self) -> None:
+        """Waits for the copy to end and for its last progress report; raises if nbdcopy failed."""
+        assert self.process is not None and self._reader is not None
+        rc = self.process.wait()
+        self._reader.join()
+        if rc != 0:
+            raise self.process.failure(f"copying disk {self.copy.disk} from {self.copy.source} to {self.copy.target}")
+
+    def kill(self) -> None:
+        self.killed = True
+        if self.process is not None:
+            self.process.stop()

@@ -1,0 +1,148 @@
+"""The Output gRPC service: keeps each work directory's target disk servers alive from Setup to
+Finalize (which stops them, then describes the guest) or Abort (which also removes the disks)."""
+
+from __future__ import annotations
+
+import threading
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+import grpc
+
+import v2v.services.output.local  # noqa: F401  (registers -o local)
+from v2v.errors import V2VError
+from v2v.grpcserver import rpc
+from v2v.services.output.base import OUTPUTS, OutputPlugin, target_name
+from v2v.v1 import output_pb2, output_pb2_grpc
+from v2v.v1 import types_pb2 as pb
+from v2v.workdir import WorkDir
+
+
+@dataclass
+class _Output:
+    """What Setup made for one work directory, kept until Finalize or Abort."""
+
+    plugin: OutputPlugin
+    spec: output_pb2.OutputSpec
+    target: pb.TargetMeta
+    stack: ExitStack  # the disks' NBD servers
+
+
+def request_target(request: output_pb2.SetupRequest | output_pb2.FinalizeRequest, workdir: WorkDir) -> pb.TargetMeta:
+    """The request's target, else the work directory's target.json, with its final name."""
+    target = pb.TargetMeta()
+    if request.HasField("target"):
+        target.CopyFrom(request.target)
+    else:
+        workdir.read(WorkDir.TARGET, target)
+    target.name = target_name(request.output, target)
+    return target
+
+
+class OutputService(output_pb2_grpc.OutputServicer):
+    def __init__(self) -> None:
+        self._open: dict[str, _Output] = {}
+        self._lock = threading.Lock()
+
+    def check(self, request: output_pb2.CheckRequest) -> None:
+        """Check without gRPC: the same code the RPC runs."""
+        try:
+            plugin, _ = OUTPUTS.lookup(request.output)
+            target = pb.TargetMeta(source=request.source)
+            target.name = target_name(request.output, target)
+            plugin.check(request.output, target)
+        except V2VError as err:
+            err.fill(step="check", guest=request.guest)
+            raise
+
+    def setup(self, request: output_pb2.SetupRequest) -> output_pb2.SetupResponse:
+        """Setup without gRPC: the same code the RPC runs."""
+        try:
+            return self._setup(request)
+        except V2VError as err:
+            err.fill(step="setup", guest=request.guest)
+            raise
+
+    def _setup(self, request: output_pb2.SetupRequest) -> output_pb2.SetupResponse:
+        if not request.workdir:
+            raise V2VError("no work directory given", pb.ERROR_CODE_BAD_INPUT)
+        workdir = WorkDir(request.workdir)
+        plugin, _ = OUTPUTS.lookup(request.output)
+        target = request_target(request, workdir)
+        if not target.source.disks:
+            raise V2VError(f"guest {target.name} has no disks to create", pb.ERROR_CODE_BAD_INPUT)
+        del target.disks[:]  # from here on: the disks this setup created
+        with self._lock:
+            if request.workdir in self._open:
+                raise V2VError(f"the output of {request.workdir} is already set up: finalize or abort it first",
+                               pb.ERROR_CODE_BAD_INPUT)
+        stack = ExitStack()
+        try:
+            plugin.setup(request.output, target, workdir, stack)
+            workdir.write(WorkDir.TARGET, target)
+        except BaseException:
+            stack.close()  # the servers stop before their files go
+            plugin.abort(request.output, target, workdir)
+            raise
+        with self._lock:
+            self._open[request.workdir] = _Output(plugin, request.output, target, stack)
+        return output_pb2.SetupResponse(disks=target.disks,
+                                        sockets=[str(workdir.out_sock(d.index)) for d in target.disks],
+                                        target_is_zero=plugin.target_is_zero)
+
+    def finalize(self, request: output_pb2.FinalizeRequest) -> output_pb2.FinalizeResponse:
+        try:
+            return self._finalize(request)
+        except V2VError as err:
+            err.fill(step="finalize", guest=request.guest)
+            raise
+
+    def _finalize(self, request: output_pb2.FinalizeRequest) -> output_pb2.FinalizeResponse:
+        workdir = WorkDir(request.workdir)
+        with self._lock:
+            opened = self._open.pop(request.workdir, None)
+        if opened:
+            opened.stack.close()  # the servers flush the disks as they stop: describe only complete data
+        try:
+            plugin, _ = OUTPUTS.lookup(request.output)
+            target = request_target(request, workdir)
+            if not target.disks:  # the request did not list them: those Setup created
+                target.disks.extend(workdir.read(WorkDir.TARGET, pb.TargetMeta()).disks)
+            files = plugin.finalize(request.output, target, workdir)
+        except BaseException:
+            if opened:  # Abort can still remove the disks
+                with self._lock:
+                    self._open.setdefault(request.workdir, opened)
+            raise
+        return output_pb2.FinalizeResponse(files=files)
+
+    def abort(self, workdir: str) -> None:
+        """Stops the servers and removes the disks of a work directory's output, if it has one here."""
+        with self._lock:
+            opened = self._open.pop(workdir, None)
+        if opened:
+            opened.stack.close()
+            opened.plugin.abort(opened.spec, opened.target, WorkDir(workdir))
+
+    def shutdown(self) -> None:
+        for workdir in list(self._open):
+            self.abort(workdir)
+
+    @rpc
+    def Check(self, request: output_pb2.CheckRequest, context: grpc.ServicerContext) -> output_pb2.CheckResponse:
+        self.check(request)
+        return output_pb2.CheckResponse()
+
+    @rpc
+    def Setup(self, request: output_pb2.SetupRequest, context: grpc.ServicerContext) -> output_pb2.SetupResponse:
+        return self.setup(request)
+
+    @rpc
+    def Finalize(self, request: output_pb2.FinalizeRequest,
+                 context: grpc.ServicerContext) -> output_pb2.FinalizeResponse:
+        return self.finalize(request)
+
+    @rpc
+    def Abort(self, request: output_pb2.AbortRequest, context: grpc.ServicerContext) -> output_pb2.AbortResponse:
+        self.abort(request.workdir)
+        return output_pb2.AbortResponse()

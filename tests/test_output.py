@@ -1,0 +1,234 @@
+"""The output service with -o local, against real qemu-img, nbdkit and qemu-nbd."""
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import grpc
+import nbd
+import pytest
+
+from v2v import grpcserver
+from v2v.drives import device_name, drive_letters
+from v2v.errors import V2VError, from_rpc_error
+from v2v.services.output.service import OutputService
+from v2v.v1 import output_pb2, output_pb2_grpc
+from v2v.v1 import types_pb2 as pb
+from v2v.workdir import WorkDir
+
+MiB = 1024**2
+# (disk, offset, bytes) written through the NBD sockets
+WRITES = [(0, 0, b"\x55\xaa" * 256), (0, 40 * MiB + 4096, os.urandom(MiB)), (1, 16 * MiB - 4096, os.urandom(4096))]
+
+
+def children() -> list[str]:
+    """Processes this test process started and has not reaped: none may outlive a test."""
+    res = subprocess.run(["pgrep", "-a", "-P", str(os.getpid())], capture_output=True, text=True)
+    return res.stdout.splitlines()
+
+
+@pytest.fixture
+def service():
+    svc = OutputService()
+    yield svc
+    svc.shutdown()
+    assert children() == []
+
+
+def make_target(*sizes: int) -> pb.TargetMeta:
+    source = pb.Source(name="guest", hypervisor=pb.HYPERVISOR_VMWARE, memory=1024 * MiB, vcpus=1,
+                       disks=[pb.SourceDisk(index=i, virtual_size=s) for i, s in enumerate(sizes)],
+                       nics=[pb.Nic(network="default", network_type=pb.NETWORK_TYPE_NETWORK)])
+    return pb.TargetMeta(source=source, caps=pb.GuestCaps(block_bus=pb.BLOCK_BUS_VIRTIO_SCSI,
+                                                          machine=pb.MACHINE_Q35, arch="x86_64"))
+
+
+def spec(directory: Path, fmt: str = "", allocation: int = output_pb2.ALLOCATION_UNSPECIFIED,
+         name: str = "") -> output_pb2.OutputSpec:
+    return output_pb2.OutputSpec(name=name, format=fmt, allocation=allocation,
+                                 local=output_pb2.LocalOutput(directory=str(directory)))
+
+
+def setup(service, workdir, output, target) -> output_pb2.SetupResponse:
+    return service.setup(output_pb2.SetupRequest(workdir=str(workdir.path), guest="guest", output=output,
+                                                 target=target))
+
+
+def finalize(service, workdir, output) -> output_pb2.FinalizeResponse:
+    return service.finalize(output_pb2.FinalizeRequest(workdir=str(workdir.path), guest="guest", output=output))
+
+
+def write_through_nbd(sockets: list[str]) -> None:
+    for disk, offset, data in WRITES:
+        h = nbd.NBD()
+        h.connect_uri(f"nbd+unix:///?socket={sockets[disk]}")
+        assert h.pread(len(data), offset) == bytes(len(data))  # a fresh disk reads as zeros
+        h.pwrite(data, offset)
+        h.shutdown()
+
+
+def expected_image(path: Path, disk: int, size: int) -> Path:
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for d, offset, data in WRITES:
+            if d == disk:
+                f.seek(offset)
+                f.write(data)
+    return path
+
+
+def image_info(path: str) -> dict:
+    return json.loads(subprocess.run(["qemu-img", "info", "--output=json", path], capture_output=True,
+                                     text=True, check=True).stdout)
+
+
+def test_drive_and_device_names():
+    assert [drive_letters(i) for i in (0, 1, 25, 26, 27, 51, 52, 701, 702)] == [
+        "a", "b", "z", "aa", "ab", "az", "ba", "zz", "aaa"]
+    assert device_name(pb.BLOCK_BUS_VIRTIO_BLK, 1) == "vdb"
+    assert device_name(pb.BLOCK_BUS_SATA, 26) == "sdaa"
+    assert device_name(pb.BLOCK_BUS_IDE, 0) == "hda"
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+@pytest.mark.parametrize("allocation", [output_pb2.ALLOCATION_SPARSE, output_pb2.ALLOCATION_PREALLOCATED])
+def test_setup_write_finalize(service, workdir, tmp_path, fmt, allocation):
+    out = tmp_path / "out"
+    out.mkdir()
+    sizes = (64 * MiB, 16 * MiB)
+    output = spec(out, fmt, allocation)
+    resp = setup(service, workdir, output, make_target(*sizes))
+
+    assert resp.target_is_zero
+    assert resp.sockets == [str(workdir.out_sock(0)), str(workdir.out_sock(1))]
+    assert [(d.index, d.path, d.format, d.virtual_size, d.device, d.bus) for d in resp.disks] == [
+        (0, str(out / "guest-sda"), fmt, sizes[0], "sda", pb.BLOCK_BUS_VIRTIO_SCSI),
+        (1, str(out / "guest-sdb"), fmt, sizes[1], "sdb", pb.BLOCK_BUS_VIRTIO_SCSI)]
+    saved = workdir.read(WorkDir.TARGET, pb.TargetMeta())
+    assert saved.name == "guest" and list(saved.disks) == list(resp.disks)
+    write_through_nbd(list(resp.sockets))
+
+    files = finalize(service, workdir, output).files
+    assert list(files) == [str(out / "guest-sda"), str(out / "guest-sdb"), str(out / "guest.xml")]
+    assert children() == []
+    assert not workdir.out_sock(0).exists() and not workdir.out_sock(1).exists()
+    for disk, size in enumerate(sizes):
+        info = image_info(files[disk])
+        assert (info["format"], info["virtual-size"]) == (fmt, size)
+        if allocation == output_pb2.ALLOCATION_PREALLOCATED:
+            assert info["actual-size"] >= size
+        else:
+            assert info["actual-size"] < size // 2
+        expected = expected_image(tmp_path / f"expected{disk}.raw", disk, size)
+        subprocess.run(["qemu-img", "compare", "-f", fmt, "-F", "raw", files[disk], str(expected)], check=True)
+    if shutil.which("xmllint"):
+        subprocess.run(["virt-xml-validate", files[2], "domain"], check=True, capture_output=True)
+    assert f"<source file=\"{files[0]}\" />" in Path(files[2]).read_text()
+
+
+def test_name_from_spec_and_finalize_with_listed_disks(service, workdir, tmp_path):
+    output = spec(tmp_path, name="renamed")
+    resp = setup(service, workdir, output, make_target(MiB))
+    assert resp.disks[0].path == str(tmp_path / "renamed-sda")
+    target = make_target(MiB)
+    target.disks.extend(resp.disks)
+    files = service.finalize(output_pb2.FinalizeRequest(workdir=str(workdir.path), output=output, target=target))
+    assert list(files.files) == [str(tmp_path / "renamed-sda"), str(tmp_path / "renamed.xml")]
+    assert "<name>renamed</name>" in (tmp_path / "renamed.xml").read_text()
+
+
+@pytest.mark.parametrize("existing", ["guest-sdb", "guest.xml"])
+def test_refuses_existing_target(service, workdir, tmp_path, existing):
+    (tmp_path / existing).write_text("precious")
+    with pytest.raises(V2VError) as exc:
+        setup(service, workdir, spec(tmp_path), make_target(MiB, MiB))
+    assert exc.value.code == pb.ERROR_CODE_TARGET_EXISTS
+    assert exc.value.step == "setup" and exc.value.guest == "guest"
+    assert str(tmp_path / existing) in exc.value.message
+    assert sorted(p.name for p in tmp_path.iterdir()) == [existing]
+    assert (tmp_path / existing).read_text() == "precious"
+    assert not workdir.out_sock(0).exists()
+
+
+def test_bad_directory_format_and_name(service, workdir, tmp_path):
+    missing = tmp_path / "missing"
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    for output, named in [(spec(missing), str(missing)), (spec(a_file), str(a_file)),
+                          (spec(tmp_path, "vmdk"), "vmdk"), (spec(tmp_path, name="a/b"), "a/b"),
+                          (output_pb2.OutputSpec(), "output type")]:
+        with pytest.raises(V2VError) as exc:
+            setup(service, workdir, output, make_target(MiB))
+        assert exc.value.code == pb.ERROR_CODE_BAD_INPUT and exc.value.step == "setup"
+        assert named in exc.value.message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_abort_removes_disks_sockets_and_servers(service, workdir, tmp_path):
+    resp = setup(service, workdir, spec(tmp_path, "qcow2"), make_target(MiB, MiB))
+    assert len(children()) == 2
+    with pytest.raises(V2VError, match="already set up"):
+        setup(service, workdir, spec(tmp_path, "qcow2", name="other"), make_target(MiB))
+    service.abort(str(workdir.path))
+    assert children() == []
+    assert list(tmp_path.iterdir()) == []
+    assert not any(Path(s).exists() for s in resp.sockets)
+    service.abort(str(workdir.path))  # nothing left to abort: no error
+
+
+def test_failed_finalize_leaves_the_disks_to_abort(service, workdir, tmp_path):
+    setup(service, workdir, spec(tmp_path), make_target(MiB))
+    with pytest.raises(V2VError) as exc:
+        finalize(service, workdir, spec(tmp_path / "gone"))
+    assert (exc.value.code, exc.value.step) == (pb.ERROR_CODE_BAD_INPUT, "finalize")
+    assert children() == [] and [p.name for p in tmp_path.iterdir()] == ["guest-sda"]
+    service.abort(str(workdir.path))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_shutdown_aborts_open_outputs(workdir, tmp_path):
+    service = OutputService()
+    setup(service, workdir, spec(tmp_path), make_target(MiB))
+    service.shutdown()
+    assert children() == [] and list(tmp_path.iterdir()) == []
+
+
+def test_full_disk_is_no_space_and_removes_created_disks(service, workdir):
+    if subprocess.run(["stat", "-f", "-c", "%T", "/dev/shm"], capture_output=True, text=True).stdout.strip() != "tmpfs":
+        pytest.skip("needs a tmpfs on /dev/shm: it refuses an impossible preallocation at once")
+    out = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    try:
+        with pytest.raises(V2VError) as exc:
+            setup(service, workdir, spec(out, "raw", output_pb2.ALLOCATION_PREALLOCATED),
+                  make_target(MiB, 1024**5))
+        assert exc.value.code == pb.ERROR_CODE_NO_SPACE
+        assert (exc.value.step, exc.value.disk) == ("setup", 1)
+        assert str(out / "guest-sdb") in exc.value.message
+        assert list(out.iterdir()) == []  # disk 0 was created and served, then removed
+        assert children() == []
+    finally:
+        shutil.rmtree(out)
+
+
+def test_over_grpc(service, workdir, tmp_path):
+    server = grpcserver.serve(str(tmp_path / "output.sock"),
+                              [(service, output_pb2_grpc.add_OutputServicer_to_server, "v2v.v1.Output")])
+    try:
+        with grpcserver.channel(str(tmp_path / "output.sock")) as ch:
+            stub = output_pb2_grpc.OutputStub(ch)
+            output = spec(tmp_path, "raw")
+            request = output_pb2.SetupRequest(workdir=str(workdir.path), guest="guest", output=output,
+                                              target=make_target(MiB))
+            assert stub.Setup(request).disks[0].path == str(tmp_path / "guest-sda")
+            stub.Abort(output_pb2.AbortRequest(workdir=str(workdir.path)))
+            (tmp_path / "guest-sda").write_text("")
+            with pytest.raises(grpc.RpcError) as exc:
+                stub.Setup(request)
+            assert exc.value.code() == grpc.StatusCode.ALREADY_EXISTS
+            err = from_rpc_error(exc.value, step="setup")
+            assert (err.code, err.step, err.guest) == (pb.ERROR_CODE_TARGET_EXISTS, "setup", "guest")
+    finally:
+        server.stop(None)
