@@ -127,7 +127,7 @@ def convert_main(argv: Sequence[str]) -> int:
     parser = conversion_parser()
     a = parser.parse_intermixed_args(argv)
     display: HumanDisplay | MachineDisplay = MachineDisplay() if a.machine_readable else \
-        HumanDisplay(quiet=a.quiet or a.print_source, verbose=a.verbose)
+        HumanDisplay(quiet=a.quiet or a.print_source)
     err_console = Console(stderr=True, highlight=False, soft_wrap=True)
     signal.signal(signal.SIGTERM, _terminate)
     try:

@@ -43,11 +43,10 @@ class MachineDisplay:
 class HumanDisplay:
     """virt-v2v-like lines, "[  12.3] step ...", sub-steps indented, live bars while copying."""
 
-    def __init__(self, quiet: bool = False, verbose: bool = False) -> None:
+    def __init__(self, quiet: bool = False) -> None:
         self.console = Console(highlight=False, soft_wrap=True)
         self.err = Console(stderr=True, highlight=False, soft_wrap=True)
         self.quiet = quiet
-        self.verbose = verbose
         self.t0 = time.monotonic()
         self.progress: Progress | None = None
         self.tasks: dict[int, TaskID] = {}
@@ -77,7 +76,7 @@ class HumanDisplay:
         elif s.state == pb.STEP_STATE_NOTE:
             if s.severity >= pb.SEVERITY_WARNING:
                 self.err.print(f"v2v: warning: {s.message}")
-            elif self.verbose or s.step in ("inspect", "kernel"):
+            else:
                 self._say(f"{indent}  {s.message}")
 
     def _progress(self, p: pb.Progress) -> None:

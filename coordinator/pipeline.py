@@ -16,6 +16,7 @@ import grpc
 from v2v.coordinator.clients import PhaseClients
 from v2v.errors import V2VError, from_rpc_error
 from v2v.events import StepReporter
+from v2v.units import human_size
 from v2v.v1 import convert_pb2, coordinator_pb2, copier_pb2, input_pb2, output_pb2
 from v2v.v1 import types_pb2 as pb
 from v2v.workdir import WorkDir
@@ -80,6 +81,9 @@ class GuestRun:
                 resp = self.clients.input.Open(input_pb2.OpenRequest(workdir=str(wd.path), guest=self.name,
                                                                       input=self.job.input))
                 self.source = resp.source
+                size = sum(d.virtual_size for d in resp.source.disks)
+                self.report.note(f"{resp.source.name}: {len(resp.source.disks)} disk(s), {human_size(size)} "
+                                 f"({', '.join(d.format for d in resp.source.disks)})", step="open")
             if self.job.print_source:
                 ok = True
                 return

@@ -56,7 +56,7 @@ class ConvertService(convert_pb2_grpc.ConvertServicer):
             g = appliance.g
             with report.step("inspect"):
                 insp = inspect(g, opts.root)
-                report.note(f"{insp.product_name} ({insp.arch}) on {insp.root}", step="inspect")
+                report.note(f"{insp.distro} {insp.product_name} ({insp.arch}), root {insp.root}", step="inspect")
             with report.step("mount"):
                 mounted = mount_all(g, insp)
             if insp.type != "linux":
