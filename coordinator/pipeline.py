@@ -16,6 +16,7 @@ import grpc
 from v2v.coordinator.clients import PhaseClients
 from v2v.errors import V2VError, from_rpc_error
 from v2v.events import StepReporter
+from v2v.naming import name_from_path
 from v2v.units import human_size
 from v2v.v1 import convert_pb2, coordinator_pb2, copier_pb2, input_pb2, output_pb2
 from v2v.v1 import types_pb2 as pb
@@ -29,8 +30,6 @@ def guest_name(job: coordinator_pb2.GuestJob) -> str:
         return job.name
     kind = job.input.WhichOneof("kind")
     if kind == "disk" and job.input.disk.paths:
-        from v2v.services.input.disk import name_from_path
-
         return name_from_path(job.input.disk.paths[0])
     return "guest"
 

@@ -6,6 +6,7 @@ import threading
 from collections.abc import Iterator
 
 import grpc
+import guestfs
 
 from v2v.errors import V2VError
 from v2v.events import StepReporter
@@ -84,12 +85,12 @@ class ConvertService(convert_pb2_grpc.ConvertServicer):
         return convert_pb2.ConvertResult(inspection=insp, caps=caps, target=target)
 
     @staticmethod
-    def trim(g: object, mounted: list[str], report: StepReporter) -> None:
+    def trim(g: guestfs.GuestFS, mounted: list[str], report: StepReporter) -> None:
         """fstrim every filesystem, so the copy can skip free space. A filesystem that cannot be
         trimmed costs copy time, not correctness: a warning."""
         for mp in mounted:
             try:
-                g.fstrim(mp)  # type: ignore[attr-defined]
+                g.fstrim(mp)
             except RuntimeError as exc:
                 report.warn(f"fstrim {mp}: {exc}", step="fstrim")
 

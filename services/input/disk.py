@@ -7,6 +7,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from v2v.errors import V2VError
+from v2v.naming import name_from_path
 from v2v.services.input.base import INPUTS, InputPlugin
 from v2v.services.input.diskfile import probe, serve_overlay
 from v2v.v1 import input_pb2
@@ -15,14 +16,6 @@ from v2v.workdir import WorkDir
 
 GiB = 1024**3
 
-
-def name_from_path(path: str) -> str:
-    name = Path(path).name
-    for _ in range(2):  # guest.img, guest.qcow2, guest-sda.raw.gz
-        stem, dot, ext = name.rpartition(".")
-        if dot and stem and ext.isalnum() and len(ext) <= 6:
-            name = stem
-    return name
 
 
 @INPUTS.register("disk")
