@@ -94,11 +94,13 @@ def v2v(workroot: Path):
 
 
 @pytest.fixture(scope="session")
-def phony() -> Path:
-    """The fast synthetic guests of ../shared/guests (seconds; no LVM variant)."""
-    out = GUEST_DIR / "phony"
-    subprocess.run([str(GUESTS / "make-phony-guests.sh"), "-L", "-o", str(out)], check=True,
-                   stdout=subprocess.DEVNULL)
+def phony(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fast synthetic guests of ../shared/guests (seconds; no LVM variant), private to this
+    run: the script rewrites its images, which would pull them from under a concurrent run."""
+    out = tmp_path_factory.mktemp("phony")
+    res = subprocess.run([str(GUESTS / "make-phony-guests.sh"), "-L", "-o", str(out)], capture_output=True,
+                         text=True, check=False)
+    assert res.returncode == 0, f"make-phony-guests.sh failed:\n{res.stdout[-2000:]}{res.stderr[-2000:]}"
     return out
 
 

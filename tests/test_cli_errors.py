@@ -11,8 +11,8 @@ def error_lines(stderr: str) -> list[str]:
 
 
 @pytest.mark.parametrize("name, expect", [
-    ("missing.img", "step open: /var/tmp/guests/phony/missing.img: no such file"),
-    ("garbage.img", "step open: /var/tmp/guests/phony/garbage.img: not a disk image"),
+    ("missing.img", "no such file"),
+    ("garbage.img", "not a disk image"),
     ("zero-length.img", "is empty"),
 ])
 def test_bad_input_one_line(v2v, phony, tmp_path, name, expect):
@@ -20,7 +20,7 @@ def test_bad_input_one_line(v2v, phony, tmp_path, name, expect):
     assert r.rc == 1
     lines = error_lines(r.stderr)
     assert len(lines) == 1, r.stderr
-    assert f"guest {name.rsplit('.', 1)[0]}:" in lines[0] and expect in lines[0]
+    assert lines[0].startswith(f"v2v: error: guest {name.rsplit('.', 1)[0]}: step open: {phony / name}: {expect}")
 
 
 def test_print_source(v2v, phony):
@@ -28,8 +28,8 @@ def test_print_source(v2v, phony):
             "--print-source")
     assert r.rc == 0, r.stderr
     assert r.stdout.startswith("    source name: ubuntu-twodisk-1\n")
-    assert "0: /var/tmp/guests/phony/ubuntu-twodisk-1.img (raw, 512 MiB)" in r.stdout
-    assert "1: /var/tmp/guests/phony/ubuntu-twodisk-2.img (raw, 256 MiB)" in r.stdout
+    assert f"0: {phony}/ubuntu-twodisk-1.img (raw, 512 MiB)" in r.stdout
+    assert f"1: {phony}/ubuntu-twodisk-2.img (raw, 256 MiB)" in r.stdout
 
 
 def test_missing_output_directory(v2v, phony, tmp_path):

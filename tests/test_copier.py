@@ -158,12 +158,14 @@ def test_parallel_one_copies_in_turn(service, workdir, disks):
 
 def test_cancel_stops_every_copy(service, workdir, disks):
     copies = [disks.add(64 * MiB, [(0, 64 * MiB)], read_delay="50ms") for _ in range(2)]
-    events, stopped = [], None
+    events, stopped, reporting = [], None, set()
     started = time.monotonic()
     with pytest.raises(V2VError) as exc:
         for event in service.copy(request(workdir, copies, **SLOW)):
             events.append(event)
-            if event.HasField("progress") and stopped is None:
+            if event.HasField("progress"):
+                reporting.add(event.progress.disk)
+            if reporting == {0, 1} and stopped is None:  # both copies are running
                 stopped = service.cancel(str(workdir.path))
     assert time.monotonic() - started < 10
     assert stopped == 2
