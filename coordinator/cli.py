@@ -18,8 +18,10 @@ import grpc
 from rich.console import Console
 
 from v2v.coordinator.display import HumanDisplay, MachineDisplay, print_source
+from v2v.coordinator.outputs import BUILDERS, DIRECTORY_OUTPUTS, output_spec
 from v2v.errors import V2VError, from_rpc_error
 from v2v.grpcserver import channel, wait_ready
+from v2v.networks import parse_mac, parse_network
 from v2v.v1 import (
     convert_pb2,
     coordinator_pb2,
@@ -31,7 +33,6 @@ from v2v.v1 import (
 from v2v.v1 import types_pb2 as pb
 
 INPUTS = ("disk",)
-OUTPUTS = {"local": "local", "disk": "local"}  # -o name -> OutputSpec field
 ACCELERATORS = {"auto": convert_pb2.ACCELERATOR_AUTO, "kvm": convert_pb2.ACCELERATOR_KVM,
                 "tcg": convert_pb2.ACCELERATOR_TCG}
 
@@ -44,8 +45,21 @@ def conversion_parser() -> argparse.ArgumentParser:
     p.add_argument("-i", dest="input", choices=INPUTS, default="disk", help="input type (default: disk)")
     p.add_argument("-if", dest="input_format", default="", metavar="FORMAT",
                    help="input disk format (raw, qcow2, vmdk, ...); default: detect")
-    p.add_argument("-o", dest="output", choices=sorted(OUTPUTS), default="local", help="output type")
-    p.add_argument("-os", dest="output_storage", metavar="DIR", help="output storage (-o local: a directory)")
+    p.add_argument("-o", dest="output", choices=sorted(BUILDERS), default="local", help="output type")
+    p.add_argument("-os", dest="output_storage", metavar="STORAGE",
+                   help="output storage: a directory (-o local, qemu, json, kubevirt) or a pool (-o libvirt)")
+    p.add_argument("-oc", dest="output_uri", default="", metavar="URI", help="-o libvirt: the libvirt URI")
+    p.add_argument("-oo", dest="output_options", action="append", default=[], metavar="OPTION",
+                   help="an output option: compressed, qemu-boot, domain-type=, pvc-prefix=, disk=, "
+                        "data-volumes, json-disks-pattern= (as the output type takes)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing target files instead of refusing")
+    p.add_argument("-n", "--network", dest="networks", action="append", default=[], metavar="[IN:]OUT",
+                   help="map source network IN (default: every network) to target network OUT")
+    p.add_argument("-b", "--bridge", dest="bridges", action="append", default=[], metavar="[IN:]OUT",
+                   help="map source network IN (default: every network) to target bridge OUT")
+    p.add_argument("--mac", dest="macs", action="append", default=[], metavar="MAC:network|bridge|ip:...",
+                   help="map one NIC by MAC: MAC:network:OUT, MAC:bridge:OUT, or keep its address: "
+                        "MAC:ip:ADDR,GATEWAY,PREFIXLEN,NAMESERVER...")
     p.add_argument("-of", dest="output_format", choices=("raw", "qcow2"), default="raw", help="output disk format")
     p.add_argument("-oa", dest="output_alloc", choices=("sparse", "preallocated"), default="sparse",
                    help="output allocation")
@@ -86,15 +100,18 @@ def build_job(a: argparse.Namespace) -> coordinator_pb2.GuestJob:
     job.input.disk.CopyFrom(input_pb2.DiskInput(paths=[os.path.abspath(f) for f in a.files], format=a.input_format))
     job.convert.CopyFrom(convert_pb2.ConvertOptions(accelerator=ACCELERATORS[a.accel], root=root_choice(a.root),
                                                     verbose=a.verbose, trace=a.trace))
-    out = output_pb2.OutputSpec(name=a.output_name, format=a.output_format,
-                                allocation=output_pb2.ALLOCATION_PREALLOCATED if a.output_alloc == "preallocated"
-                                else output_pb2.ALLOCATION_SPARSE)
     if not a.print_source:
-        if not a.output_storage:
-            raise V2VError(f"-o {a.output}: give the output directory with -os DIR", pb.ERROR_CODE_BAD_INPUT,
-                           step="setup")
-        out.local.directory = os.path.abspath(a.output_storage)
-    job.output.CopyFrom(out)
+        storage = a.output_storage
+        if storage and a.output in DIRECTORY_OUTPUTS:
+            storage = os.path.abspath(storage)
+        alloc = output_pb2.ALLOCATION_PREALLOCATED if a.output_alloc == "preallocated" else output_pb2.ALLOCATION_SPARSE
+        job.output.CopyFrom(output_spec(a.output, storage, a.output_uri, a.output_options, name=a.output_name,
+                                        format=a.output_format, allocation=alloc, overwrite=a.overwrite))
+    job.networks.mappings.extend([parse_network(n, pb.NETWORK_TYPE_NETWORK) for n in a.networks]
+                                 + [parse_network(b, pb.NETWORK_TYPE_BRIDGE) for b in a.bridges])
+    for text in a.macs:
+        mac = parse_mac(text)
+        (job.networks.static_ips if isinstance(mac, pb.StaticIp) else job.networks.mappings).append(mac)
     job.copy.CopyFrom(copier_pb2.CopyOptions(parallel=max(a.parallel, 0)))
     return job
 

@@ -111,7 +111,8 @@ class GuestRun:
 
     def _convert(self, wd: WorkDir) -> convert_pb2.ConvertResult:
         call = self.clients.convert.Convert(convert_pb2.ConvertRequest(
-            workdir=str(wd.path), guest=self.name, options=self.job.convert, target_name=self.job.output.name))
+            workdir=str(wd.path), guest=self.name, options=self.job.convert, target_name=self.job.output.name,
+            networks=self.job.networks))
         self._calls.append(call)
         result = None
         for ev in call:

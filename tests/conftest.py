@@ -4,6 +4,7 @@ and leak checks for the processes and sockets v2v starts."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -14,7 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from google.protobuf import json_format
 
+from v2v.v1 import copier_pb2, input_pb2, output_pb2
+from v2v.v1 import types_pb2 as pb
 from v2v.workdir import WorkDir
 
 REPO = Path(__file__).resolve().parent.parent
@@ -110,3 +114,53 @@ def real_guest() -> Path:
     out = GUEST_DIR / "linux"
     subprocess.run([str(GUESTS / "make-linux-guest.sh"), "-o", str(out)], check=True, stdout=subprocess.DEVNULL)
     return out / "debian12-vmware.raw"
+
+
+@pytest.fixture(scope="session")
+def converted(real_guest: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[pb.TargetMeta, Path]:
+    """The real guest converted once per run with -o json -of qcow2: (its TargetMeta, its disk).
+    Output tests write this target again with their output, without converting again."""
+    out = tmp_path_factory.mktemp("converted")
+    root = Path(tempfile.mkdtemp(prefix="v2v-c.", dir="/tmp"))
+    env = dict(os.environ, V2V_WORKDIR_ROOT=str(root))
+    res = subprocess.run([str(V2V), "-i", "disk", str(real_guest), "-o", "json", "-of", "qcow2", "-os", str(out),
+                          "--accel", "tcg", "-q"], capture_output=True, text=True, env=env, check=False)
+    shutil.rmtree(root)
+    assert res.returncode == 0, res.stderr
+    doc = json.loads((out / "debian12-vmware.json").read_text())
+    target = json_format.ParseDict(doc["target"], pb.TargetMeta())
+    return target, Path(target.disks[0].path)
+
+
+def write_target(target: pb.TargetMeta, disks: list[Path], spec: output_pb2.OutputSpec, workroot: Path) -> list[str]:
+    """Runs open -> check -> setup -> copy -> finalize in this process (the services' own code, no
+    conversion): `disks` (already converted) become the target of `spec`. Returns the files written."""
+    from v2v.services.copier.service import CopierService
+    from v2v.services.input.service import InputService
+    from v2v.services.output.service import OutputService
+
+    inputs, outputs, copier = InputService(), OutputService(), CopierService()
+    wd = WorkDir.create(target.name, workroot)
+    opened = inputs.open(input_pb2.OpenRequest(workdir=str(wd.path), guest=target.name, input=input_pb2.InputSpec(
+        disk=input_pb2.DiskInput(paths=[str(d) for d in disks]))))
+    t = pb.TargetMeta()
+    t.CopyFrom(target)
+    t.source.disks[:] = opened.source.disks  # the same sizes; locations are the converted files now
+    del t.disks[:]
+    try:
+        outputs.check(output_pb2.CheckRequest(guest=t.name, output=spec, source=t.source))
+        setup = outputs.setup(output_pb2.SetupRequest(workdir=str(wd.path), guest=t.name, output=spec, target=t))
+        del t.disks[:]
+        t.disks.extend(setup.disks)
+        for _ in copier.copy(copier_pb2.CopyRequest(
+                workdir=str(wd.path), guest=t.name, options=copier_pb2.CopyOptions(target_is_zero=True, flush=True),
+                disks=[copier_pb2.DiskCopy(disk=i, source=opened.sockets[i], target=setup.sockets[i])
+                       for i in range(len(disks))])):
+            pass
+        return list(outputs.finalize(output_pb2.FinalizeRequest(workdir=str(wd.path), guest=t.name, output=spec,
+                                                                target=t)).files)
+    except BaseException:
+        outputs.shutdown()
+        raise
+    finally:
+        inputs.close(str(wd.path))

@@ -42,3 +42,28 @@ def test_root_choice():
     assert root_choice("/dev/sda2").device == "/dev/sda2"
     with pytest.raises(V2VError):
         root_choice("sda2")
+
+
+def test_output_types_and_options():
+    j = job("g.img", "-o", "libvirt", "-oc", "qemu:///session", "-os", "images", "-oo", "domain-type=qemu")
+    assert (j.output.libvirt.uri, j.output.libvirt.pool, j.output.libvirt.domain_type) == (
+        "qemu:///session", "images", "qemu")
+    j = job("g.img", "-o", "kubevirt", "-os", "/d", "-oo", "disk=pvc-a", "-oo", "disk=pvc-b", "-oo", "data-volumes")
+    assert list(j.output.kubevirt.disk_claims) == ["pvc-a", "pvc-b"] and j.output.kubevirt.data_volumes
+    j = job("g.img", "-o", "qemu", "-os", "/d", "-oo", "qemu-boot", "-of", "qcow2", "-oo", "compressed")
+    assert j.output.qemu.boot and j.output.compressed
+    assert job("g.img", "-o", "json", "-os", "/d", "-oo", "json-disks-pattern=%{GuestName}.img").output.json \
+        .disks_pattern == "%{GuestName}.img"
+    assert job("g.img", "-o", "null").output.WhichOneof("kind") == "null"
+
+
+def test_unknown_output_option_is_an_error():
+    with pytest.raises(V2VError, match="unknown -oo option.*qemu-boot"):
+        job("g.img", "-o", "local", "-os", "/d", "-oo", "qemu-boot")
+
+
+def test_network_options():
+    j = job("g.img", "-o", "null", "-n", "default", "-b", "lan:br0",
+            "--mac", "00:50:56:a1:b2:c3:ip:192.0.2.10,192.0.2.1,24")
+    assert [(m.source_network, m.target) for m in j.networks.mappings] == [("", "default"), ("lan", "br0")]
+    assert j.networks.static_ips[0].address == "192.0.2.10"

@@ -112,18 +112,22 @@ class QemuNbd(NbdServer):
     writes never reach the file."""
 
     def __init__(self, sock: Path, log: Path, what: str, path: Path, fmt: str,
-                 snapshot: bool = False, readonly: bool = False) -> None:
+                 snapshot: bool = False, readonly: bool = False, compressed: bool = False) -> None:
         self.path = path
         self.fmt = fmt
         self.snapshot = snapshot
         self.readonly = readonly
+        self.compressed = compressed  # qcow2 written through qemu's compress filter
         super().__init__(sock, log, what)
 
     def command(self) -> list[str]:
-        cmd = ["qemu-nbd", "--persistent", "--shared=0", f"--socket={self.sock}", f"--format={self.fmt}",
+        cmd = ["qemu-nbd", "--persistent", "--shared=0", f"--socket={self.sock}",
                "--discard=unmap", "--cache=unsafe" if self.snapshot else "--cache=none", "--aio=threads"]
         if self.snapshot:
             cmd.append("--snapshot")
         if self.readonly:
             cmd.append("--read-only")
-        return cmd + [str(self.path)]
+        if self.compressed:
+            return [*cmd, "--image-opts",
+                    f"driver=compress,file.driver={self.fmt},file.file.driver=file,file.file.filename={self.path}"]
+        return [*cmd, f"--format={self.fmt}", str(self.path)]

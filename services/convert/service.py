@@ -11,6 +11,7 @@ import guestfs
 from v2v.errors import V2VError
 from v2v.events import StepReporter
 from v2v.grpcserver import stream_rpc
+from v2v.networks import map_nics
 from v2v.services.convert.appliance import Appliance
 from v2v.services.convert.inspection import inspect, mount_all
 from v2v.services.convert.linux import LinuxConversion
@@ -20,16 +21,10 @@ from v2v.v1 import types_pb2 as pb
 from v2v.workdir import WorkDir
 
 
-def target_nics(source: pb.Source, caps: pb.GuestCaps) -> list[pb.Nic]:
+def target_nics(source: pb.Source, caps: pb.GuestCaps, networks: pb.NetworkMap) -> list[pb.Nic]:
     model = {pb.NET_BUS_VIRTIO_NET: pb.NIC_MODEL_VIRTIO, pb.NET_BUS_E1000: pb.NIC_MODEL_E1000,
              pb.NET_BUS_RTL8139: pb.NIC_MODEL_RTL8139}[caps.net_bus]
-    nics = []
-    for nic in source.nics:
-        n = pb.Nic()
-        n.CopyFrom(nic)
-        n.model = model
-        nics.append(n)
-    return nics
+    return map_nics(list(source.nics), networks, model)
 
 
 class ConvertService(convert_pb2_grpc.ConvertServicer):
@@ -79,7 +74,8 @@ class ConvertService(convert_pb2_grpc.ConvertServicer):
             inspection=insp,
             caps=caps,
             firmware=source.firmware or insp.firmware,
-            nics=target_nics(source, caps),
+            nics=target_nics(source, caps, request.networks),
+            static_ips=request.networks.static_ips,
         )
         workdir.write(WorkDir.TARGET, target)
         return convert_pb2.ConvertResult(inspection=insp, caps=caps, target=target)

@@ -9,7 +9,9 @@ from dataclasses import dataclass
 
 import grpc
 
-import v2v.services.output.local  # noqa: F401  (registers -o local)
+import v2v.services.output.local  # noqa: F401  (each import registers an output)
+import v2v.services.output.null  # noqa: F401
+import v2v.services.output.target_json  # noqa: F401
 from v2v.errors import V2VError
 from v2v.grpcserver import rpc
 from v2v.services.output.base import OUTPUTS, OutputPlugin, target_name

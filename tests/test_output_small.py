@@ -1,0 +1,92 @@
+"""The small outputs (-o null, -o json) and the options every file output shares (-oo compressed,
+--overwrite), against real qemu-img, nbdkit and qemu-nbd."""
+
+import json
+import subprocess
+
+import pytest
+from google.protobuf import json_format
+
+from tests.test_output import finalize, make_target, setup, write_through_nbd
+from v2v.errors import V2VError
+from v2v.services.output.service import OutputService
+from v2v.v1 import output_pb2
+from v2v.v1 import types_pb2 as pb
+
+MiB = 1024**2
+
+
+@pytest.fixture
+def service():
+    svc = OutputService()
+    yield svc
+    svc.shutdown()
+
+
+def test_null_discards_and_writes_nothing(service, workdir, tmp_path):
+    output = output_pb2.OutputSpec(null=output_pb2.NullOutput())
+    resp = setup(service, workdir, output, make_target(64 * MiB, 16 * MiB))
+    assert resp.target_is_zero and [d.path for d in resp.disks] == ["", ""]
+    write_through_nbd(list(resp.sockets))
+    assert list(finalize(service, workdir, output).files) == []
+
+
+def test_json_is_the_target_description(service, workdir, tmp_path):
+    output = output_pb2.OutputSpec(format="qcow2", json=output_pb2.JsonOutput(directory=str(tmp_path)))
+    target = make_target(16 * MiB, 16 * MiB)
+    target.static_ips.add(mac="00:50:56:a1:b2:c3", address="192.0.2.10", prefix_length=24)
+    setup(service, workdir, output, target)
+    files = list(finalize(service, workdir, output).files)
+    assert files == [str(tmp_path / "guest-sda"), str(tmp_path / "guest-sdb"), str(tmp_path / "guest.json")]
+    doc = json.loads((tmp_path / "guest.json").read_text())
+    assert (doc["format"], doc["version"]) == ("v2v-target", 1)
+    back = json_format.ParseDict(doc["target"], pb.TargetMeta())
+    assert [d.path for d in back.disks] == files[:2] and back.disks[1].format == "qcow2"
+    assert back.static_ips[0].address == "192.0.2.10" and back.source.name == "guest"
+
+
+def test_json_disks_pattern(service, workdir, tmp_path):
+    pattern = "disks/%{GuestName}-%{DiskNo}-%{DiskDeviceName}.img"
+    output = output_pb2.OutputSpec(json=output_pb2.JsonOutput(directory=str(tmp_path), disks_pattern=pattern))
+    resp = setup(service, workdir, output, make_target(MiB, MiB))
+    assert [d.path for d in resp.disks] == [str(tmp_path / "disks/guest-1-sda.img"),
+                                            str(tmp_path / "disks/guest-2-sdb.img")]
+    finalize(service, workdir, output)
+
+
+def test_json_disks_pattern_cannot_escape_the_directory(service, workdir, tmp_path):
+    output = output_pb2.OutputSpec(json=output_pb2.JsonOutput(directory=str(tmp_path / "out"),
+                                                              disks_pattern="../%{GuestName}"))
+    (tmp_path / "out").mkdir()
+    with pytest.raises(V2VError, match="outside"):
+        setup(service, workdir, output, make_target(MiB))
+
+
+def test_compressed_qcow2(service, workdir, tmp_path):
+    output = output_pb2.OutputSpec(format="qcow2", compressed=True,
+                                   local=output_pb2.LocalOutput(directory=str(tmp_path)))
+    resp = setup(service, workdir, output, make_target(8 * MiB))
+    text = (b"v2v compresses well " * 52428).ljust(8 * MiB, b"\0")  # ~1 MiB of text, then zeros
+    subprocess.run(["nbdcopy", "--flush", "-", f"nbd+unix:///?socket={resp.sockets[0]}"], input=text, check=True)
+    files = finalize(service, workdir, output).files
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", files[0]], capture_output=True,
+                                     text=True, check=True).stdout)
+    assert info["actual-size"] < 512 * 1024  # 1 MiB of data in less: compressed (qemu 7.2's map cannot say)
+    expected = tmp_path / "expected.raw"
+    expected.write_bytes(text)
+    subprocess.run(["qemu-img", "compare", "-F", "raw", files[0], str(expected)], check=True, capture_output=True)
+
+
+def test_compressed_needs_qcow2(service, workdir, tmp_path):
+    output = output_pb2.OutputSpec(format="raw", compressed=True, local=output_pb2.LocalOutput(directory=str(tmp_path)))
+    with pytest.raises(V2VError, match="compressed needs -of qcow2"):
+        setup(service, workdir, output, make_target(MiB))
+
+
+def test_overwrite_replaces_existing_files(service, workdir, tmp_path):
+    (tmp_path / "guest-sda").write_text("old")
+    (tmp_path / "guest.xml").write_text("old")
+    output = output_pb2.OutputSpec(overwrite=True, local=output_pb2.LocalOutput(directory=str(tmp_path)))
+    setup(service, workdir, output, make_target(MiB))
+    finalize(service, workdir, output)
+    assert (tmp_path / "guest-sda").stat().st_size == MiB and "<domain" in (tmp_path / "guest.xml").read_text()
