@@ -3,6 +3,8 @@
 
 import json
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from google.protobuf import json_format
@@ -90,3 +92,19 @@ def test_overwrite_replaces_existing_files(service, workdir, tmp_path):
     setup(service, workdir, output, make_target(MiB))
     finalize(service, workdir, output)
     assert (tmp_path / "guest-sda").stat().st_size == MiB and "<domain" in (tmp_path / "guest.xml").read_text()
+
+
+def test_the_documented_script_turns_it_into_virt_install(service, workdir, tmp_path):
+    output = output_pb2.OutputSpec(format="qcow2", json=output_pb2.JsonOutput(directory=str(tmp_path)))
+    target = make_target(16 * MiB)
+    target.caps.machine = pb.MACHINE_Q35
+    target.nics.add(mac="52:54:00:12:34:56", network="lan", network_type=pb.NETWORK_TYPE_BRIDGE,
+                    model=pb.NIC_MODEL_VIRTIO)
+    setup(service, workdir, output, target)
+    finalize(service, workdir, output)
+    script = Path(__file__).resolve().parent.parent / "docs/examples/target-to-virt-install.py"
+    cmd = subprocess.run([sys.executable, script, tmp_path / "guest.json"], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert cmd[:2] == ["virt-install", "--import"] and "q35" in cmd
+    assert f"path={tmp_path}/guest-sda,format=qcow2,bus=scsi" in cmd
+    assert "bridge=lan,model=virtio,mac=52:54:00:12:34:56" in cmd
