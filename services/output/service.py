@@ -9,7 +9,9 @@ from dataclasses import dataclass
 
 import grpc
 
-import v2v.services.output.local  # noqa: F401  (each import registers an output)
+# Each import registers an output plugin.
+import v2v.services.output.kubevirt  # noqa: F401
+import v2v.services.output.local  # noqa: F401
 import v2v.services.output.null  # noqa: F401
 import v2v.services.output.target_json  # noqa: F401
 from v2v.errors import V2VError
