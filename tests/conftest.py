@@ -141,13 +141,14 @@ def write_target(target: pb.TargetMeta, disks: list[Path], spec: output_pb2.Outp
 
     inputs, outputs, copier = InputService(), OutputService(), CopierService()
     wd = WorkDir.create(target.name, workroot)
-    opened = inputs.open(input_pb2.OpenRequest(workdir=str(wd.path), guest=target.name, input=input_pb2.InputSpec(
-        disk=input_pb2.DiskInput(paths=[str(d) for d in disks]))))
-    t = pb.TargetMeta()
-    t.CopyFrom(target)
-    t.source.disks[:] = opened.source.disks  # the same sizes; locations are the converted files now
-    del t.disks[:]
     try:
+        opened = inputs.open(input_pb2.OpenRequest(workdir=str(wd.path), guest=target.name,
+                                                   input=input_pb2.InputSpec(disk=input_pb2.DiskInput(
+                                                       paths=[str(d) for d in disks]))))
+        t = pb.TargetMeta()
+        t.CopyFrom(target)
+        del t.source.disks[:], t.disks[:]
+        t.source.disks.extend(opened.source.disks)  # the same sizes; locations are the converted files now
         outputs.check(output_pb2.CheckRequest(guest=t.name, output=spec, source=t.source))
         setup = outputs.setup(output_pb2.SetupRequest(workdir=str(wd.path), guest=t.name, output=spec, target=t))
         del t.disks[:]
