@@ -56,6 +56,14 @@ def children_mentioning(text: str) -> list[str]:
     return found
 
 
+def child_servers() -> list[str]:
+    """nbdkit, qemu-nbd and nbdcopy processes this test process started and has not reaped (other
+    children, such as a libvirtd a fixture started, are not ours to judge)."""
+    res = subprocess.run(["pgrep", "-a", "-P", str(os.getpid()), "-x", "|".join(CHILDREN)], capture_output=True,
+                         text=True, check=False)
+    return res.stdout.splitlines()
+
+
 def sockets_under(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_socket()] if root.exists() else []
 

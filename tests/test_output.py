@@ -11,6 +11,7 @@ import grpc
 import nbd
 import pytest
 
+from tests.conftest import child_servers
 from v2v import grpcserver
 from v2v.drives import device_name, drive_letters
 from v2v.errors import V2VError, from_rpc_error
@@ -24,18 +25,13 @@ MiB = 1024**2
 WRITES = [(0, 0, b"\x55\xaa" * 256), (0, 40 * MiB + 4096, os.urandom(MiB)), (1, 16 * MiB - 4096, os.urandom(4096))]
 
 
-def children() -> list[str]:
-    """Processes this test process started and has not reaped: none may outlive a test."""
-    res = subprocess.run(["pgrep", "-a", "-P", str(os.getpid())], capture_output=True, text=True)
-    return res.stdout.splitlines()
-
 
 @pytest.fixture
 def service():
     svc = OutputService()
     yield svc
     svc.shutdown()
-    assert children() == []
+    assert child_servers() == []
 
 
 def make_target(*sizes: int) -> pb.TargetMeta:
@@ -113,7 +109,7 @@ def test_setup_write_finalize(service, workdir, tmp_path, fmt, allocation):
 
     files = finalize(service, workdir, output).files
     assert list(files) == [str(out / "guest-sda"), str(out / "guest-sdb"), str(out / "guest.xml")]
-    assert children() == []
+    assert child_servers() == []
     assert not workdir.out_sock(0).exists() and not workdir.out_sock(1).exists()
     for disk, size in enumerate(sizes):
         info = image_info(files[disk])
@@ -169,11 +165,11 @@ def test_bad_directory_format_and_name(service, workdir, tmp_path):
 
 def test_abort_removes_disks_sockets_and_servers(service, workdir, tmp_path):
     resp = setup(service, workdir, spec(tmp_path, "qcow2"), make_target(MiB, MiB))
-    assert len(children()) == 2
+    assert len(child_servers()) == 2
     with pytest.raises(V2VError, match="already set up"):
         setup(service, workdir, spec(tmp_path, "qcow2", name="other"), make_target(MiB))
     service.abort(str(workdir.path))
-    assert children() == []
+    assert child_servers() == []
     assert list(tmp_path.iterdir()) == []
     assert not any(Path(s).exists() for s in resp.sockets)
     service.abort(str(workdir.path))  # nothing left to abort: no error
@@ -184,7 +180,7 @@ def test_failed_finalize_leaves_the_disks_to_abort(service, workdir, tmp_path):
     with pytest.raises(V2VError) as exc:
         finalize(service, workdir, spec(tmp_path / "gone"))
     assert (exc.value.code, exc.value.step) == (pb.ERROR_CODE_BAD_INPUT, "finalize")
-    assert children() == [] and [p.name for p in tmp_path.iterdir()] == ["guest-sda"]
+    assert child_servers() == [] and [p.name for p in tmp_path.iterdir()] == ["guest-sda"]
     service.abort(str(workdir.path))
     assert list(tmp_path.iterdir()) == []
 
@@ -193,7 +189,7 @@ def test_shutdown_aborts_open_outputs(workdir, tmp_path):
     service = OutputService()
     setup(service, workdir, spec(tmp_path), make_target(MiB))
     service.shutdown()
-    assert children() == [] and list(tmp_path.iterdir()) == []
+    assert child_servers() == [] and list(tmp_path.iterdir()) == []
 
 
 def test_full_disk_is_no_space_and_removes_created_disks(service, workdir):
@@ -208,7 +204,7 @@ def test_full_disk_is_no_space_and_removes_created_disks(service, workdir):
         assert (exc.value.step, exc.value.disk) == ("setup", 1)
         assert str(out / "guest-sdb") in exc.value.message
         assert list(out.iterdir()) == []  # disk 0 was created and served, then removed
-        assert children() == []
+        assert child_servers() == []
     finally:
         shutil.rmtree(out)
 

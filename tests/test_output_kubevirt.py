@@ -3,14 +3,13 @@ uses (tests/data/kubevirt-virtualmachine.schema.json), and the output service wr
 
 import copy
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import jsonschema
 import pytest
 import yaml
 
+from tests.conftest import child_servers
 from v2v.drives import device_name, drive_letters
 from v2v.errors import V2VError
 from v2v.services.output.base import OUTPUTS
@@ -326,17 +325,13 @@ spec:
 
 # ---------------------------------------------------------------- through the output service
 
-def children() -> list[str]:
-    res = subprocess.run(["pgrep", "-a", "-P", str(os.getpid())], capture_output=True, text=True)
-    return res.stdout.splitlines()
-
 
 @pytest.fixture
 def service():
     svc = OutputService()
     yield svc
     svc.shutdown()
-    assert children() == []
+    assert child_servers() == []
 
 
 def test_service_setup_and_finalize(service, workdir, tmp_path):

@@ -95,6 +95,26 @@ def disk_server(disk: pb.TargetDisk, workdir: WorkDir, compressed: bool = False)
     return QemuNbd(sock, log, what, Path(disk.path), disk.format, compressed=compressed)
 
 
+def create_disks(spec: output_pb2.OutputSpec, target: pb.TargetMeta, paths: list[Path], workdir: WorkDir,
+                 stack: ExitStack) -> None:
+    """Creates disk N of the source at paths[N] and serves it on workdir.out_sock(N). Each disk is
+    in target.disks as soon as its file exists, so that abort removes exactly what was made."""
+    fmt = disk_format(spec)
+    preallocated = spec.allocation == output_pb2.ALLOCATION_PREALLOCATED
+    bus = block_bus(target.caps)
+    for source_disk, path in zip(target.source.disks, paths, strict=True):
+        disk = pb.TargetDisk(index=source_disk.index, path=str(path), format=fmt, virtual_size=source_disk.virtual_size,
+                             device=device_name(bus, source_disk.index), bus=bus)
+        try:
+            claim(path, spec.overwrite)
+            target.disks.append(disk)
+            create_image(path, fmt, disk.virtual_size, preallocated)
+            stack.enter_context(disk_server(disk, workdir, spec.compressed))
+        except V2VError as err:
+            err.fill(disk=disk.index)
+            raise
+
+
 def write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     try:
@@ -138,22 +158,9 @@ class FileOutput(OutputPlugin):
               stack: ExitStack) -> None:
         self.check(spec, target)
         _, paths = self._paths(spec, target)
-        fmt = disk_format(spec)
-        preallocated = spec.allocation == output_pb2.ALLOCATION_PREALLOCATED
-        bus = block_bus(target.caps)
-        for source_disk, path in zip(target.source.disks, paths, strict=True):
-            disk = pb.TargetDisk(index=source_disk.index, path=str(path), format=fmt,
-                                 virtual_size=source_disk.virtual_size,
-                                 device=device_name(bus, source_disk.index), bus=bus)
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                claim(path, spec.overwrite)
-                target.disks.append(disk)
-                create_image(path, fmt, disk.virtual_size, preallocated)
-                stack.enter_context(disk_server(disk, workdir, spec.compressed))
-            except V2VError as err:
-                err.fill(disk=disk.index)
-                raise
+        for path in paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        create_disks(spec, target, paths, workdir, stack)
 
     def finalize(self, spec: output_pb2.OutputSpec, target: pb.TargetMeta, workdir: WorkDir) -> list[str]:
         directory = output_directory(spec)

@@ -123,11 +123,15 @@ def _metadata(domain: ET.Element, source: pb.Source) -> None:
                                                     "hypervisor": _hypervisor_name(source.hypervisor)})
 
 
-def domain_xml(target: pb.TargetMeta, disks: list[pb.TargetDisk]) -> str:
-    """The domain of the converted guest, with `disks` as its disks (in that order)."""
+def domain_xml(target: pb.TargetMeta, disks: list[pb.TargetDisk], domain_type: str = "kvm",
+               uuid: str = "") -> str:
+    """The domain of the converted guest, with `disks` as its disks (in that order). `domain_type`
+    "qemu" is software emulation, for hosts where KVM cannot run guests; `uuid` "" lets libvirt pick."""
     source = target.source
-    domain = ET.Element("domain", type="kvm")
+    domain = ET.Element("domain", type=domain_type)
     _sub(domain, "name", target.name or source.name)
+    if uuid:
+        _sub(domain, "uuid", uuid)
     _metadata(domain, source)
     _sub(domain, "memory", str(source.memory // 1024), unit="KiB")
     _cpu(domain, source)

@@ -11,6 +11,7 @@ import grpc
 
 # Each import registers an output plugin.
 import v2v.services.output.kubevirt  # noqa: F401
+import v2v.services.output.libvirt  # noqa: F401
 import v2v.services.output.local  # noqa: F401
 import v2v.services.output.null  # noqa: F401
 import v2v.services.output.qemu  # noqa: F401

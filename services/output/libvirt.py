@@ -1,0 +1,262 @@
+"""-o libvirt: the disks become volumes NAME-sda, NAME-sdb, ... of a libvirt storage pool of type
+"dir", and the guest a domain defined (not started) on that libvirt connection.
+
+The volumes are written as files straight into the pool's directory, with the same qemu-img and NBD
+servers as the directory outputs (v2v.services.output.files), so the pool must be on this machine;
+libvirt only learns of them by a pool refresh. The domain is libvirtxml.domain_xml() with its
+<domain type> set to what the host can run (kvm, or qemu's software emulation)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+from v2v.drives import drive_letters
+from v2v.errors import V2VError
+from v2v.services.output.base import OUTPUTS, OutputPlugin
+from v2v.services.output.files import create_disks, disk_format, refuse_existing, target_exists
+from v2v.services.output.libvirtxml import domain_xml
+from v2v.v1 import output_pb2
+from v2v.v1 import types_pb2 as pb
+from v2v.workdir import WorkDir
+
+try:
+    import libvirt
+except ImportError:  # the other outputs must keep working on a host without the bindings
+    libvirt = None
+else:
+    # libvirt's default handler prints every error to stderr, even the ones handled here (a missing
+    # domain is what check hopes for); each one that matters becomes a V2VError instead.
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+DEFAULT_URI = "qemu:///system"
+DEFAULT_POOL = "default"
+DOMAIN_TYPES = ("kvm", "qemu")
+# In the work directory: the UUID of the domain finalize defines, written before defining it, so
+# that abort undefines that domain and never one of the same name that is not ours.
+DOMAIN_MARK = "libvirt-domain.uuid"
+
+_KVM_GET_API_VERSION = 0xAE00  # ioctl of /dev/kvm: the only API version Linux ever had is 12
+_KVM_API_VERSION = 12
+
+
+def _uri(spec: output_pb2.OutputSpec) -> str:
+    return spec.libvirt.uri or DEFAULT_URI
+
+
+def _pool_name(spec: output_pb2.OutputSpec) -> str:
+    return spec.libvirt.pool or DEFAULT_POOL
+
+
+def volume_name(name: str, index: int) -> str:
+    """NAME-sda, NAME-sdb, ... whatever the target bus: the names virt-v2v gives the volumes."""
+    return f"{name}-sd{drive_letters(index)}"
+
+
+def domain_uri(uri: str, name: str) -> str:
+    """The pseudo-file finalize reports for the domain it defined, after the disks."""
+    return f"libvirt:{uri}/domain/{name}"
+
+
+def _failed(what: str, exc: libvirt.libvirtError, code: int = pb.ERROR_CODE_INTERNAL) -> V2VError:
+    return V2VError(f"{what}: {exc.get_error_message()}", code, detail=str(exc))
+
+
+@contextmanager
+def _connect(uri: str) -> Iterator[libvirt.virConnect]:
+    """An open libvirt connection for the length of one call: gRPC runs calls on many threads, and a
+    connection kept between calls would outlive a libvirtd restart."""
+    if libvirt is None:
+        raise V2VError("-o libvirt needs the libvirt Python bindings (Debian: python3-libvirt)",
+                       pb.ERROR_CODE_UNSUPPORTED)
+    try:
+        conn = libvirt.open(uri)
+    except libvirt.libvirtError as exc:
+        # A socket or transport failure means the daemon is not there (yet); anything else (no
+        # driver for the scheme, a bad path, refused authentication) is the URI's fault.
+        unreachable = exc.get_error_code() in (libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_RPC,
+                                           libvirt.VIR_ERR_OPERATION_TIMEOUT)
+        raise V2VError(f"libvirt at {uri} is not reachable{' (is libvirtd running?)' if unreachable else ''}: "
+                       f"{exc.get_error_message()}",
+                       pb.ERROR_CODE_SERVICE_UNAVAILABLE if unreachable else pb.ERROR_CODE_BAD_INPUT,
+                       detail=str(exc)) from None
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def _dir_pool(conn: libvirt.virConnect, name: str, uri: str) -> tuple[libvirt.virStoragePool, Path]:
+    """The pool and its directory, which must be on this machine: the volumes are written here."""
+    try:
+        pool = conn.storagePoolLookupByName(name)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
+            raise V2VError(f"-os {name}: libvirt at {uri} has no storage pool {name!r}",
+                           pb.ERROR_CODE_BAD_INPUT) from None
+        raise _failed(f"cannot look up storage pool {name}", exc) from None
+    pool_xml = ET.fromstring(pool.XMLDesc(0))
+    if pool_xml.get("type") != "dir":
+        raise V2VError(f"-os {name}: storage pool {name} is of type {pool_xml.get('type')!r}; -o libvirt writes "
+                       "to pools of type 'dir'", pb.ERROR_CODE_BAD_INPUT)
+    if not pool.isActive():
+        raise V2VError(f"-os {name}: storage pool {name} is not active (virsh pool-start {name})",
+                       pb.ERROR_CODE_BAD_INPUT)
+    directory = Path(pool_xml.findtext("target/path") or "")
+    if not directory.is_absolute() or not directory.is_dir():
+        raise V2VError(f"-os {name}: the directory of storage pool {name} ({directory}) is not on this machine",
+                       pb.ERROR_CODE_BAD_INPUT)
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise V2VError(f"-os {name}: cannot write to the directory of storage pool {name} ({directory})",
+                       pb.ERROR_CODE_BAD_INPUT)
+    return pool, directory
+
+
+def _refresh(pool: libvirt.virStoragePool) -> None:
+    try:
+        pool.refresh(0)
+    except libvirt.libvirtError as exc:
+        raise _failed(f"cannot refresh storage pool {pool.name()}", exc) from None
+
+
+def _lookup_domain(conn: libvirt.virConnect, name: str) -> libvirt.virDomain | None:
+    try:
+        return conn.lookupByName(name)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return None
+        raise _failed(f"cannot look up domain {name}", exc) from None
+
+
+def _kvm_usable() -> bool:
+    """/dev/kvm opens read-write and answers: libvirt's capabilities can offer kvm to a client that
+    could not use it, e.g. one without access to the device."""
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return fcntl.ioctl(fd, _KVM_GET_API_VERSION) == _KVM_API_VERSION
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _unsupported(conn: libvirt.virConnect, domain_type: str, arch: str | None) -> str:
+    """Why the connection cannot run `arch` guests (None: the host's) under `domain_type`; "" if it can."""
+    try:
+        conn.getDomainCapabilities(None, arch, None, domain_type, 0)
+    except libvirt.libvirtError as exc:
+        return exc.get_error_message()
+    return ""
+
+
+def domain_type(conn: libvirt.virConnect, spec: output_pb2.OutputSpec, arch: str | None) -> str:
+    """-oo domain-type, checked against the host; unset: kvm where it works, else qemu."""
+    wanted = spec.libvirt.domain_type
+    if not wanted:
+        return "kvm" if not _unsupported(conn, "kvm", arch) and _kvm_usable() else "qemu"
+    if wanted not in DOMAIN_TYPES:
+        raise V2VError(f"-oo domain-type={wanted}: must be one of {', '.join(DOMAIN_TYPES)}", pb.ERROR_CODE_BAD_INPUT)
+    if why := _unsupported(conn, wanted, arch):
+        raise V2VError(f"-oo domain-type={wanted}: libvirt at {_uri(spec)} cannot run {arch or 'this host'}'s "
+                       f"guests that way: {why}", pb.ERROR_CODE_BAD_INPUT)
+    return wanted
+
+
+def _undefine(dom: libvirt.virDomain) -> None:
+    """Removes a domain's definition with what libvirt keeps beside it (NVRAM, saved state, snapshot
+    metadata): all of it belongs to the guest being replaced or aborted."""
+    flags = (libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+             | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+    try:
+        dom.undefineFlags(flags)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+            raise _failed(f"cannot undefine domain {dom.name()}", exc) from None
+
+
+@OUTPUTS.register("libvirt")
+class LibvirtOutput(OutputPlugin):
+    target_is_zero = True  # fresh files from qemu-img, as in files.FileOutput
+
+    def _check(self, conn: libvirt.virConnect, spec: output_pb2.OutputSpec,
+               target: pb.TargetMeta) -> tuple[libvirt.virStoragePool, Path]:
+        uri, name = _uri(spec), target.name
+        pool, directory = _dir_pool(conn, _pool_name(spec), uri)
+        domain_type(conn, spec, target.caps.arch or None)
+        dom = _lookup_domain(conn, name)
+        if dom is not None and (not spec.overwrite or dom.isActive()):
+            running = " and is running" if dom.isActive() else ""
+            raise V2VError(f"libvirt at {uri} already has a domain {name}{running}; remove it or choose another "
+                           "name with -on", pb.ERROR_CODE_TARGET_EXISTS)
+        if spec.overwrite:
+            return pool, directory
+        volumes = [volume_name(name, d.index) for d in target.source.disks]
+        pooled = set(pool.listVolumes())
+        if taken := [v for v in volumes if v in pooled]:
+            raise target_exists([directory / v for v in taken])
+        refuse_existing([directory / v for v in volumes])  # files the pool has not been refreshed to see
+        return pool, directory
+
+    def check(self, spec: output_pb2.OutputSpec, target: pb.TargetMeta) -> None:
+        disk_format(spec)
+        with _connect(_uri(spec)) as conn:
+            self._check(conn, spec, target)
+
+    def setup(self, spec: output_pb2.OutputSpec, target: pb.TargetMeta, workdir: WorkDir,
+              stack: ExitStack) -> None:
+        with _connect(_uri(spec)) as conn:
+            pool, directory = self._check(conn, spec, target)
+            create_disks(spec, target, [directory / volume_name(target.name, d.index) for d in target.source.disks],
+                         workdir, stack)
+            _refresh(pool)  # on failure, abort's refresh drops the volumes made so far
+
+    def finalize(self, spec: output_pb2.OutputSpec, target: pb.TargetMeta, workdir: WorkDir) -> list[str]:
+        uri, name = _uri(spec), target.name
+        with _connect(uri) as conn:
+            pool, _ = _dir_pool(conn, _pool_name(spec), uri)
+            _refresh(pool)  # the volumes' allocation and format, now that they hold the data
+            arch = target.caps.arch or target.inspection.arch or None
+            domain_uuid = str(uuid.uuid4())
+            xml = domain_xml(target, list(target.disks), domain_type(conn, spec, arch), domain_uuid)
+            if (dom := _lookup_domain(conn, name)) is not None:
+                if not spec.overwrite or dom.isActive():
+                    raise V2VError(f"libvirt at {uri} has a domain {name} since the check; remove it or choose "
+                                   "another name with -on", pb.ERROR_CODE_TARGET_EXISTS)
+                _undefine(dom)  # --overwrite: the volumes it used were already replaced
+            (workdir.path / DOMAIN_MARK).write_text(domain_uuid + "\n")
+            try:
+                conn.defineXML(xml)
+            except libvirt.libvirtError as exc:
+                raise _failed(f"cannot define domain {name}", exc) from None
+        return [disk.path for disk in target.disks] + [domain_uri(uri, name)]
+
+    def abort(self, spec: output_pb2.OutputSpec, target: pb.TargetMeta, workdir: WorkDir) -> None:
+        for disk in target.disks:  # first, so the disks go even when libvirt cannot be reached
+            Path(disk.path).unlink(missing_ok=True)
+        mark = workdir.path / DOMAIN_MARK
+        domain_uuid = mark.read_text().strip() if mark.exists() else ""
+        if not target.disks and not domain_uuid:
+            return
+        try:
+            with _connect(_uri(spec)) as conn:
+                if domain_uuid:
+                    try:
+                        _undefine(conn.lookupByUUIDString(domain_uuid))
+                    except libvirt.libvirtError as exc:
+                        if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                            raise _failed(f"cannot look up domain {target.name}", exc) from None
+                    mark.unlink()
+                _refresh(_dir_pool(conn, _pool_name(spec), _uri(spec))[0])
+        except V2VError:
+            # A stale pool listing only lasts until its next refresh; a domain left defined is a
+            # guest whose disks are gone, which must be reported.
+            if mark.exists():
+                raise
