@@ -105,6 +105,18 @@ def v2v(workroot: Path):
     return run
 
 
+@pytest.fixture
+def service() -> Iterator[object]:
+    """An output service for the output tests (the copier tests define their own); none of its NBD
+    servers may outlive the test."""
+    from v2v.services.output.service import OutputService
+
+    svc = OutputService()
+    yield svc
+    svc.shutdown()
+    assert child_servers() == []
+
+
 @pytest.fixture(scope="session")
 def phony(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The fast synthetic guests of ../shared/guests (seconds; no LVM variant), private to this

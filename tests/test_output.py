@@ -26,13 +26,6 @@ WRITES = [(0, 0, b"\x55\xaa" * 256), (0, 40 * MiB + 4096, os.urandom(MiB)), (1, 
 
 
 
-@pytest.fixture
-def service():
-    svc = OutputService()
-    yield svc
-    svc.shutdown()
-    assert child_servers() == []
-
 
 def make_target(*sizes: int) -> pb.TargetMeta:
     source = pb.Source(name="guest", hypervisor=pb.HYPERVISOR_VMWARE, memory=1024 * MiB, vcpus=1,
@@ -57,8 +50,8 @@ def finalize(service, workdir, output) -> output_pb2.FinalizeResponse:
     return service.finalize(output_pb2.FinalizeRequest(workdir=str(workdir.path), guest="guest", output=output))
 
 
-def write_through_nbd(sockets: list[str]) -> None:
-    for disk, offset, data in WRITES:
+def write_through_nbd(sockets: list[str], writes: list[tuple[int, int, bytes]] = WRITES) -> None:
+    for disk, offset, data in writes:
         h = nbd.NBD()
         h.connect_uri(f"nbd+unix:///?socket={sockets[disk]}")
         assert h.pread(len(data), offset) == bytes(len(data))  # a fresh disk reads as zeros
@@ -66,10 +59,10 @@ def write_through_nbd(sockets: list[str]) -> None:
         h.shutdown()
 
 
-def expected_image(path: Path, disk: int, size: int) -> Path:
+def expected_image(path: Path, disk: int, size: int, writes: list[tuple[int, int, bytes]] = WRITES) -> Path:
     with open(path, "wb") as f:
         f.truncate(size)
-        for d, offset, data in WRITES:
+        for d, offset, data in writes:
             if d == disk:
                 f.seek(offset)
                 f.write(data)

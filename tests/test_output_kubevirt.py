@@ -9,12 +9,10 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.conftest import child_servers
 from v2v.drives import device_name, drive_letters
 from v2v.errors import V2VError
 from v2v.services.output.base import OUTPUTS
 from v2v.services.output.kubevirt import ANNOTATION_NAME, KubevirtOutput, dns_name
-from v2v.services.output.service import OutputService
 from v2v.v1 import output_pb2
 from v2v.v1 import types_pb2 as pb
 
@@ -325,13 +323,6 @@ spec:
 
 # ---------------------------------------------------------------- through the output service
 
-
-@pytest.fixture
-def service():
-    svc = OutputService()
-    yield svc
-    svc.shutdown()
-    assert child_servers() == []
 
 
 def test_service_setup_and_finalize(service, workdir, tmp_path):

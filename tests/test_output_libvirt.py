@@ -12,15 +12,14 @@ from itertools import count
 from pathlib import Path
 
 import libvirt
-import nbd
 import pytest
 
 from tests.conftest import write_target
 from tests.libvirtd import SYSTEM_URI, dir_pool, remove_domain, running_libvirtd, virsh
+from tests.test_output import expected_image, write_through_nbd
 from v2v.errors import V2VError
 from v2v.services.output.base import OUTPUTS
 from v2v.services.output.libvirt import DOMAIN_MARK, domain_uri
-from v2v.services.output.service import OutputService
 from v2v.v1 import output_pb2
 from v2v.v1 import types_pb2 as pb
 from v2v.workdir import WorkDir
@@ -58,12 +57,6 @@ def name(libvirtd) -> str:
     yield guest
     remove_domain(guest)
 
-
-@pytest.fixture
-def service():
-    svc = OutputService()
-    yield svc
-    svc.shutdown()
 
 
 def spec(pool_name: str, fmt: str = "", domain_type: str = "qemu", uri: str = "", name: str = "",
@@ -181,23 +174,6 @@ def test_check_existing_volume(service, pool, name):
 WRITES = [(0, 0, b"\x55\xaa" * 256), (0, 40 * MiB + 4096, os.urandom(MiB)), (1, 8 * MiB - 4096, os.urandom(4096))]
 
 
-def write_through_nbd(sockets: list[str]) -> None:
-    for disk, offset, data in WRITES:
-        h = nbd.NBD()
-        h.connect_uri(f"nbd+unix:///?socket={sockets[disk]}")
-        assert h.pread(len(data), offset) == bytes(len(data))  # target_is_zero: fresh disks read as zeros
-        h.pwrite(data, offset)
-        h.shutdown()
-
-
-def expected_image(path: Path, disk: int, size: int) -> Path:
-    with open(path, "wb") as f:
-        f.truncate(size)
-        for d, offset, data in WRITES:
-            if d == disk:
-                f.seek(offset)
-                f.write(data)
-    return path
 
 
 @pytest.mark.parametrize("fmt", ["raw", "qcow2"])
@@ -212,7 +188,7 @@ def test_setup_finalize_abort(service, workdir, pool, conn, name, tmp_path, fmt)
     assert [(d.path, d.format, d.virtual_size, d.device) for d in resp.disks] == [
         (paths[0], fmt, sizes[0], "vda"), (paths[1], fmt, sizes[1], "vdb")]
     assert {f"{name}-sda", f"{name}-sdb"} <= volumes(conn, pool_name)  # setup refreshed the pool
-    write_through_nbd(list(resp.sockets))
+    write_through_nbd(list(resp.sockets), WRITES)
 
     files = finalize(service, workdir, output)
     assert files == [*paths, domain_uri(SYSTEM_URI, name)] == [*paths, f"libvirt:qemu:///system/domain/{name}"]
@@ -223,7 +199,7 @@ def test_setup_finalize_abort(service, workdir, pool, conn, name, tmp_path, fmt)
         assert (vol.findtext("target/path"), vol.find("target/format").get("type")) == (paths[disk], fmt)
         assert int(vol.findtext("capacity")) == size
         subprocess.run(["qemu-img", "compare", "-f", fmt, "-F", "raw", paths[disk],
-                        str(expected_image(tmp_path / f"expected{disk}.raw", disk, size))], check=True)
+                        str(expected_image(tmp_path / f"expected{disk}.raw", disk, size, WRITES))], check=True)
 
     dom = conn.lookupByName(name)
     assert not dom.isActive() and dom.isPersistent()

@@ -11,18 +11,11 @@ from google.protobuf import json_format
 
 from tests.test_output import finalize, make_target, setup, write_through_nbd
 from v2v.errors import V2VError
-from v2v.services.output.service import OutputService
 from v2v.v1 import output_pb2
 from v2v.v1 import types_pb2 as pb
 
 MiB = 1024**2
 
-
-@pytest.fixture
-def service():
-    svc = OutputService()
-    yield svc
-    svc.shutdown()
 
 
 def test_null_discards_and_writes_nothing(service, workdir, tmp_path):
