@@ -18,6 +18,8 @@ import grpc
 from rich.console import Console
 
 from v2v.coordinator.display import HumanDisplay, MachineDisplay, print_source
+from v2v.coordinator.inputs import BUILDERS as INPUT_BUILDERS
+from v2v.coordinator.inputs import input_spec
 from v2v.coordinator.outputs import BUILDERS, DIRECTORY_OUTPUTS, output_spec
 from v2v.errors import V2VError, from_rpc_error
 from v2v.grpcserver import channel, wait_ready
@@ -27,12 +29,10 @@ from v2v.v1 import (
     coordinator_pb2,
     coordinator_pb2_grpc,
     copier_pb2,
-    input_pb2,
     output_pb2,
 )
 from v2v.v1 import types_pb2 as pb
 
-INPUTS = ("disk",)
 ACCELERATORS = {"auto": convert_pb2.ACCELERATOR_AUTO, "kvm": convert_pb2.ACCELERATOR_KVM,
                 "tcg": convert_pb2.ACCELERATOR_TCG}
 
@@ -42,9 +42,16 @@ def conversion_parser() -> argparse.ArgumentParser:
         prog="v2v", description="Convert a guest from a foreign hypervisor to run on KVM.",
         epilog="Run one service: v2v serve {input,convert,output,copier,coordinator} --listen ADDR",
     )
-    p.add_argument("-i", dest="input", choices=INPUTS, default="disk", help="input type (default: disk)")
+    p.add_argument("-i", dest="input", choices=sorted(INPUT_BUILDERS), default="disk",
+                   help="input type (default: disk)")
     p.add_argument("-if", dest="input_format", default="", metavar="FORMAT",
-                   help="input disk format (raw, qcow2, vmdk, ...); default: detect")
+                   help="-i disk: the disks' format (raw, qcow2, vmdk, ...); default: detect")
+    p.add_argument("-it", dest="input_transport", default="", metavar="TRANSPORT",
+                   help="how to reach the input: ssh (-i vmx ssh://USER@HOST/PATH.vmx)")
+    p.add_argument("-io", dest="input_options", action="append", default=[], metavar="OPTION",
+                   help="an input option: ova-checksums=off, vmx-identity=KEYFILE, vmx-known-hosts=off")
+    p.add_argument("-ip", dest="input_password", default="", metavar="FILE",
+                   help="a file holding the input's password (-it ssh)")
     p.add_argument("-o", dest="output", choices=sorted(BUILDERS), default="local", help="output type")
     p.add_argument("-os", dest="output_storage", metavar="STORAGE",
                    help="output storage: a directory (-o local, qemu, json, kubevirt) or a pool (-o libvirt)")
@@ -77,7 +84,8 @@ def conversion_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="verbose: libguestfs messages in the logs")
     p.add_argument("-x", dest="trace", action="store_true", help="trace libguestfs calls in the logs")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    p.add_argument("files", nargs="*", metavar="FILE", help="the input's files (-i disk: disk images)")
+    p.add_argument("files", nargs="*", metavar="FILE",
+                   help="the input: disk images (-i disk), an .ova, a .vmx or ssh:// URI, a domain XML")
     return p
 
 
@@ -93,11 +101,9 @@ def root_choice(text: str) -> convert_pb2.RootChoice:
 
 def build_job(a: argparse.Namespace) -> coordinator_pb2.GuestJob:
     """The command line as the typed job the coordinator takes: nothing is re-parsed later."""
-    if not a.files:
-        raise V2VError(f"-i {a.input}: no input file given", pb.ERROR_CODE_BAD_INPUT, step="open")
     job = coordinator_pb2.GuestJob(print_source=a.print_source)
-    # Absolute paths: the services may run with another working directory.
-    job.input.disk.CopyFrom(input_pb2.DiskInput(paths=[os.path.abspath(f) for f in a.files], format=a.input_format))
+    job.input.CopyFrom(input_spec(a.input, a.files, a.input_format, a.input_transport, a.input_password,
+                                  a.input_options))
     job.convert.CopyFrom(convert_pb2.ConvertOptions(accelerator=ACCELERATORS[a.accel], root=root_choice(a.root),
                                                     verbose=a.verbose, trace=a.trace))
     if not a.print_source:

@@ -6,43 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from v2v.coordinator.options import Options
 from v2v.errors import V2VError
 from v2v.v1 import output_pb2
 from v2v.v1 import types_pb2 as pb
-
-
-class OutputOptions:
-    """-oo KEY[=VALUE] options, consumed by the builder; any left over is an error."""
-
-    def __init__(self, output: str, raw: list[str]) -> None:
-        self.output = output
-        self.items: list[tuple[str, str | None]] = []
-        for item in raw:
-            key, eq, value = item.partition("=")
-            self.items.append((key, value if eq else None))
-
-    def flag(self, key: str) -> bool:
-        found = [v for k, v in self.items if k == key]
-        self.items = [(k, v) for k, v in self.items if k != key]
-        if any(v not in (None, "true", "yes", "1") for v in found):
-            raise V2VError(f"-oo {key} takes no value (or true)", pb.ERROR_CODE_BAD_INPUT)
-        return bool(found)
-
-    def values(self, key: str) -> list[str]:
-        found = [v for k, v in self.items if k == key]
-        self.items = [(k, v) for k, v in self.items if k != key]
-        if any(v is None or v == "" for v in found):
-            raise V2VError(f"-oo {key}=VALUE needs a value", pb.ERROR_CODE_BAD_INPUT)
-        return [v for v in found if v is not None]
-
-    def value(self, key: str) -> str:
-        found = self.values(key)
-        return found[-1] if found else ""
-
-    def done(self) -> None:
-        if self.items:
-            raise V2VError(f"-o {self.output}: unknown -oo option(s): {', '.join(k for k, _ in self.items)}",
-                           pb.ERROR_CODE_BAD_INPUT)
 
 
 def _directory(kind: str, storage: str | None) -> str:
@@ -51,34 +18,34 @@ def _directory(kind: str, storage: str | None) -> str:
     return storage
 
 
-def _local(spec: output_pb2.OutputSpec, storage: str | None, uri: str, oo: OutputOptions) -> None:
+def _local(spec: output_pb2.OutputSpec, storage: str | None, uri: str, oo: Options) -> None:
     spec.local.directory = _directory("local", storage)
 
 
-def _libvirt(spec: output_pb2.OutputSpec, storage: str | None, uri: str, oo: OutputOptions) -> None:
+def _libvirt(spec: output_pb2.OutputSpec, storage: str | None, uri: str, oo: Options) -> None:
     spec.libvirt.CopyFrom(output_pb2.LibvirtOutput(uri=uri, pool=storage or "", domain_type=oo.value("domain-type")))
 
 
-def _qemu(spec: output_pb2.OutputSpec, storage: str | None, uri: str, oo: OutputOptions) -> None:
+def _qemu(spec: output_pb2.OutputSpec, storage: str | None, uri: str, oo: Options) -> None:
     spec.qemu.CopyFrom(output_pb2.QemuOutput(directory=_directory("qemu", storage), boot=oo.flag("qemu-boot")))
 
 
-def _kubevirt(spec: output_pb2.OutputSpec, storage: str | None, uri: str, oo: OutputOptions) -> None:
+def _kubevirt(spec: output_pb2.OutputSpec, storage: str | None, uri: str, oo: Options) -> None:
     spec.kubevirt.CopyFrom(output_pb2.KubevirtOutput(
         directory=_directory("kubevirt", storage), pvc_prefix=oo.value("pvc-prefix"), disk_claims=oo.values("disk"),
         data_volumes=oo.flag("data-volumes")))
 
 
-def _json(spec: output_pb2.OutputSpec, storage: str | None, uri: str, oo: OutputOptions) -> None:
+def _json(spec: output_pb2.OutputSpec, storage: str | None, uri: str, oo: Options) -> None:
     spec.json.CopyFrom(output_pb2.JsonOutput(directory=_directory("json", storage),
                                              disks_pattern=oo.value("json-disks-pattern")))
 
 
-def _null(spec: output_pb2.OutputSpec, storage: str | None, uri: str, oo: OutputOptions) -> None:
+def _null(spec: output_pb2.OutputSpec, storage: str | None, uri: str, oo: Options) -> None:
     spec.null.SetInParent()
 
 
-Builder = Callable[[output_pb2.OutputSpec, "str | None", str, OutputOptions], None]
+Builder = Callable[[output_pb2.OutputSpec, "str | None", str, Options], None]
 
 # -o NAME -> builder. Paths in -os are made absolute by the caller (directories) where needed.
 BUILDERS: dict[str, Builder] = {
@@ -91,7 +58,7 @@ DIRECTORY_OUTPUTS = {"local", "disk", "qemu", "kubevirt", "json"}
 
 def output_spec(kind: str, storage: str | None, uri: str, raw_oo: list[str], **common: object) -> output_pb2.OutputSpec:
     spec = output_pb2.OutputSpec(**common)  # type: ignore[arg-type]
-    oo = OutputOptions(kind, raw_oo)
+    oo = Options("-oo", f"-o {kind}", raw_oo)
     spec.compressed = oo.flag("compressed")
     BUILDERS[kind](spec, storage, uri, oo)
     oo.done()

@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 
 from v2v.coordinator.clients import PhaseClients
+from v2v.coordinator.inputs import input_location
 from v2v.errors import V2VError, from_rpc_error
 from v2v.events import StepReporter
 from v2v.naming import name_from_path
@@ -28,10 +29,8 @@ EventSink = Callable[[pb.Event], None]
 def guest_name(job: coordinator_pb2.GuestJob) -> str:
     if job.name:
         return job.name
-    kind = job.input.WhichOneof("kind")
-    if kind == "disk" and job.input.disk.paths:
-        return name_from_path(job.input.disk.paths[0])
-    return "guest"
+    location = input_location(job.input)
+    return name_from_path(location.rstrip("/")) if location else "guest"
 
 
 class GuestRun:

@@ -67,3 +67,28 @@ def test_network_options():
             "--mac", "00:50:56:a1:b2:c3:ip:192.0.2.10,192.0.2.1,24")
     assert [(m.source_network, m.target) for m in j.networks.mappings] == [("", "default"), ("lan", "br0")]
     assert j.networks.static_ips[0].address == "192.0.2.10"
+
+
+def test_input_types_and_options(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    j = job("-i", "ova", "g.ova", "-io", "ova-checksums=off", "-o", "null")
+    assert j.input.ova.path == str(tmp_path / "g.ova") and j.input.ova.skip_checksums
+    assert not job("-i", "ova", "g.ova", "-o", "null").input.ova.skip_checksums
+    j = job("-i", "vmx", "-it", "ssh", "ssh://root@esx1/vmfs/volumes/ds1/g/g.vmx", "-io", "vmx-identity=id_ed25519",
+            "-io", "vmx-known-hosts=off", "-ip", "pw.txt", "-o", "null")
+    assert j.input.vmx.location == "ssh://root@esx1/vmfs/volumes/ds1/g/g.vmx"
+    assert (j.input.vmx.identity_file, j.input.vmx.password_file) == (str(tmp_path / "id_ed25519"),
+                                                                      str(tmp_path / "pw.txt"))
+    assert j.input.vmx.insecure_host_key
+    assert job("-i", "libvirtxml", "dom.xml", "-o", "null").input.libvirtxml.path == str(tmp_path / "dom.xml")
+
+
+def test_input_mistakes_are_one_line_errors():
+    with pytest.raises(V2VError, match="takes one file"):
+        job("-i", "ova", "a.ova", "b.ova", "-o", "null")
+    with pytest.raises(V2VError, match="-it ssh: expected ssh://"):
+        job("-i", "vmx", "-it", "ssh", "g.vmx", "-o", "null")
+    with pytest.raises(V2VError, match="unknown -io option"):
+        job("-i", "disk", "g.img", "-io", "ova-checksums=off", "-o", "null")
+    with pytest.raises(V2VError, match="expected on or off"):
+        job("-i", "ova", "g.ova", "-io", "ova-checksums=maybe", "-o", "null")
