@@ -26,7 +26,7 @@ def _local(path: str) -> str:
 
 def _disk(spec: input_pb2.InputSpec, files: list[str], fmt: str, transport: str, password_file: str,
           io: Options) -> None:
-    spec.disk.CopyFrom(input_pb2.DiskInput(paths=[_local(f) for f in files], format=fmt))
+    spec.disk.CopyFrom(input_pb2.DiskInput(paths=[f if "://" in f else _local(f) for f in files], format=fmt))
 
 
 def _ova(spec: input_pb2.InputSpec, files: list[str], fmt: str, transport: str, password_file: str,

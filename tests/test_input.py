@@ -1,7 +1,9 @@
 """The input service against real nbdkit/qemu-nbd: overlays serve the disks, the source is
 never written, bad input is refused with one line naming the file, nothing is left running."""
 
+import socket
 import subprocess
+import time
 
 import nbd
 import pytest
@@ -74,3 +76,95 @@ def test_second_disk_failing_stops_the_first(phony, workroot):
     with pytest.raises(V2VError, match="no such file"):
         open_disks(svc, workroot, phony / "debian-single.img", phony / "missing.img")
     # the workroot fixture checks that no nbdkit is left
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tcp_answers(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_existing_nbd_endpoints_are_sources(phony, workroot, tmp_path):
+    """nbd+unix:// and nbd:// URIs: served through an overlay too, so even a writable export is
+    never written."""
+    disk = phony / "debian-single.img"
+    before = sha256(disk)
+    sock = tmp_path / "exp.sock"
+    server = subprocess.Popen(["nbdkit", "--foreground", "--exit-with-parent", "--unix", str(sock), "file",
+                               f"file={disk}"])
+    port = free_port()
+    tcp = subprocess.Popen(["nbdkit", "--foreground", "--exit-with-parent", "--ipv4-only", "--port", str(port),
+                            "file", f"file={disk}", "--readonly"])
+    tcp_uri = f"nbd://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            if sock.exists() and tcp_answers(port):
+                break
+            time.sleep(0.05)
+        svc = InputService()
+        wd, resp = open_disks(svc, workroot, f"nbd+unix:///?socket={sock}", tcp_uri)
+        try:
+            assert [d.format for d in resp.source.disks] == ["raw", "raw"]
+            assert [d.virtual_size for d in resp.source.disks] == [disk.stat().st_size] * 2
+            assert resp.source.name == "exp"
+            for served in resp.sockets:
+                h = nbd.NBD()
+                h.connect_uri(f"nbd+unix:///?socket={served}")
+                with open(disk, "rb") as f:
+                    assert h.pread(65536, 0) == f.read(65536)
+                h.pwrite(b"\xff" * 4096, 0)
+                h.shutdown()
+        finally:
+            svc.close(str(wd.path))
+    finally:
+        server.terminate()
+        tcp.terminate()
+        server.wait()
+        tcp.wait()
+    assert sha256(disk) == before
+
+
+def test_nbd_endpoint_that_does_not_answer(workroot, tmp_path):
+    svc = InputService()
+    with pytest.raises(V2VError, match="cannot read the size of nbd\\+unix"):
+        open_disks(svc, workroot, f"nbd+unix:///?socket={tmp_path}/nobody.sock")
+
+
+@pytest.mark.parametrize("fmt, options", [("vdi", []), ("vpc", []), ("vhdx", []), ("qcow2", []),
+                                          ("vmdk", ["-o", "subformat=monolithicSparse"]),
+                                          ("vmdk", ["-o", "subformat=monolithicFlat"]),
+                                          ("vmdk", ["-o", "subformat=streamOptimized"])])
+def test_every_format_qemu_reads(phony, workroot, tmp_path, fmt, options):
+    image = tmp_path / f"guest.{fmt}"
+    subprocess.run(["qemu-img", "convert", "-O", fmt, *options, phony / "debian-single.img", image], check=True)
+    svc = InputService()
+    wd, resp = open_disks(svc, workroot, image)
+    try:
+        assert resp.source.disks[0].format == fmt
+        h = nbd.NBD()
+        h.connect_uri(f"nbd+unix:///?socket={resp.sockets[0]}")
+        with open(phony / "debian-single.img", "rb") as f:
+            f.seek(1024 * 1024)
+            assert h.pread(65536, 1024 * 1024) == f.read(65536)
+        h.shutdown()
+    finally:
+        svc.close(str(wd.path))
+
+
+def test_truncated_vmdk_is_refused(phony, workroot, tmp_path):
+    image = tmp_path / "cut.vmdk"
+    subprocess.run(["qemu-img", "convert", "-O", "vmdk", "-o", "subformat=streamOptimized",
+                    phony / "debian-single.img", image], check=True)
+    with open(image, "r+b") as f:
+        f.truncate(image.stat().st_size // 3)
+    svc = InputService()
+    with pytest.raises(V2VError) as info:
+        wd, resp = open_disks(svc, workroot, image)
+        svc.close(str(wd.path))
+    assert info.value.code in (pb.ERROR_CODE_BAD_INPUT, pb.ERROR_CODE_PROCESS_FAILED)
+    assert "cut.vmdk" in info.value.one_line() and "\n" not in info.value.one_line()

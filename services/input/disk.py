@@ -1,4 +1,5 @@
-"""-i disk: one or more local disk images. The metadata is what virt-v2v assumes for -i disk:
+"""-i disk: one or more local disk images, or existing NBD endpoints (nbd://, nbd+unix:// URIs).
+The metadata is what virt-v2v assumes for -i disk:
 named after the first file, 2 GiB, 1 vCPU, one NIC on the "default" network."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from pathlib import Path
 from v2v.errors import V2VError
 from v2v.naming import name_from_path
 from v2v.services.input.base import INPUTS, InputPlugin
-from v2v.services.input.diskfile import probe, serve_overlay
+from v2v.services.input.diskfile import is_nbd_uri, probe, probe_nbd, serve_overlay
 from v2v.v1 import input_pb2
 from v2v.v1 import types_pb2 as pb
 from v2v.workdir import WorkDir
@@ -31,7 +32,7 @@ class DiskInput(InputPlugin):
             nics=[pb.Nic(network="default", network_type=pb.NETWORK_TYPE_NETWORK)],
         )
         for i, path in enumerate(options.paths):
-            disk = probe(Path(path).absolute(), options.format)
+            disk = probe_nbd(path, options.format) if is_nbd_uri(path) else probe(Path(path).absolute(), options.format)
             disk.index = i
             source.disks.append(disk)
         for disk in source.disks:
