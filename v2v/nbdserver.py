@@ -111,7 +111,7 @@ class QemuNbd(NbdServer):
     """qemu-nbd on an image file. `snapshot` puts a throw-away qcow2 overlay in front of it, so
     writes never reach the file."""
 
-    def __init__(self, sock: Path, log: Path, what: str, path: Path, fmt: str,
+    def __init__(self, sock: Path, log: Path, what: str, path: Path | str, fmt: str,
                  snapshot: bool = False, readonly: bool = False, compressed: bool = False) -> None:
         self.path = path
         self.fmt = fmt

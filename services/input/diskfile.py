@@ -47,7 +47,7 @@ def check_readable(path: Path) -> None:
         raise V2VError(f"{path}: is empty (0 bytes), not a disk image", pb.ERROR_CODE_BAD_INPUT)
 
 
-def image_info(path: Path, fmt: str = "") -> tuple[str, int]:
+def image_info(path: Path | str, fmt: str = "") -> tuple[str, int]:
     """(format, virtual size) as qemu sees the file; `fmt` forces the format (-if)."""
     cmd = ["qemu-img", "info", "--output=json", "-U"]
     if fmt:
@@ -77,7 +77,8 @@ def check_raw_looks_like_disk(path: Path) -> None:
         head = f.read(70000)
     if not any(head[off:off + len(sig)] == sig for off, sig in _SIGNATURES):
         raise V2VError(f"{path}: not a disk image (no partition table, filesystem or LVM found; "
-                       "if it really is a raw disk, say so with -if raw)", pb.ERROR_CODE_BAD_INPUT)
+                       "if it really is a raw disk, declare its format raw: -if raw, <driver type='raw'/>)",
+                       pb.ERROR_CODE_BAD_INPUT)
 
 
 def probe(path: Path, fmt: str = "") -> pb.SourceDisk:
@@ -99,21 +100,28 @@ def is_nbd_uri(location: str) -> bool:
 
 
 def probe_nbd(uri: str, fmt: str = "") -> pb.SourceDisk:
-    """An existing NBD endpoint as a source disk (warm and in-place flows, or any NBD server)."""
-    if fmt not in ("", "raw"):
-        raise V2VError(f"{uri}: an NBD export is read as raw data; -if {fmt} does not apply", pb.ERROR_CODE_BAD_INPUT)
-    return pb.SourceDisk(location=uri, format="raw", virtual_size=export_size(uri))
+    """An existing NBD endpoint as a source disk (warm and in-place flows, or any NBD server). Its
+    bytes are raw unless `fmt` says they hold an image (qcow2 exported as is, say). Contacting it
+    now fails fast and clearly; a server started on it would only find out at the first client."""
+    if fmt in ("", "raw"):
+        return pb.SourceDisk(location=uri, format="raw", virtual_size=export_size(uri))
+    if fmt not in FORMATS:
+        raise V2VError(f"{uri}: unknown disk format {fmt} (known: {', '.join(FORMATS)})", pb.ERROR_CODE_BAD_INPUT)
+    detected, size = image_info(uri, fmt)
+    return pb.SourceDisk(location=uri, format=detected, virtual_size=size)
 
 
 def serve_overlay(disk: pb.SourceDisk, sock: Path, log: Path) -> NbdServer:
     """An NBD server for the disk (start it with `with`), writable through an overlay."""
     what = f"disk {disk.index} ({disk.location})"
     path = Path(disk.location)
-    if is_nbd_uri(disk.location):
+    if is_nbd_uri(disk.location) and disk.format == "raw":
         # nbdkit's nbd plugin relays the export; the cow filter keeps every write away from it.
         server: NbdServer = Nbdkit(sock, log, what, "nbd", [f"uri={disk.location}"], filters=["cow"])
     elif disk.format == "raw":
         server = Nbdkit(sock, log, what, "file", [f"file={path}"], filters=["cow"])
     else:
-        server = QemuNbd(sock, log, what, path, disk.format, snapshot=True)
+        # qemu-nbd opens files and NBD URIs alike
+        server = QemuNbd(sock, log, what, disk.location if is_nbd_uri(disk.location) else path, disk.format,
+                         snapshot=True)
     return server
