@@ -19,7 +19,8 @@ from rich.console import Console
 
 from v2v.coordinator.display import HumanDisplay, MachineDisplay, print_source
 from v2v.coordinator.inputs import BUILDERS as INPUT_BUILDERS
-from v2v.coordinator.inputs import input_spec
+from v2v.coordinator.inputs import InputArgs, input_spec
+from v2v.coordinator.options import Options
 from v2v.coordinator.outputs import BUILDERS, DIRECTORY_OUTPUTS, output_spec
 from v2v.errors import V2VError, from_rpc_error
 from v2v.grpcserver import channel, wait_ready
@@ -44,6 +45,8 @@ def conversion_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-i", dest="input", choices=sorted(INPUT_BUILDERS), default="disk",
                    help="input type (default: disk)")
+    p.add_argument("-ic", dest="input_uri", default="", metavar="URI",
+                   help="-i libvirt: the libvirt connection (default qemu:///system)")
     p.add_argument("-if", dest="input_format", default="", metavar="FORMAT",
                    help="-i disk: the disks' format (raw, qcow2, vmdk, ...); default: detect")
     p.add_argument("-it", dest="input_transport", default="", metavar="TRANSPORT",
@@ -85,7 +88,8 @@ def conversion_parser() -> argparse.ArgumentParser:
     p.add_argument("-x", dest="trace", action="store_true", help="trace libguestfs calls in the logs")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     p.add_argument("files", nargs="*", metavar="FILE",
-                   help="the input: disk images (-i disk), an .ova, a .vmx or ssh:// URI, a domain XML")
+                   help="the input: disk images or NBD URIs (-i disk), an .ova, a .vmx or ssh:// URI, a domain XML "
+                        "(-i libvirtxml), a guest's name (-i libvirt)")
     return p
 
 
@@ -102,8 +106,8 @@ def root_choice(text: str) -> convert_pb2.RootChoice:
 def build_job(a: argparse.Namespace) -> coordinator_pb2.GuestJob:
     """The command line as the typed job the coordinator takes: nothing is re-parsed later."""
     job = coordinator_pb2.GuestJob(print_source=a.print_source)
-    job.input.CopyFrom(input_spec(a.input, a.files, a.input_format, a.input_transport, a.input_password,
-                                  a.input_options))
+    job.input.CopyFrom(input_spec(InputArgs(a.input, a.files, a.input_format, a.input_uri, a.input_transport,
+                                            a.input_password, Options("-io", "", a.input_options))))
     job.convert.CopyFrom(convert_pb2.ConvertOptions(accelerator=ACCELERATORS[a.accel], root=root_choice(a.root),
                                                     verbose=a.verbose, trace=a.trace))
     if not a.print_source:

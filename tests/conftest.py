@@ -118,6 +118,15 @@ def service() -> Iterator[object]:
 
 
 @pytest.fixture(scope="session")
+def libvirtd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A libvirtd answering at qemu:///system (started for the run if none does)."""
+    from tests.libvirtd import running_libvirtd
+
+    with running_libvirtd(tmp_path_factory.mktemp("libvirtd")):
+        yield
+
+
+@pytest.fixture(scope="session")
 def phony(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The fast synthetic guests of ../shared/guests (seconds; no LVM variant), private to this
     run: the script rewrites its images, which would pull them from under a concurrent run."""

@@ -15,7 +15,7 @@ import libvirt
 import pytest
 
 from tests.conftest import write_target
-from tests.libvirtd import SYSTEM_URI, dir_pool, remove_domain, running_libvirtd, virsh
+from tests.libvirtd import SYSTEM_URI, dir_pool, remove_domain, virsh
 from tests.test_output import expected_image, write_through_nbd
 from v2v.errors import V2VError
 from v2v.services.output.base import OUTPUTS
@@ -27,12 +27,6 @@ from v2v.workdir import WorkDir
 MiB = 1024**2
 UNREACHABLE = "qemu+unix:///system?socket=/nonexistent/libvirt-sock"
 _names = count()
-
-
-@pytest.fixture(scope="session")
-def libvirtd(tmp_path_factory):
-    with running_libvirtd(tmp_path_factory.mktemp("libvirtd")):
-        yield
 
 
 @pytest.fixture(scope="session")

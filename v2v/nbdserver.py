@@ -112,8 +112,9 @@ class QemuNbd(NbdServer):
     writes never reach the file."""
 
     def __init__(self, sock: Path, log: Path, what: str, path: Path | str, fmt: str,
-                 snapshot: bool = False, readonly: bool = False, compressed: bool = False) -> None:
+                 snapshot: bool = False, readonly: bool = False, compressed: bool = False, image: str = "") -> None:
         self.path = path
+        self.image = image  # a json: image spec opened instead of `path` (e.g. a file inside a tar)
         self.fmt = fmt
         self.snapshot = snapshot
         self.readonly = readonly
@@ -127,6 +128,8 @@ class QemuNbd(NbdServer):
             cmd.append("--snapshot")
         if self.readonly:
             cmd.append("--read-only")
+        if self.image:
+            return [*cmd, self.image]
         if self.compressed:
             return [*cmd, "--image-opts",
                     f"driver=compress,file.driver={self.fmt},file.file.driver=file,file.file.filename={self.path}"]

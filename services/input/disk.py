@@ -10,7 +10,7 @@ from pathlib import Path
 from v2v.errors import V2VError
 from v2v.naming import name_from_path
 from v2v.services.input.base import INPUTS, InputPlugin
-from v2v.services.input.diskfile import is_nbd_uri, probe, probe_nbd, serve_overlay
+from v2v.services.input.diskfile import is_nbd_uri, probe, probe_nbd, serve_all
 from v2v.v1 import input_pb2
 from v2v.v1 import types_pb2 as pb
 from v2v.workdir import WorkDir
@@ -35,11 +35,5 @@ class DiskInput(InputPlugin):
             disk = probe_nbd(path, options.format) if is_nbd_uri(path) else probe(Path(path).absolute(), options.format)
             disk.index = i
             source.disks.append(disk)
-        for disk in source.disks:
-            try:
-                stack.enter_context(serve_overlay(disk, workdir.in_sock(disk.index),
-                                                  workdir.log(f"input-disk{disk.index}.log")))
-            except V2VError as err:
-                err.fill(disk=disk.index)
-                raise
+        serve_all(source.disks, workdir, stack)
         return source

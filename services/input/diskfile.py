@@ -9,12 +9,15 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 
 from v2v.errors import V2VError
 from v2v.nbdserver import Nbdkit, NbdServer, QemuNbd, export_size
 from v2v.process import run
 from v2v.v1 import types_pb2 as pb
+from v2v.workdir import WorkDir
 
 NBD_SCHEMES = ("nbd://", "nbds://", "nbd+unix://", "nbds+unix://")
 FORMATS = ("raw", "qcow2", "vmdk", "vdi", "vhdx", "vpc", "qed", "parallels")
@@ -125,3 +128,15 @@ def serve_overlay(disk: pb.SourceDisk, sock: Path, log: Path) -> NbdServer:
         server = QemuNbd(sock, log, what, disk.location if is_nbd_uri(disk.location) else path, disk.format,
                          snapshot=True)
     return server
+
+
+def serve_all(disks: Sequence[pb.SourceDisk], workdir: WorkDir, stack: ExitStack) -> None:
+    """Serves disk N on workdir.in_sock(N), each behind its overlay, every server owned by `stack`;
+    a failure names its disk."""
+    for disk in disks:
+        try:
+            stack.enter_context(serve_overlay(disk, workdir.in_sock(disk.index),
+                                              workdir.log(f"input-disk{disk.index}.log")))
+        except V2VError as err:
+            err.fill(disk=disk.index)
+            raise

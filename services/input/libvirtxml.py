@@ -11,7 +11,7 @@ from pathlib import Path
 
 from v2v.errors import V2VError
 from v2v.services.input.base import INPUTS, InputPlugin
-from v2v.services.input.diskfile import FORMATS, check_raw_looks_like_disk, image_info, probe, probe_nbd, serve_overlay
+from v2v.services.input.diskfile import FORMATS, check_raw_looks_like_disk, image_info, probe, probe_nbd, serve_all
 from v2v.services.input.domainxml import DiskRef, parse_domain
 from v2v.v1 import input_pb2
 from v2v.v1 import types_pb2 as pb
@@ -34,8 +34,8 @@ def _resolve(base: Path, path: str) -> Path:
     return Path(os.path.normpath(base / path))
 
 
-def _probe_file(xml: Path, ref: DiskRef) -> pb.SourceDisk:
-    path = _resolve(xml.parent, ref.path)
+def _probe_file(base: Path, ref: DiskRef) -> pb.SourceDisk:
+    path = _resolve(base, ref.path)
     if ref.kind == "block" and path.is_block_device():
         # probe's checks are for files: a block device's st_size is 0.
         if not os.access(path, os.R_OK):
@@ -47,15 +47,15 @@ def _probe_file(xml: Path, ref: DiskRef) -> pb.SourceDisk:
     return probe(path, ref.format)
 
 
-def _describe(xml: Path, ref: DiskRef) -> pb.SourceDisk:
-    """The disk as far as it is known before serving; an nbd disk's size is read once served."""
+def _describe(base: Path, ref: DiskRef) -> pb.SourceDisk:
+    """The disk, checked, before anything serves it."""
     if ref.format and ref.format not in FORMATS:
         raise V2VError(f"<driver type={ref.format!r}> is not a disk format v2v reads "
                        f"(known: {', '.join(FORMATS)})", pb.ERROR_CODE_BAD_INPUT)
     if ref.nbd is None:
-        disk = _probe_file(xml, ref)
+        disk = _probe_file(base, ref)
     else:
-        socket = str(_resolve(xml.parent, ref.nbd.socket)) if ref.nbd.socket else ""
+        socket = str(_resolve(base, ref.nbd.socket)) if ref.nbd.socket else ""
         try:
             disk = probe_nbd(ref.nbd.uri(socket), ref.format)
         except V2VError as err:
@@ -65,6 +65,23 @@ def _describe(xml: Path, ref: DiskRef) -> pb.SourceDisk:
     return disk
 
 
+def open_domain_xml(data: bytes, where: str, base: Path, workdir: WorkDir, stack: ExitStack) -> pb.Source:
+    """The guest of a domain XML (`where` names it in messages; relative disk paths are relative to
+    `base`), each disk served on its in socket behind an overlay."""
+    domain = parse_domain(data, where)
+    source = domain.source
+    # Every disk is checked before any server starts: a bad second disk costs no process.
+    for ref in domain.disks:
+        try:
+            source.disks.append(_describe(base, ref))
+        except V2VError as err:
+            err.message = f"{where}: {err.message}"
+            err.fill(disk=ref.index)
+            raise
+    serve_all(source.disks, workdir, stack)
+    return source
+
+
 @INPUTS.register("libvirtxml")
 class LibvirtXmlInput(InputPlugin):
     def open(self, options: input_pb2.LibvirtXmlInput, guest: str, workdir: WorkDir,
@@ -72,21 +89,4 @@ class LibvirtXmlInput(InputPlugin):
         if not options.path:
             raise V2VError("-i libvirtxml: no domain XML file given", pb.ERROR_CODE_BAD_INPUT)
         xml = Path(options.path).absolute()
-        domain = parse_domain(_read(xml), str(xml))
-        source = domain.source
-        # Every disk is checked before any server starts: a bad second disk costs no process.
-        for ref in domain.disks:
-            try:
-                source.disks.append(_describe(xml, ref))
-            except V2VError as err:
-                err.message = f"{xml}: {err.message}"
-                err.fill(disk=ref.index)
-                raise
-        for disk in source.disks:
-            try:
-                stack.enter_context(serve_overlay(disk, workdir.in_sock(disk.index),
-                                                  workdir.log(f"input-disk{disk.index}.log")))
-            except V2VError as err:
-                err.fill(disk=disk.index)
-                raise
-        return source
+        return open_domain_xml(_read(xml), str(xml), xml.parent, workdir, stack)

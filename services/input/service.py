@@ -8,7 +8,10 @@ from contextlib import ExitStack
 import grpc
 
 import v2v.services.input.disk  # noqa: F401  (each import registers an input)
+import v2v.services.input.libvirt  # noqa: F401
 import v2v.services.input.libvirtxml  # noqa: F401
+import v2v.services.input.ova  # noqa: F401
+import v2v.services.input.vmx  # noqa: F401
 from v2v.errors import V2VError
 from v2v.grpcserver import rpc
 from v2v.services.input.base import INPUTS

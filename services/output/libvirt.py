@@ -12,27 +12,18 @@ import fcntl
 import os
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 from v2v.drives import drive_letters
 from v2v.errors import V2VError
+from v2v.libvirtconn import connect, failed, libvirt
 from v2v.services.output.base import OUTPUTS, OutputPlugin
 from v2v.services.output.files import create_disks, disk_format, refuse_existing, target_exists
 from v2v.services.output.libvirtxml import domain_xml
 from v2v.v1 import output_pb2
 from v2v.v1 import types_pb2 as pb
 from v2v.workdir import WorkDir
-
-try:
-    import libvirt
-except ImportError:  # the other outputs must keep working on a host without the bindings
-    libvirt = None
-else:
-    # libvirt's default handler prints every error to stderr, even the ones handled here (a missing
-    # domain is what check hopes for); each one that matters becomes a V2VError instead.
-    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
 DEFAULT_URI = "qemu:///system"
 DEFAULT_POOL = "default"
@@ -63,34 +54,6 @@ def domain_uri(uri: str, name: str) -> str:
     return f"libvirt:{uri}/domain/{name}"
 
 
-def _failed(what: str, exc: libvirt.libvirtError, code: int = pb.ERROR_CODE_INTERNAL) -> V2VError:
-    return V2VError(f"{what}: {exc.get_error_message()}", code, detail=str(exc))
-
-
-@contextmanager
-def _connect(uri: str) -> Iterator[libvirt.virConnect]:
-    """An open libvirt connection for the length of one call: gRPC runs calls on many threads, and a
-    connection kept between calls would outlive a libvirtd restart."""
-    if libvirt is None:
-        raise V2VError("-o libvirt needs the libvirt Python bindings (Debian: python3-libvirt)",
-                       pb.ERROR_CODE_UNSUPPORTED)
-    try:
-        conn = libvirt.open(uri)
-    except libvirt.libvirtError as exc:
-        # A socket or transport failure means the daemon is not there (yet); anything else (no
-        # driver for the scheme, a bad path, refused authentication) is the URI's fault.
-        unreachable = exc.get_error_code() in (libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_RPC,
-                                           libvirt.VIR_ERR_OPERATION_TIMEOUT)
-        raise V2VError(f"libvirt at {uri} is not reachable{' (is libvirtd running?)' if unreachable else ''}: "
-                       f"{exc.get_error_message()}",
-                       pb.ERROR_CODE_SERVICE_UNAVAILABLE if unreachable else pb.ERROR_CODE_BAD_INPUT,
-                       detail=str(exc)) from None
-    try:
-        yield conn
-    finally:
-        conn.close()
-
-
 def _dir_pool(conn: libvirt.virConnect, name: str, uri: str) -> tuple[libvirt.virStoragePool, Path]:
     """The pool and its directory, which must be on this machine: the volumes are written here."""
     try:
@@ -99,7 +62,7 @@ def _dir_pool(conn: libvirt.virConnect, name: str, uri: str) -> tuple[libvirt.vi
         if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
             raise V2VError(f"-os {name}: libvirt at {uri} has no storage pool {name!r}",
                            pb.ERROR_CODE_BAD_INPUT) from None
-        raise _failed(f"cannot look up storage pool {name}", exc) from None
+        raise failed(f"cannot look up storage pool {name}", exc) from None
     pool_xml = ET.fromstring(pool.XMLDesc(0))
     if pool_xml.get("type") != "dir":
         raise V2VError(f"-os {name}: storage pool {name} is of type {pool_xml.get('type')!r}; -o libvirt writes "
@@ -121,7 +84,7 @@ def _refresh(pool: libvirt.virStoragePool) -> None:
     try:
         pool.refresh(0)
     except libvirt.libvirtError as exc:
-        raise _failed(f"cannot refresh storage pool {pool.name()}", exc) from None
+        raise failed(f"cannot refresh storage pool {pool.name()}", exc) from None
 
 
 def _lookup_domain(conn: libvirt.virConnect, name: str) -> libvirt.virDomain | None:
@@ -130,7 +93,7 @@ def _lookup_domain(conn: libvirt.virConnect, name: str) -> libvirt.virDomain | N
     except libvirt.libvirtError as exc:
         if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
             return None
-        raise _failed(f"cannot look up domain {name}", exc) from None
+        raise failed(f"cannot look up domain {name}", exc) from None
 
 
 def _kvm_usable() -> bool:
@@ -179,7 +142,7 @@ def _undefine(dom: libvirt.virDomain) -> None:
         dom.undefineFlags(flags)
     except libvirt.libvirtError as exc:
         if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
-            raise _failed(f"cannot undefine domain {dom.name()}", exc) from None
+            raise failed(f"cannot undefine domain {dom.name()}", exc) from None
 
 
 @OUTPUTS.register("libvirt")
@@ -207,12 +170,12 @@ class LibvirtOutput(OutputPlugin):
 
     def check(self, spec: output_pb2.OutputSpec, target: pb.TargetMeta) -> None:
         disk_format(spec)
-        with _connect(_uri(spec)) as conn:
+        with connect(_uri(spec)) as conn:
             self._check(conn, spec, target)
 
     def setup(self, spec: output_pb2.OutputSpec, target: pb.TargetMeta, workdir: WorkDir,
               stack: ExitStack) -> None:
-        with _connect(_uri(spec)) as conn:
+        with connect(_uri(spec)) as conn:
             pool, directory = self._check(conn, spec, target)
             create_disks(spec, target, [directory / volume_name(target.name, d.index) for d in target.source.disks],
                          workdir, stack)
@@ -220,7 +183,7 @@ class LibvirtOutput(OutputPlugin):
 
     def finalize(self, spec: output_pb2.OutputSpec, target: pb.TargetMeta, workdir: WorkDir) -> list[str]:
         uri, name = _uri(spec), target.name
-        with _connect(uri) as conn:
+        with connect(uri) as conn:
             pool, _ = _dir_pool(conn, _pool_name(spec), uri)
             _refresh(pool)  # the volumes' allocation and format, now that they hold the data
             arch = target.caps.arch or target.inspection.arch or None
@@ -235,7 +198,7 @@ class LibvirtOutput(OutputPlugin):
             try:
                 conn.defineXML(xml)
             except libvirt.libvirtError as exc:
-                raise _failed(f"cannot define domain {name}", exc) from None
+                raise failed(f"cannot define domain {name}", exc) from None
         return [disk.path for disk in target.disks] + [domain_uri(uri, name)]
 
     def abort(self, spec: output_pb2.OutputSpec, target: pb.TargetMeta, workdir: WorkDir) -> None:
@@ -246,13 +209,13 @@ class LibvirtOutput(OutputPlugin):
         if not target.disks and not domain_uuid:
             return
         try:
-            with _connect(_uri(spec)) as conn:
+            with connect(_uri(spec)) as conn:
                 if domain_uuid:
                     try:
                         _undefine(conn.lookupByUUIDString(domain_uuid))
                     except libvirt.libvirtError as exc:
                         if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
-                            raise _failed(f"cannot look up domain {target.name}", exc) from None
+                            raise failed(f"cannot look up domain {target.name}", exc) from None
                     mark.unlink()
                 _refresh(_dir_pool(conn, _pool_name(spec), _uri(spec))[0])
         except V2VError:

@@ -1,0 +1,38 @@
+"""-i libvirt: a guest known to a libvirt connection (-ic URI), read through the libvirt API: its
+inactive domain XML is what -i libvirtxml reads from a file."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from pathlib import Path
+
+from v2v.errors import V2VError
+from v2v.libvirtconn import connect, failed, libvirt
+from v2v.services.input.base import INPUTS, InputPlugin
+from v2v.services.input.libvirtxml import open_domain_xml
+from v2v.v1 import input_pb2
+from v2v.v1 import types_pb2 as pb
+from v2v.workdir import WorkDir
+
+DEFAULT_URI = "qemu:///system"
+
+
+@INPUTS.register("libvirt")
+class LibvirtInput(InputPlugin):
+    def open(self, options: input_pb2.LibvirtInput, guest: str, workdir: WorkDir, stack: ExitStack) -> pb.Source:
+        uri = options.uri or DEFAULT_URI
+        if not options.domain:
+            raise V2VError(f"-i libvirt: name the guest to convert (one of `virsh -c {uri} list --all`)",
+                           pb.ERROR_CODE_BAD_INPUT)
+        with connect(uri, readonly=True) as conn:
+            try:
+                dom = conn.lookupByName(options.domain)
+            except libvirt.libvirtError as exc:
+                raise failed(f"-i libvirt: no guest {options.domain!r} at {uri}", exc,
+                             pb.ERROR_CODE_BAD_INPUT) from None
+            if dom.isActive():
+                raise V2VError(f"guest {options.domain} at {uri} is running: shut it down first (the disks of a "
+                               "running guest change under the copy)", pb.ERROR_CODE_BAD_INPUT)
+            xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        # libvirt keeps absolute paths; "/" only matters for a relative one, which libvirt refuses.
+        return open_domain_xml(xml.encode(), f"{uri} guest {options.domain}", Path("/"), workdir, stack)

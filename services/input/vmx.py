@@ -1,0 +1,288 @@
+"""-i vmx: a VMware guest from its .vmx file, in a local directory (or NFS-mounted datastore) or on
+an ESXi host over ssh (location ssh://[user@]host[:port]/vmfs/volumes/ds/guest/guest.vmx).
+
+Local disks are whatever qemu opens (VMDK descriptor + flat extent, sparse, snapshot chains: qemu
+follows parentFileNameHint relative to each file) behind qemu-nbd --snapshot. Over ssh, each disk's
+descriptor is read to find its flat extent, which nbdkit's ssh plugin serves raw (sftp) under the cow
+filter, as virt-v2v does; sparse and snapshot disks cannot be served that way and are refused."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import shlex
+import subprocess
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from v2v.errors import V2VError
+from v2v.naming import name_from_path
+from v2v.nbdserver import Nbdkit
+from v2v.process import tail
+from v2v.services.input.base import INPUTS, InputPlugin
+from v2v.services.input.diskfile import probe, serve_all
+from v2v.services.input.vmxfile import Vmx, VmxError, is_sparse_vmdk, parse_descriptor, parse_vmx
+from v2v.v1 import input_pb2
+from v2v.v1 import types_pb2 as pb
+from v2v.workdir import WorkDir
+
+_SSH_CONNECT_TIMEOUT = 20
+_SSH_TIMEOUT = 120.0  # a whole remote command: reading a .vmx or a descriptor is small
+_DESCRIPTOR_MAX = 65536  # descriptors are a few hundred bytes; do not pull a whole disk if misnamed
+# sshpass exit codes (its own failures; any other code is ssh's).
+_SSHPASS_BAD_PASSWORD = 5
+_SSHPASS_HOST_KEY_UNKNOWN = 6
+_SSH_FAILED = 255  # ssh itself failed (connection, authentication), not the remote command
+
+
+def _bad(message: str) -> V2VError:
+    return V2VError(message, pb.ERROR_CODE_BAD_INPUT)
+
+
+def _describe(text: str, where: str) -> Vmx:
+    try:
+        vmx = parse_vmx(text, name_from_path(where))
+    except VmxError as exc:
+        raise _bad(f"{where}: not a .vmx file: {exc}") from None
+    if not vmx.disks:
+        raise _bad(f"{where}: names no hard disk")
+    return vmx
+
+
+def _check_local_file(path: str, what: str) -> str:
+    """The absolute path of a local file the user named (nbdkit wants absolute paths)."""
+    p = Path(path).absolute()
+    if not p.is_file() or not os.access(p, os.R_OK):
+        raise _bad(f"{p}: {what}: no such readable file")
+    return str(p)
+
+
+@INPUTS.register("vmx")
+class VmxInput(InputPlugin):
+    def open(self, options: input_pb2.VmxInput, guest: str, workdir: WorkDir, stack: ExitStack) -> pb.Source:
+        if not options.location:
+            raise _bad("-i vmx: no .vmx file or ssh:// URI given")
+        if options.location.startswith("ssh://"):
+            return _open_ssh(options, workdir, stack)
+        return _open_local(Path(options.location).absolute(), workdir, stack)
+
+
+# ---------------------------------------------------------------- local
+
+
+def _open_local(vmx_path: Path, workdir: WorkDir, stack: ExitStack) -> pb.Source:
+    try:
+        text = vmx_path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        raise _bad(f"{vmx_path}: no such file") from None
+    except OSError as exc:
+        raise _bad(f"{vmx_path}: cannot read it: {exc.strerror or exc}") from None
+    vmx = _describe(text, str(vmx_path))
+    source = vmx.source()
+    for i, d in enumerate(vmx.disks):
+        path = vmx_path.parent / d.file_name  # an absolute fileName stays as it is
+        if not path.exists():
+            raise _bad(f"{vmx_path}: disk {d.file_name}: no such file ({path})")
+        try:
+            disk = probe(path)
+        except V2VError as err:
+            err.message = f"{vmx_path}: {err.message}"
+            raise
+        disk.index, disk.controller = i, d.controller
+        source.disks.append(disk)
+    serve_all(source.disks, workdir, stack)
+    return source
+
+
+# ---------------------------------------------------------------- over ssh
+
+
+@dataclass(frozen=True)
+class SshSource:
+    """Where the .vmx is and how to log in; never holds the password itself."""
+
+    host: str
+    port: int | None
+    user: str
+    path: str  # of the .vmx on the remote host
+    identity: str  # absolute, or ""
+    password_file: str  # absolute, or ""
+    insecure: bool
+
+    @classmethod
+    def from_options(cls, options: input_pb2.VmxInput) -> SshSource:
+        loc = options.location
+        try:
+            parts = urlsplit(loc)
+            port = parts.port
+        except ValueError as exc:
+            raise _bad(f"{loc}: not an ssh://[user@]host[:port]/path.vmx URI: {exc}") from None
+        if parts.password is not None:
+            raise _bad("-i vmx: the ssh:// URI carries a password: put it in a file and pass that (-ip FILE)")
+        if not parts.hostname:
+            raise _bad(f"{loc}: no host in the ssh:// URI")
+        path = unquote(parts.path)
+        if not path or path.endswith("/"):
+            raise _bad(f"{loc}: no .vmx path in the ssh:// URI")
+        return cls(
+            host=parts.hostname,
+            port=port,
+            user=unquote(parts.username or ""),
+            path=path,
+            identity=_check_local_file(options.identity_file, "ssh identity file") if options.identity_file else "",
+            password_file=_check_local_file(options.password_file, "ssh password file")
+            if options.password_file else "",
+            insecure=options.insecure_host_key,
+        )
+
+    def uri(self, path: str = "") -> str:
+        """ssh://... of a remote file, for messages and SourceDisk.location."""
+        user = f"{self.user}@" if self.user else ""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        port = f":{self.port}" if self.port else ""
+        return f"ssh://{user}{host}{port}{path or self.path}"
+
+    def resolve(self, file_name: str) -> str:
+        """A file named in a remote .vmx or descriptor: relative names are relative to its directory."""
+        return posixpath.normpath(posixpath.join(posixpath.dirname(self.path), file_name))
+
+    def _command(self, remote: Sequence[str]) -> list[str]:
+        cmd = ["ssh", "-T", "-o", f"ConnectTimeout={_SSH_CONNECT_TIMEOUT}", "-o", "LogLevel=ERROR"]
+        if self.port:
+            cmd += ["-p", str(self.port)]
+        if self.user:
+            cmd += ["-l", self.user]
+        if self.identity:
+            # only this key: a default key that happens to work would hide a wrong -io vmx-identity
+            cmd += ["-i", self.identity, "-o", "IdentitiesOnly=yes"]
+        if self.insecure:
+            cmd += ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
+        else:
+            cmd += ["-o", "StrictHostKeyChecking=yes"]
+        if self.password_file:
+            # BatchMode would forbid the password prompt that sshpass answers
+            cmd = ["sshpass", "-f", self.password_file, *cmd, "-o", "NumberOfPasswordPrompts=1"]
+        else:
+            cmd += ["-o", "BatchMode=yes"]
+        return [*cmd, "--", self.host, shlex.join(remote)]
+
+    def run(self, remote: Sequence[str]) -> subprocess.CompletedProcess[bytes]:
+        """Runs a command on the host. Failing to get there raises; the command's own status is the
+        caller's to judge."""
+        cmd = self._command(remote)
+        try:
+            res = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=_SSH_TIMEOUT,
+                                 check=False)
+        except FileNotFoundError:
+            raise V2VError(f"-i vmx over ssh: {cmd[0]} is not installed", pb.ERROR_CODE_PROCESS_FAILED) from None
+        except subprocess.TimeoutExpired:
+            raise _bad(f"{self.uri()}: {self.host} did not answer within {_SSH_TIMEOUT:.0f} s") from None
+        stderr = res.stderr.decode(errors="replace").strip()
+        last = stderr.splitlines()[-1] if stderr else ""
+        low = stderr.lower()
+        if (self.password_file and res.returncode == _SSHPASS_BAD_PASSWORD) or \
+                (res.returncode == _SSH_FAILED and "permission denied" in low):
+            raise V2VError(f"{self.uri()}: authentication failed", pb.ERROR_CODE_BAD_INPUT, detail=stderr)
+        if "host key verification failed" in low or \
+                (self.password_file and res.returncode == _SSHPASS_HOST_KEY_UNKNOWN):
+            raise V2VError(f"{self.uri()}: host key verification failed (add the host to known_hosts, or accept "
+                           "any host key with -io vmx-known-hosts=off)", pb.ERROR_CODE_BAD_INPUT, detail=stderr)
+        if res.returncode == _SSH_FAILED:
+            raise V2VError(f"{self.uri()}: cannot connect to {self.host}: {last or 'ssh failed'}",
+                           pb.ERROR_CODE_BAD_INPUT, detail=stderr)
+        return res
+
+    def read(self, path: str, limit: int = 0) -> bytes:
+        res = self.run(["head", "-c", str(limit), "--", path] if limit else ["cat", "--", path])
+        if res.returncode != 0:
+            why = res.stderr.decode(errors="replace").strip().splitlines()
+            raise _bad(f"{self.uri(path)}: cannot read it: {why[-1] if why else f'exit status {res.returncode}'}")
+        return res.stdout
+
+    def exists(self, path: str) -> bool:
+        return self.run(["test", "-f", path]).returncode == 0
+
+    def nbdkit_args(self, path: str) -> list[str]:
+        args = [f"host={self.host}", f"path={path}"]
+        if self.port:
+            args.append(f"port={self.port}")
+        if self.user:
+            args.append(f"user={self.user}")
+        if self.identity:
+            args.append(f"identity={self.identity}")
+        if self.password_file:
+            args.append(f"password=+{self.password_file}")
+        if self.insecure:
+            args.append("verify-remote-host=false")
+        return args
+
+
+def _flat_extent(ssh: SshSource, file_name: str) -> tuple[str, int]:
+    """(remote path of the raw extent, virtual size) of a disk named in the .vmx."""
+    path = ssh.resolve(file_name)
+    head = ssh.read(path, _DESCRIPTOR_MAX)
+    where = f"{ssh.uri()}: disk {file_name}"
+    if is_sparse_vmdk(head):
+        raise V2VError(f"{where}: a sparse VMDK; over ssh only flat VMDKs (a descriptor and its -flat.vmdk) can "
+                       "be served: convert it on the host, or open the .vmx locally", pb.ERROR_CODE_UNSUPPORTED)
+    try:
+        desc = parse_descriptor(head.decode("utf-8", errors="replace"))
+    except VmxError as exc:
+        raise _bad(f"{where}: {exc}") from None
+    extent = desc.flat_extent()
+    if extent is None:
+        kind = "a snapshot (delta) disk" if desc.parent else f"a {desc.create_type} VMDK"
+        raise V2VError(f"{where}: {kind}; over ssh only flat VMDKs can be served: consolidate the snapshots, or "
+                       "open the .vmx locally", pb.ERROR_CODE_UNSUPPORTED)
+    flat = posixpath.normpath(posixpath.join(posixpath.dirname(path), extent.file_name))
+    if not ssh.exists(flat):
+        raise _bad(f"{where}: its extent {ssh.uri(flat)} does not exist")
+    return flat, desc.size
+
+
+def _open_ssh(options: input_pb2.VmxInput, workdir: WorkDir, stack: ExitStack) -> pb.Source:
+    ssh = SshSource.from_options(options)
+    text = ssh.read(ssh.path).decode("utf-8", errors="replace")
+    vmx = _describe(text, ssh.uri())
+    source = vmx.source()
+    flats = []
+    for i, d in enumerate(vmx.disks):
+        flat, size = _flat_extent(ssh, d.file_name)
+        flats.append(flat)
+        source.disks.append(pb.SourceDisk(index=i, location=ssh.uri(flat), format="raw", virtual_size=size,
+                                          controller=d.controller))
+    for disk, flat in zip(source.disks, flats, strict=True):
+        server = _SshNbdkit(ssh, workdir.in_sock(disk.index), workdir.log(f"input-disk{disk.index}.log"),
+                            f"disk {disk.index} ({disk.location})", ssh.nbdkit_args(flat))
+        try:
+            stack.enter_context(server)
+        except V2VError as err:
+            err.fill(disk=disk.index)
+            raise
+    return source
+
+
+class _SshNbdkit(Nbdkit):
+    """nbdkit's ssh plugin under the cow filter. It logs in at each NBD connection, so a refused login
+    shows only as failed handshakes: give up at the first error it logs rather than retrying them
+    until the start timeout."""
+
+    def __init__(self, ssh: SshSource, sock: Path, log: Path, what: str, args: Sequence[str]) -> None:
+        self.ssh = ssh
+        super().__init__(sock, log, what, "ssh", args, filters=["cow"])
+
+    def _handshake(self) -> bool:
+        if super()._handshake():
+            return True
+        errors = [line for line in tail(self.process.log, 20).splitlines() if ": error: " in line]
+        if not errors:
+            return False
+        self.stop()
+        if "authentication" in errors[-1]:
+            raise V2VError(f"{self.ssh.uri()}: authentication failed (nbdkit ssh)", pb.ERROR_CODE_BAD_INPUT,
+                           detail=errors[-1])
+        raise V2VError(f"cannot serve {self.what}: {errors[-1]}", pb.ERROR_CODE_PROCESS_FAILED,
+                       detail=tail(self.process.log, 20))
