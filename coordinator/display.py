@@ -111,6 +111,18 @@ def print_source(source: pb.Source, out: TextIO = sys.stdout) -> None:
     hv = pb.Hypervisor.Name(source.hypervisor).removeprefix("HYPERVISOR_").lower().replace("unspecified", "unknown")
     print(f"    source name: {source.name}\nhypervisor type: {hv}\n         memory: {source.memory} "
               f"({human_size(source.memory)})\n       nr vCPUs: {source.vcpus}\n       firmware: {fw}", file=out)
+    if source.secure_boot:
+        print("    secure boot: on", file=out)
+    if source.os_type:
+        print(f"        OS type: {source.os_type}", file=out)
+    if source.cpu_model or source.cpu_vendor:
+        print(f"      CPU model: {source.cpu_model} {source.cpu_vendor}".rstrip(), file=out)
+    if source.HasField("graphics"):
+        g = source.graphics
+        print(f"       graphics: {g.type}" + (f" listen {g.listen}" if g.listen else "")
+              + (f" port {g.port}" if g.port > 0 else ""), file=out)
+    if source.sound:
+        print(f"          sound: {', '.join(source.sound)}", file=out)
     if source.HasField("cpu_topology"):
         t = source.cpu_topology
         print(f"   CPU topology: sockets: {t.sockets} cores/socket: {t.cores} threads/core: {t.threads}", file=out)

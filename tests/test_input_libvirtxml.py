@@ -541,3 +541,20 @@ def test_raw_file_that_is_no_disk_names_the_xml_fix(workroot, tmp_path):
 def test_no_path_given(workroot):
     with pytest.raises(V2VError, match="no domain XML file given"):
         open_xml(InputService(), workroot, "")
+
+
+def test_cpu_model_graphics_sound_and_secure_boot():
+    xml = b"""<domain type="kvm"><name>g</name><memory>1048576</memory>
+  <os firmware="efi"><type>hvm</type><loader secure="yes"/></os>
+  <cpu mode="custom"><model>Skylake-Server</model><vendor>Intel</vendor></cpu>
+  <devices>
+    <disk type="file" device="disk"><source file="/x.img"/><target dev="vda" bus="virtio"/></disk>
+    <graphics type="spice" port="5901" listen="127.0.0.1"/>
+    <sound model="ich9"/><sound model="ac97"/>
+  </devices></domain>"""
+    s = parse_domain(xml, "g.xml").source
+    assert (s.cpu_model, s.cpu_vendor, s.secure_boot) == ("Skylake-Server", "Intel", True)
+    assert (s.graphics.type, s.graphics.listen, s.graphics.port) == ("spice", "127.0.0.1", 5901)
+    assert list(s.sound) == ["ich9", "ac97"]
+    passthrough = xml.replace(b'mode="custom"', b'mode="host-passthrough"')
+    assert parse_domain(passthrough, "g.xml").source.cpu_model == "host-passthrough"

@@ -296,4 +296,24 @@ def parse_domain(data: bytes, where: str) -> Domain:
     if not domain.disks:
         raise _bad(where, "the domain has no disks (no <disk device=\"disk\">)")
     source.nics.extend(_nic(el) for el in root.iterfind("devices/interface"))
+    _cpu_model(root, source)
+    if (graphics := root.find("devices/graphics")) is not None:
+        port = graphics.get("port", "-1")
+        source.graphics.CopyFrom(pb.Graphics(type=graphics.get("type", ""), listen=graphics.get("listen", ""),
+                                             port=int(port) if port.lstrip("-").isdigit() else -1))
+    source.sound.extend(el.get("model", "") for el in root.iterfind("devices/sound"))
+    loader = root.find("os/loader")
+    source.secure_boot = (loader is not None and loader.get("secure") == "yes") or \
+        root.find("os/firmware/feature[@name='secure-boot'][@enabled='yes']") is not None
     return domain
+
+
+def _cpu_model(root: ET.Element, source: pb.Source) -> None:
+    """<cpu><model>..</model><vendor>..</vendor></cpu>; host-passthrough and host-model say "the
+    host's", which means nothing on another host: recorded as the mode."""
+    cpu = root.find("cpu")
+    if cpu is None:
+        return
+    mode = cpu.get("mode", "custom")
+    source.cpu_model = (cpu.findtext("model") or "").strip() if mode == "custom" else mode
+    source.cpu_vendor = (cpu.findtext("vendor") or "").strip()

@@ -445,6 +445,7 @@ class OvaInput(InputPlugin):
             verify_manifests(pkg, ovf_member)
         source = ovf.source
         source.name = source.name or name_from_path(str(pkg.path))
+        source.os_type, source.secure_boot = ovf.os_type, ovf.secure_boot
         unpack = workdir.path / UNPACK_DIR
         stack.callback(shutil.rmtree, unpack, ignore_errors=True)  # after the servers (LIFO)
         plans = [plan_disk(pkg, ovf_member, f, disk, unpack) for f, disk in zip(ovf.files, source.disks, strict=True)]

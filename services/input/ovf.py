@@ -43,8 +43,8 @@ class OvfFile(NamedTuple):
 class Ovf:
     source: pb.Source  # disks carry index, controller and the declared format; the input adds the rest
     files: list[OvfFile]  # files[i] holds source.disks[i]
-    os_type: str = ""  # vmw:osType, vbox OSType or the OS description: the Source has no field for it
-    secure_boot: bool = False  # ditto; kept so a later phase can warn that it is not carried over
+    os_type: str = ""  # vmw:osType, vbox OSType or the OS description (also in source.os_type)
+    secure_boot: bool = False  # also in source.secure_boot
 
 
 def _local(name: str) -> str:

@@ -95,7 +95,7 @@ class Vmx:
     vcpus: int
     topology: pb.CpuTopology | None
     firmware: int  # pb.Firmware
-    secure_boot: bool  # no Source field carries it yet; kept so callers can warn
+    secure_boot: bool
     guest_os: str
     disks: list[VmxDisk] = field(default_factory=list)
     nics: list[pb.Nic] = field(default_factory=list)
@@ -104,7 +104,8 @@ class Vmx:
     def source(self) -> pb.Source:
         """The Source without its disks (their formats and sizes come from the files)."""
         src = pb.Source(name=self.name, hypervisor=pb.HYPERVISOR_VMWARE, memory=self.memory, vcpus=self.vcpus,
-                        firmware=self.firmware, nics=self.nics, removables=self.removables)
+                        firmware=self.firmware, nics=self.nics, removables=self.removables,
+                        secure_boot=self.secure_boot, os_type=self.guest_os)
         if self.topology is not None:
             src.cpu_topology.CopyFrom(self.topology)
         return src
