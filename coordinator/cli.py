@@ -41,7 +41,9 @@ ACCELERATORS = {"auto": convert_pb2.ACCELERATOR_AUTO, "kvm": convert_pb2.ACCELER
 def conversion_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="v2v", description="Convert a guest from a foreign hypervisor to run on KVM.",
-        epilog="Run one service: v2v serve {input,convert,output,copier,coordinator} --listen ADDR",
+        epilog="Also: v2v open ... --run 'PROG @@' (the input alone), v2v inspect ... (input + inspection), "
+               "v2v --in-place ... (convert the disks where they are), "
+               "v2v serve {input,convert,output,copier,coordinator} --listen ADDR (one service)",
     )
     p.add_argument("-i", dest="input", choices=sorted(INPUT_BUILDERS), default="disk",
                    help="input type (default: disk)")
@@ -79,6 +81,8 @@ def conversion_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-source", action="store_true", help="print the parsed source and exit")
     p.add_argument("--machine-readable", action="store_true", help="one JSON object per event on stdout")
     p.add_argument("--parallel", type=int, default=0, metavar="N", help="disks copied at once (default: all)")
+    p.add_argument("--verify", action="store_true",
+                   help="after copying, read every disk back and compare it with its source (fails on a difference)")
     p.add_argument("--accel", choices=sorted(ACCELERATORS), default=os.environ.get("V2V_ACCEL", "auto"),
                    help="how the conversion appliance runs: kvm, tcg (software) or auto (default; $V2V_ACCEL)")
     p.add_argument("--coordinator", default=os.environ.get("V2V_COORDINATOR", ""), metavar="ADDR",
@@ -122,7 +126,7 @@ def build_job(a: argparse.Namespace) -> coordinator_pb2.GuestJob:
     for text in a.macs:
         mac = parse_mac(text)
         (job.networks.static_ips if isinstance(mac, pb.StaticIp) else job.networks.mappings).append(mac)
-    job.copy.CopyFrom(copier_pb2.CopyOptions(parallel=max(a.parallel, 0)))
+    job.copy.CopyFrom(copier_pb2.CopyOptions(parallel=max(a.parallel, 0), verify=a.verify))
     return job
 
 
@@ -217,6 +221,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["serve"]:
         return serve_main(args[1:])
+    if args[:1] in (["open"], ["inspect"]) or "--in-place" in args:
+        from v2v.coordinator.commands import standalone_main  # it imports this module
+
+        return standalone_main(args)
     return convert_main(args)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from v2v.coordinator.options import Options
 from v2v.errors import V2VError
@@ -46,8 +47,12 @@ def _ova(spec: input_pb2.InputSpec, a: InputArgs) -> None:
 
 def _vmx(spec: input_pb2.InputSpec, a: InputArgs) -> None:
     location = a.one()
+    if a.transport in _VMX_TRANSPORTS or (not a.transport and location.startswith("https://")):
+        _VMX_TRANSPORTS[a.transport or "https"](spec, a)
+        return
     if a.transport not in ("", "ssh"):
-        raise V2VError(f"-it {a.transport}: -i vmx knows only ssh", pb.ERROR_CODE_BAD_INPUT, step="open")
+        raise V2VError(f"-it {a.transport}: -i vmx knows ssh, {', '.join(_VMX_TRANSPORTS)}", pb.ERROR_CODE_BAD_INPUT,
+                       step="open")
     if a.transport == "ssh" and not location.startswith("ssh://"):
         raise V2VError(f"-it ssh: expected ssh://[USER@]HOST[:PORT]/PATH.vmx, not {location}", pb.ERROR_CODE_BAD_INPUT,
                        step="open")
@@ -62,7 +67,44 @@ def _libvirtxml(spec: input_pb2.InputSpec, a: InputArgs) -> None:
 
 
 def _libvirt(spec: input_pb2.InputSpec, a: InputArgs) -> None:
+    if a.uri.startswith("xen+ssh://"):
+        _xen(spec, a)
+        return
     spec.libvirt.CopyFrom(input_pb2.LibvirtInput(uri=a.uri, domain=a.one()))
+
+
+def _https(a: InputArgs) -> input_pb2.VmwareHttpsInput:
+    url = a.one()
+    if not url.startswith("https://"):
+        raise V2VError(f"-it {a.transport or 'https'}: expected https://[USER@]HOST[:PORT]/folder/PATH.vmx"
+                       f"?dcPath=DATACENTER&dsName=DATASTORE, not {url}", pb.ERROR_CODE_BAD_INPUT, step="open")
+    return input_pb2.VmwareHttpsInput(url=url, password_file=_local(a.password_file),
+                                      insecure=not a.io.switch("sslverify", True))
+
+
+def _vmware_https(spec: input_pb2.InputSpec, a: InputArgs) -> None:
+    spec.vmware_https.CopyFrom(_https(a))
+
+
+def _vddk(spec: input_pb2.InputSpec, a: InputArgs) -> None:
+    port = a.io.value("vddk-port")
+    if port and not (port.isdigit() and 0 < int(port) < 65536):
+        raise V2VError(f"-io vddk-port={port}: not a port number", pb.ERROR_CODE_BAD_INPUT, step="open")
+    spec.vddk.CopyFrom(input_pb2.VddkInput(
+        https=_https(a), libdir=_local(a.io.value("vddk-libdir")), thumbprint=a.io.value("vddk-thumbprint"),
+        moref=a.io.value("vddk-moref"), transports=a.io.value("vddk-transports"),
+        config=_local(a.io.value("vddk-config")), nfchostport=a.io.value("vddk-nfchostport"), port=int(port or 0),
+        snapshot=a.io.value("vddk-snapshot")))
+
+
+def _xen(spec: input_pb2.InputSpec, a: InputArgs) -> None:
+    spec.xen.CopyFrom(input_pb2.XenSshInput(uri=a.uri, domain=a.one(), password_file=_local(a.password_file)))
+
+
+# -i vmx -it TRANSPORT: the transports that are an input of their own (ssh is VmxInput's)
+_VMX_TRANSPORTS: dict[str, Callable[[input_pb2.InputSpec, InputArgs], None]] = {
+    "https": _vmware_https, "vddk": _vddk,
+}
 
 
 BUILDERS: dict[str, Callable[[input_pb2.InputSpec, InputArgs], None]] = {
@@ -87,6 +129,9 @@ def input_location(spec: input_pb2.InputSpec) -> str:
         return spec.disk.paths[0] if spec.disk.paths else ""
     if kind == "vmx":
         return spec.vmx.location
-    if kind == "libvirt":
-        return spec.libvirt.domain
+    if kind in ("libvirt", "xen"):
+        return getattr(spec, kind).domain
+    if kind in ("vmware_https", "vddk"):
+        https = spec.vmware_https if kind == "vmware_https" else spec.vddk.https
+        return urlsplit(https.url).path
     return getattr(spec, kind).path if kind else ""

@@ -139,7 +139,7 @@ class GuestRun:
             for ev in call:
                 if ev.HasField("step"):
                     ev.step.parent = "copy"
-                    if ev.step.state == pb.STEP_STATE_SUCCEEDED:
+                    if ev.step.step == "copy" and ev.step.state == pb.STEP_STATE_SUCCEEDED:
                         pending.discard(ev.step.disk)
                 self.sink(ev)
         except grpc.RpcError as exc:

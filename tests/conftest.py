@@ -147,12 +147,14 @@ def real_guest() -> Path:
 
 @pytest.fixture(scope="session")
 def converted(real_guest: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[pb.TargetMeta, Path]:
-    """The real guest converted once per run with -o json -of qcow2: (its TargetMeta, its disk).
-    Output tests write this target again with their output, without converting again."""
+    """The real guest converted once per run from its OVA (-i ova) with -o json -of qcow2: (its
+    TargetMeta, its disk). Output tests write this target again with their output and boot it, which
+    also proves the OVA path end to end, without converting again."""
     out = tmp_path_factory.mktemp("converted")
     root = Path(tempfile.mkdtemp(prefix="v2v-c.", dir="/tmp"))
     env = dict(os.environ, V2V_WORKDIR_ROOT=str(root))
-    res = subprocess.run([str(V2V), "-i", "disk", str(real_guest), "-o", "json", "-of", "qcow2", "-os", str(out),
+    res = subprocess.run([str(V2V), "-i", "ova", str(real_guest.with_suffix(".ova")), "-o", "json", "-of", "qcow2",
+                          "-os", str(out),
                           "--accel", "tcg", "-q"], capture_output=True, text=True, env=env, check=False)
     shutil.rmtree(root)
     assert res.returncode == 0, res.stderr

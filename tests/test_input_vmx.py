@@ -12,7 +12,7 @@ from tests.conftest import child_servers, sha256
 from tests.sshd import running_sshd, usable
 from v2v.errors import V2VError
 from v2v.services.input.service import InputService
-from v2v.services.input.vmx import SshSource, _SshNbdkit
+from v2v.services.input.vmx import SshNbdkit, SshSource
 from v2v.services.input.vmxfile import VmxError, parse, parse_descriptor, parse_vmx
 from v2v.v1 import input_pb2
 from v2v.v1 import types_pb2 as pb
@@ -433,7 +433,7 @@ def test_nbdkit_refused_login_fails_fast(vmx_file, sshd, workroot):
                                                     identity_file=str(sshd.wrong_key), insecure_host_key=True))
     wd = WorkDir.create("vmx", workroot)
     flat = str(vmx_file.parent / "debian12-vmware-flat.vmdk")
-    server = _SshNbdkit(ssh, wd.in_sock(0), wd.log("in0.log"), "disk 0", ssh.nbdkit_args(flat))
+    server = SshNbdkit(ssh, wd.in_sock(0), wd.log("in0.log"), "disk 0", ssh.nbdkit_args(flat))
     with pytest.raises(V2VError, match="authentication failed") as info:
         server.start(timeout=25)
     assert info.value.code == pb.ERROR_CODE_BAD_INPUT

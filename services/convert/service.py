@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import guestfs
 
 from v2v.errors import V2VError
 from v2v.events import StepReporter
+from v2v.extents import connect, read_extents
 from v2v.grpcserver import stream_rpc
 from v2v.networks import map_nics
 from v2v.services.convert.appliance import Appliance
 from v2v.services.convert.inspection import inspect, mount_all
 from v2v.services.convert.linux import LinuxConversion
 from v2v.streaming import stream_events
+from v2v.units import human_size
 from v2v.v1 import convert_pb2, convert_pb2_grpc
 from v2v.v1 import types_pb2 as pb
 from v2v.workdir import WorkDir
@@ -55,10 +58,12 @@ class ConvertService(convert_pb2_grpc.ConvertServicer):
                 report.note(f"{insp.distro} {insp.product_name} ({insp.arch}), root {insp.root}", step="inspect")
             with report.step("mount"):
                 mounted = mount_all(g, insp)
-            if insp.type != "linux":
-                raise V2VError(f"converting {insp.type} guests ({insp.product_name}) is not supported yet",
-                               pb.ERROR_CODE_UNSUPPORTED, step="convert")
-            caps = LinuxConversion(g, insp, source, report).run()
+            caps = pb.GuestCaps()
+            if not opts.inspect_only:  # v2v inspect: look, trim the overlay and measure; change nothing else
+                if insp.type != "linux":
+                    raise V2VError(f"converting {insp.type} guests ({insp.product_name}) is not supported yet",
+                                   pb.ERROR_CODE_UNSUPPORTED, step="convert")
+                caps = LinuxConversion(g, insp, source, report).run()
             if not opts.skip_trim:
                 with report.step("fstrim"):
                     self.trim(g, mounted, report)
@@ -68,6 +73,13 @@ class ConvertService(convert_pb2_grpc.ConvertServicer):
         finally:
             self._forget(request.workdir)
             appliance.close()
+        with report.step("measure"):
+            measured = self.measure(source, sockets, report)
+        measured.inspection.CopyFrom(insp)
+        measured.firmware = source.firmware or insp.firmware
+        if opts.inspect_only:
+            return convert_pb2.ConvertResult(inspection=insp, report=measured)
+        measured.caps.CopyFrom(caps)
         target = pb.TargetMeta(
             name=request.target_name or source.name,
             source=source,
@@ -78,7 +90,23 @@ class ConvertService(convert_pb2_grpc.ConvertServicer):
             static_ips=request.networks.static_ips,
         )
         workdir.write(WorkDir.TARGET, target)
-        return convert_pb2.ConvertResult(inspection=insp, caps=caps, target=target)
+        return convert_pb2.ConvertResult(inspection=insp, caps=caps, target=target, report=measured)
+
+    @staticmethod
+    def measure(source: pb.Source, sockets: list[Path], report: StepReporter) -> convert_pb2.InspectorReport:
+        """Each disk's size and the bytes it holds now, through its in socket once the appliance is
+        gone (so after fstrim): what a manager needs to create the target volumes. The flush first
+        puts the conversion on stable storage when the disks are the source itself (--in-place)."""
+        measured = convert_pb2.InspectorReport(source=source)
+        for disk, sock in zip(source.disks, sockets, strict=True):
+            with connect(str(sock)) as h:
+                if h.can_flush():
+                    h.flush()
+                size = h.get_size()
+                data = read_extents(h, size).data
+            measured.disks.append(convert_pb2.DiskEstimate(index=disk.index, virtual_size=size, allocated_size=data))
+            report.note(f"disk {disk.index}: {human_size(size)}, {human_size(data)} of data", step="measure")
+        return measured
 
     @staticmethod
     def trim(g: guestfs.GuestFS, mounted: list[str], report: StepReporter) -> None:

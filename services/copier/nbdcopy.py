@@ -13,7 +13,7 @@ from v2v.process import Process
 from v2v.v1 import copier_pb2
 
 # nbdcopy --progress=FD writes "N/100\n", N the integer percentage. It writes a line only when it
-# starts on another 128 MiB work range (and "100/100" at the end), so small disks jump 0 -> 100.
+# hands out another 128 MiB work range (and "100/100" at the end), so small disks jump 0 -> 100.
 _PROGRESS_LINE = re.compile(r"(\d+)/100")
 
 
@@ -23,16 +23,14 @@ def parse_progress(line: str) -> int | None:
     return min(int(m.group(1)), 100) if m else None
 
 
-
 class Nbdcopy:
-    """nbdcopy SOURCE TARGET for one disk. `on_progress(bytes_done)` is called from a reader
-    thread as nbdcopy reports: the percentage it reports, of `size` bytes."""
+    """nbdcopy SOURCE TARGET for one disk. `on_progress(percent)` is called from a reader thread with
+    each percentage nbdcopy prints (what it means: progress.py)."""
 
-    def __init__(self, copy: copier_pb2.DiskCopy, options: copier_pb2.CopyOptions, size: int, log: Path,
+    def __init__(self, copy: copier_pb2.DiskCopy, options: copier_pb2.CopyOptions, log: Path,
                  on_progress: Callable[[int], None]) -> None:
         self.copy = copy
         self.options = options
-        self.size = size
         self.log = log
         self.on_progress = on_progress
         self.process: Process | None = None
@@ -70,7 +68,7 @@ class Nbdcopy:
             for line in pipe:
                 pct = parse_progress(line)
                 if pct is not None:
-                    self.on_progress(self.size * pct // 100)
+                    self.on_progress(pct)
 
     def running(self) -> bool:
         return self.process is not None and self.process.running()

@@ -1,5 +1,6 @@
 """The Copier gRPC service: copies a guest's disks with nbdcopy, several at once, streaming step
-events and progress. A failed disk, Cancel, or the client going away stops every copy."""
+events and progress, and verifies each copy when asked. A failed disk, Cancel, or the client going
+away stops every copy."""
 
 from __future__ import annotations
 
@@ -13,16 +14,18 @@ import grpc
 
 from v2v.errors import V2VError
 from v2v.events import step_event
+from v2v.extents import Probe, probe
 from v2v.grpcserver import rpc, stream_rpc
-from v2v.nbdserver import export_size
 from v2v.services.copier.nbdcopy import Nbdcopy
-from v2v.services.copier.progress import ProgressThrottle
+from v2v.services.copier.progress import CopiedBytes, ProgressThrottle, in_flight_bytes, nbdcopy_workers
+from v2v.services.copier.verify import verify
 from v2v.units import human_size
 from v2v.v1 import copier_pb2, copier_pb2_grpc
 from v2v.v1 import types_pb2 as pb
 from v2v.workdir import WorkDir
 
 STEP = "copy"
+VERIFY = "verify"  # a sub-step of each disk's copy
 
 
 class CopyJob:
@@ -38,7 +41,8 @@ class CopyJob:
         self._events: queue.Queue[pb.Event | None] = queue.Queue()  # None: a worker has ended
         self._lock = threading.Lock()
         self._copies: list[Nbdcopy] = []
-        self._stopping = False  # no copy may start any more
+        self._verifying = 0  # disks being verified
+        self._stopping = threading.Event()  # set: no copy may start any more, verifications end
         self._succeeded = 0
         self._failure: V2VError | None = None
 
@@ -68,54 +72,92 @@ class CopyJob:
     def stop(self) -> int:
         """Stops every copy (Cancel); returns how many were running."""
         with self._lock:
-            self._stopping = True
+            self._stopping.set()
             running = [c for c in self._copies if c.running()]
+            verifying = self._verifying
         for copy in running:
             copy.kill()
-        return len(running)
+        return len(running) + verifying
 
     def _step(self, disk: int, state: int, seconds: float | None = None, message: str = "",
-              error: V2VError | None = None) -> None:
-        self._events.put(pb.Event(step=step_event(self.guest, STEP, state, message=message, disk=disk,
-                                                  seconds=seconds, error=error)))
+              error: V2VError | None = None, step: str = STEP) -> None:
+        self._events.put(pb.Event(step=step_event(self.guest, step, state, message=message, disk=disk,
+                                                  seconds=seconds, error=error, parent=STEP if step != STEP else "")))
 
     def _run_worker(self, disk: copier_pb2.DiskCopy) -> None:
         try:
-            if not self._stopping:
+            if not self._stopping.is_set():
                 self._copy_disk(disk)
         finally:
             self._events.put(None)
 
+    def _error(self, exc: Exception, disk: int) -> V2VError:
+        err = exc if isinstance(exc, V2VError) else V2VError(f"{type(exc).__name__}: {exc}")
+        return err.fill(step=STEP, guest=self.guest, disk=disk)
+
     def _copy_disk(self, disk: copier_pb2.DiskCopy) -> None:
+        """The disk's "copy" step: probe the source, nbdcopy, then the "verify" sub-step if asked."""
         self._step(disk.disk, pb.STEP_STATE_STARTED, message=f"{disk.source} to {disk.target}")
         started = time.monotonic()
         copy: Nbdcopy | None = None
         try:
-            size = disk.size or export_size(disk.source)
-            progress = ProgressThrottle(self.guest, disk.disk, size, self._events.put)
-            copy = Nbdcopy(disk, self.request.options, size, self.workdir.log(f"copy-disk{disk.disk}.log"),
-                           progress.update)
+            source = probe(disk.source, disk.size)
+            opts = self.request.options
+            copied = CopiedBytes(source.extents, nbdcopy_workers(opts, source.multi_conn), in_flight_bytes(opts))
+            progress = ProgressThrottle(self.guest, disk.disk, copied.total, source.size, self._events.put)
+            copy = Nbdcopy(disk, opts, self.workdir.log(f"copy-disk{disk.disk}.log"),
+                           lambda percent: progress.update(copied.at(percent)))
             if not self._start(copy):
                 self._step(disk.disk, pb.STEP_STATE_CANCELLED, seconds=time.monotonic() - started)
                 return
             copy.wait()
+            progress.finish()
+            copy_seconds = time.monotonic() - progress.started
+            if opts.verify:
+                self._verify(disk, source)
         except Exception as exc:
-            err = exc if isinstance(exc, V2VError) else V2VError(f"{type(exc).__name__}: {exc}")
-            self._failed(disk.disk, err.fill(step=STEP, guest=self.guest, disk=disk.disk),
-                         stopped=copy is not None and copy.killed, seconds=time.monotonic() - started)
+            err = self._error(exc, disk.disk)
+            # Stopped on purpose (nbdcopy killed, verification cancelled): the cause is elsewhere.
+            stopped = (copy is not None and copy.killed) or err.code == pb.ERROR_CODE_CANCELLED
+            self._failed(disk.disk, err, stopped=stopped, seconds=time.monotonic() - started)
             return
-        progress.finish()
-        seconds = time.monotonic() - started
         with self._lock:
             self._succeeded += 1
-        self._step(disk.disk, pb.STEP_STATE_SUCCEEDED, seconds=seconds,
-                   message=f"{human_size(size)} at {human_size(size / seconds if seconds else 0)}/s")
+        data = source.extents.data
+        self._step(disk.disk, pb.STEP_STATE_SUCCEEDED, seconds=time.monotonic() - started,
+                   message=f"{human_size(data)} of data in {human_size(source.size)} at "
+                           f"{human_size(data / copy_seconds if copy_seconds else 0)}/s"
+                           + (", verified" if opts.verify else ""))
+
+    def _verify(self, disk: copier_pb2.DiskCopy, source: Probe) -> None:
+        """The "verify" sub-step: the target read back and compared with the source; raises on a
+        difference (VERIFY_FAILED) or when the job stops (CANCELLED)."""
+        with self._lock:  # counted as running by stop() from here on, or not started at all
+            if self._stopping.is_set():
+                raise V2VError("verification cancelled", pb.ERROR_CODE_CANCELLED)
+            self._verifying += 1
+        self._step(disk.disk, pb.STEP_STATE_STARTED, step=VERIFY)
+        started = time.monotonic()
+        try:
+            compared = verify(disk.source, disk.target, source.size, self._stopping, source.extents)
+        except Exception as exc:
+            err = self._error(exc, disk.disk)
+            cancelled = err.code == pb.ERROR_CODE_CANCELLED
+            self._step(disk.disk, pb.STEP_STATE_CANCELLED if cancelled else pb.STEP_STATE_FAILED, step=VERIFY,
+                       seconds=time.monotonic() - started, message=err.message, error=None if cancelled else err)
+            raise err from exc
+        finally:
+            with self._lock:
+                self._verifying -= 1
+        seconds = time.monotonic() - started
+        self._step(disk.disk, pb.STEP_STATE_SUCCEEDED, step=VERIFY, seconds=seconds,
+                   message=f"{human_size(compared)} compared at {human_size(compared / seconds if seconds else 0)}/s")
 
     def _start(self, copy: Nbdcopy) -> bool:
         """Starts the copy unless the job is stopping. Under the lock stop() takes, so that every copy
         is either started before a stop, and killed by it, or never started."""
         with self._lock:
-            if self._stopping:
+            if self._stopping.is_set():
                 return False
             self._copies.append(copy)
             copy.start()

@@ -20,4 +20,14 @@ class InputPlugin(ABC):
         """Parses the source, serves disk N on workdir.in_sock(N), returns the Source."""
 
 
+class InPlaceInput(InputPlugin):
+    """An input whose disks can also be served writable with no overlay (OpenRequest.in_place,
+    `v2v --in-place`): what the conversion writes lands in the source disks themselves. Inputs that
+    cannot write where their disks lie (inside an OVA, over ssh or https) do not derive from it."""
+
+    @abstractmethod
+    def open_in_place(self, options: Message, guest: str, workdir: WorkDir, stack: ExitStack) -> pb.Source:
+        """As `open`, but disk N is served on workdir.in_sock(N) straight from the source, writable."""
+
+
 INPUTS: PluginRegistry[InputPlugin] = PluginRegistry("input")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from v2v.errors import V2VError
 from v2v.naming import name_from_path
-from v2v.services.input.base import INPUTS, InputPlugin
+from v2v.services.input.base import INPUTS, InPlaceInput
 from v2v.services.input.diskfile import is_nbd_uri, probe, probe_nbd, serve_all
 from v2v.v1 import input_pb2
 from v2v.v1 import types_pb2 as pb
@@ -20,8 +20,16 @@ GiB = 1024**3
 
 
 @INPUTS.register("disk")
-class DiskInput(InputPlugin):
+class DiskInput(InPlaceInput):
     def open(self, options: input_pb2.DiskInput, guest: str, workdir: WorkDir, stack: ExitStack) -> pb.Source:
+        return self._open(options, workdir, stack, in_place=False)
+
+    def open_in_place(self, options: input_pb2.DiskInput, guest: str, workdir: WorkDir,
+                      stack: ExitStack) -> pb.Source:
+        return self._open(options, workdir, stack, in_place=True)
+
+    @staticmethod
+    def _open(options: input_pb2.DiskInput, workdir: WorkDir, stack: ExitStack, in_place: bool) -> pb.Source:
         if not options.paths:
             raise V2VError("-i disk: no disk image given", pb.ERROR_CODE_BAD_INPUT)
         source = pb.Source(
@@ -35,5 +43,5 @@ class DiskInput(InputPlugin):
             disk = probe_nbd(path, options.format) if is_nbd_uri(path) else probe(Path(path).absolute(), options.format)
             disk.index = i
             source.disks.append(disk)
-        serve_all(source.disks, workdir, stack)
+        serve_all(source.disks, workdir, stack, in_place)
         return source

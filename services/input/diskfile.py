@@ -114,29 +114,31 @@ def probe_nbd(uri: str, fmt: str = "") -> pb.SourceDisk:
     return pb.SourceDisk(location=uri, format=detected, virtual_size=size)
 
 
-def serve_overlay(disk: pb.SourceDisk, sock: Path, log: Path) -> NbdServer:
-    """An NBD server for the disk (start it with `with`), writable through an overlay."""
+def serve_overlay(disk: pb.SourceDisk, sock: Path, log: Path, in_place: bool = False) -> NbdServer:
+    """An NBD server for the disk (start it with `with`), writable through an overlay; `in_place`
+    (--in-place) drops the overlay, so writes land in the disk itself."""
     what = f"disk {disk.index} ({disk.location})"
     path = Path(disk.location)
+    cow = [] if in_place else ["cow"]
     if is_nbd_uri(disk.location) and disk.format == "raw":
         # nbdkit's nbd plugin relays the export; the cow filter keeps every write away from it.
-        server: NbdServer = Nbdkit(sock, log, what, "nbd", [f"uri={disk.location}"], filters=["cow"])
+        server: NbdServer = Nbdkit(sock, log, what, "nbd", [f"uri={disk.location}"], filters=cow)
     elif disk.format == "raw":
-        server = Nbdkit(sock, log, what, "file", [f"file={path}"], filters=["cow"])
+        server = Nbdkit(sock, log, what, "file", [f"file={path}"], filters=cow)
     else:
         # qemu-nbd opens files and NBD URIs alike
         server = QemuNbd(sock, log, what, disk.location if is_nbd_uri(disk.location) else path, disk.format,
-                         snapshot=True)
+                         snapshot=not in_place)
     return server
 
 
-def serve_all(disks: Sequence[pb.SourceDisk], workdir: WorkDir, stack: ExitStack) -> None:
-    """Serves disk N on workdir.in_sock(N), each behind its overlay, every server owned by `stack`;
-    a failure names its disk."""
+def serve_all(disks: Sequence[pb.SourceDisk], workdir: WorkDir, stack: ExitStack, in_place: bool = False) -> None:
+    """Serves disk N on workdir.in_sock(N), each behind its overlay (none when `in_place`), every
+    server owned by `stack`; a failure names its disk."""
     for disk in disks:
         try:
             stack.enter_context(serve_overlay(disk, workdir.in_sock(disk.index),
-                                              workdir.log(f"input-disk{disk.index}.log")))
+                                              workdir.log(f"input-disk{disk.index}.log"), in_place))
         except V2VError as err:
             err.fill(disk=disk.index)
             raise

@@ -10,7 +10,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from v2v.errors import V2VError
-from v2v.services.input.base import INPUTS, InputPlugin
+from v2v.services.input.base import INPUTS, InPlaceInput
 from v2v.services.input.diskfile import FORMATS, check_raw_looks_like_disk, image_info, probe, probe_nbd, serve_all
 from v2v.services.input.domainxml import DiskRef, parse_domain
 from v2v.v1 import input_pb2
@@ -65,9 +65,10 @@ def _describe(base: Path, ref: DiskRef) -> pb.SourceDisk:
     return disk
 
 
-def open_domain_xml(data: bytes, where: str, base: Path, workdir: WorkDir, stack: ExitStack) -> pb.Source:
+def open_domain_xml(data: bytes, where: str, base: Path, workdir: WorkDir, stack: ExitStack,
+                    in_place: bool = False) -> pb.Source:
     """The guest of a domain XML (`where` names it in messages; relative disk paths are relative to
-    `base`), each disk served on its in socket behind an overlay."""
+    `base`), each disk served on its in socket behind an overlay (none when `in_place`)."""
     domain = parse_domain(data, where)
     source = domain.source
     # Every disk is checked before any server starts: a bad second disk costs no process.
@@ -78,15 +79,23 @@ def open_domain_xml(data: bytes, where: str, base: Path, workdir: WorkDir, stack
             err.message = f"{where}: {err.message}"
             err.fill(disk=ref.index)
             raise
-    serve_all(source.disks, workdir, stack)
+    serve_all(source.disks, workdir, stack, in_place)
     return source
 
 
 @INPUTS.register("libvirtxml")
-class LibvirtXmlInput(InputPlugin):
+class LibvirtXmlInput(InPlaceInput):
     def open(self, options: input_pb2.LibvirtXmlInput, guest: str, workdir: WorkDir,
              stack: ExitStack) -> pb.Source:
+        return self._open(options, workdir, stack, in_place=False)
+
+    def open_in_place(self, options: input_pb2.LibvirtXmlInput, guest: str, workdir: WorkDir,
+                      stack: ExitStack) -> pb.Source:
+        return self._open(options, workdir, stack, in_place=True)
+
+    @staticmethod
+    def _open(options: input_pb2.LibvirtXmlInput, workdir: WorkDir, stack: ExitStack, in_place: bool) -> pb.Source:
         if not options.path:
             raise V2VError("-i libvirtxml: no domain XML file given", pb.ERROR_CODE_BAD_INPUT)
         xml = Path(options.path).absolute()
-        return open_domain_xml(_read(xml), str(xml), xml.parent, workdir, stack)
+        return open_domain_xml(_read(xml), str(xml), xml.parent, workdir, stack, in_place)

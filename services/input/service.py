@@ -6,17 +6,34 @@ import threading
 from contextlib import ExitStack
 
 import grpc
+from google.protobuf.message import Message
 
 import v2v.services.input.disk  # noqa: F401  (each import registers an input)
 import v2v.services.input.libvirt  # noqa: F401
 import v2v.services.input.libvirtxml  # noqa: F401
 import v2v.services.input.ova  # noqa: F401
+import v2v.services.input.vddk  # noqa: F401
+import v2v.services.input.vmware_https  # noqa: F401
 import v2v.services.input.vmx  # noqa: F401
+import v2v.services.input.xen  # noqa: F401
 from v2v.errors import V2VError
 from v2v.grpcserver import rpc
-from v2v.services.input.base import INPUTS
+from v2v.services.input.base import INPUTS, InPlaceInput, InputPlugin
 from v2v.v1 import input_pb2, input_pb2_grpc
+from v2v.v1 import types_pb2 as pb
 from v2v.workdir import WorkDir
+
+
+def open_in_place(plugin: InputPlugin, options: Message, request: input_pb2.OpenRequest, workdir: WorkDir,
+                  stack: ExitStack) -> pb.Source:
+    """OpenRequest.in_place: the disks served writable, no overlay; refused, before anything is read,
+    by inputs that cannot write their disks where they lie."""
+    if not isinstance(plugin, InPlaceInput):
+        kind = request.input.WhichOneof("kind")
+        raise V2VError(f"--in-place: the {kind} input cannot write its disks where they are, so its guests cannot "
+                       "be converted in place (in place takes -i disk or -i libvirtxml; convert a copy instead)",
+                       pb.ERROR_CODE_BAD_INPUT)
+    return plugin.open_in_place(options, request.guest, workdir, stack)
 
 
 class InputService(input_pb2_grpc.InputServicer):
@@ -30,7 +47,10 @@ class InputService(input_pb2_grpc.InputServicer):
         plugin, options = INPUTS.lookup(request.input)
         stack = ExitStack()
         try:
-            source = plugin.open(options, request.guest, workdir, stack)
+            if request.in_place:
+                source = open_in_place(plugin, options, request, workdir, stack)
+            else:
+                source = plugin.open(options, request.guest, workdir, stack)
             workdir.write(WorkDir.SOURCE, source)
         except V2VError as err:
             stack.close()

@@ -31,32 +31,33 @@ from v2v.workdir import WorkDir
 
 _SSH_CONNECT_TIMEOUT = 20
 _SSH_TIMEOUT = 120.0  # a whole remote command: reading a .vmx or a descriptor is small
-_DESCRIPTOR_MAX = 65536  # descriptors are a few hundred bytes; do not pull a whole disk if misnamed
+DESCRIPTOR_MAX = 65536  # descriptors are a few hundred bytes; do not pull a whole disk if misnamed
 # sshpass exit codes (its own failures; any other code is ssh's).
 _SSHPASS_BAD_PASSWORD = 5
 _SSHPASS_HOST_KEY_UNKNOWN = 6
 _SSH_FAILED = 255  # ssh itself failed (connection, authentication), not the remote command
 
 
-def _bad(message: str) -> V2VError:
+def bad_input(message: str) -> V2VError:
     return V2VError(message, pb.ERROR_CODE_BAD_INPUT)
 
 
-def _describe(text: str, where: str) -> Vmx:
+def read_vmx(text: str, where: str) -> Vmx:
+    """A .vmx's text (read from wherever `where` says) as a Vmx with at least one disk."""
     try:
         vmx = parse_vmx(text, name_from_path(where))
     except VmxError as exc:
-        raise _bad(f"{where}: not a .vmx file: {exc}") from None
+        raise bad_input(f"{where}: not a .vmx file: {exc}") from None
     if not vmx.disks:
-        raise _bad(f"{where}: names no hard disk")
+        raise bad_input(f"{where}: names no hard disk")
     return vmx
 
 
-def _check_local_file(path: str, what: str) -> str:
+def check_local_file(path: str, what: str) -> str:
     """The absolute path of a local file the user named (nbdkit wants absolute paths)."""
     p = Path(path).absolute()
     if not p.is_file() or not os.access(p, os.R_OK):
-        raise _bad(f"{p}: {what}: no such readable file")
+        raise bad_input(f"{p}: {what}: no such readable file")
     return str(p)
 
 
@@ -64,7 +65,7 @@ def _check_local_file(path: str, what: str) -> str:
 class VmxInput(InputPlugin):
     def open(self, options: input_pb2.VmxInput, guest: str, workdir: WorkDir, stack: ExitStack) -> pb.Source:
         if not options.location:
-            raise _bad("-i vmx: no .vmx file or ssh:// URI given")
+            raise bad_input("-i vmx: no .vmx file or ssh:// URI given")
         if options.location.startswith("ssh://"):
             return _open_ssh(options, workdir, stack)
         return _open_local(Path(options.location).absolute(), workdir, stack)
@@ -77,15 +78,15 @@ def _open_local(vmx_path: Path, workdir: WorkDir, stack: ExitStack) -> pb.Source
     try:
         text = vmx_path.read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
-        raise _bad(f"{vmx_path}: no such file") from None
+        raise bad_input(f"{vmx_path}: no such file") from None
     except OSError as exc:
-        raise _bad(f"{vmx_path}: cannot read it: {exc.strerror or exc}") from None
-    vmx = _describe(text, str(vmx_path))
+        raise bad_input(f"{vmx_path}: cannot read it: {exc.strerror or exc}") from None
+    vmx = read_vmx(text, str(vmx_path))
     source = vmx.source()
     for i, d in enumerate(vmx.disks):
         path = vmx_path.parent / d.file_name  # an absolute fileName stays as it is
         if not path.exists():
-            raise _bad(f"{vmx_path}: disk {d.file_name}: no such file ({path})")
+            raise bad_input(f"{vmx_path}: disk {d.file_name}: no such file ({path})")
         try:
             disk = probe(path)
         except V2VError as err:
@@ -119,21 +120,21 @@ class SshSource:
             parts = urlsplit(loc)
             port = parts.port
         except ValueError as exc:
-            raise _bad(f"{loc}: not an ssh://[user@]host[:port]/path.vmx URI: {exc}") from None
+            raise bad_input(f"{loc}: not an ssh://[user@]host[:port]/path.vmx URI: {exc}") from None
         if parts.password is not None:
-            raise _bad("-i vmx: the ssh:// URI carries a password: put it in a file and pass that (-ip FILE)")
+            raise bad_input("-i vmx: the ssh:// URI carries a password: put it in a file and pass that (-ip FILE)")
         if not parts.hostname:
-            raise _bad(f"{loc}: no host in the ssh:// URI")
+            raise bad_input(f"{loc}: no host in the ssh:// URI")
         path = unquote(parts.path)
         if not path or path.endswith("/"):
-            raise _bad(f"{loc}: no .vmx path in the ssh:// URI")
+            raise bad_input(f"{loc}: no .vmx path in the ssh:// URI")
         return cls(
             host=parts.hostname,
             port=port,
             user=unquote(parts.username or ""),
             path=path,
-            identity=_check_local_file(options.identity_file, "ssh identity file") if options.identity_file else "",
-            password_file=_check_local_file(options.password_file, "ssh password file")
+            identity=check_local_file(options.identity_file, "ssh identity file") if options.identity_file else "",
+            password_file=check_local_file(options.password_file, "ssh password file")
             if options.password_file else "",
             insecure=options.insecure_host_key,
         )
@@ -179,7 +180,7 @@ class SshSource:
         except FileNotFoundError:
             raise V2VError(f"-i vmx over ssh: {cmd[0]} is not installed", pb.ERROR_CODE_PROCESS_FAILED) from None
         except subprocess.TimeoutExpired:
-            raise _bad(f"{self.uri()}: {self.host} did not answer within {_SSH_TIMEOUT:.0f} s") from None
+            raise bad_input(f"{self.uri()}: {self.host} did not answer within {_SSH_TIMEOUT:.0f} s") from None
         stderr = res.stderr.decode(errors="replace").strip()
         last = stderr.splitlines()[-1] if stderr else ""
         low = stderr.lower()
@@ -199,7 +200,7 @@ class SshSource:
         res = self.run(["head", "-c", str(limit), "--", path] if limit else ["cat", "--", path])
         if res.returncode != 0:
             why = res.stderr.decode(errors="replace").strip().splitlines()
-            raise _bad(f"{self.uri(path)}: cannot read it: {why[-1] if why else f'exit status {res.returncode}'}")
+            raise bad_input(f"{self.uri(path)}: cannot read it: {why[-1] if why else f'exit status {res.returncode}'}")
         return res.stdout
 
     def exists(self, path: str) -> bool:
@@ -220,33 +221,39 @@ class SshSource:
         return args
 
 
-def _flat_extent(ssh: SshSource, file_name: str) -> tuple[str, int]:
-    """(remote path of the raw extent, virtual size) of a disk named in the .vmx."""
-    path = ssh.resolve(file_name)
-    head = ssh.read(path, _DESCRIPTOR_MAX)
-    where = f"{ssh.uri()}: disk {file_name}"
+def remote_extent(head: bytes, where: str, transport: str) -> tuple[str, int]:
+    """(flat extent file name, relative to its descriptor; virtual size) from the start of a remote
+    disk: only a flat VMDK (a descriptor and its -flat.vmdk) can be served raw from afar."""
     if is_sparse_vmdk(head):
-        raise V2VError(f"{where}: a sparse VMDK; over ssh only flat VMDKs (a descriptor and its -flat.vmdk) can "
-                       "be served: convert it on the host, or open the .vmx locally", pb.ERROR_CODE_UNSUPPORTED)
+        raise V2VError(f"{where}: a sparse VMDK; over {transport} only flat VMDKs (a descriptor and its -flat.vmdk) "
+                       "can be served: convert it on the host, or open the .vmx locally", pb.ERROR_CODE_UNSUPPORTED)
     try:
         desc = parse_descriptor(head.decode("utf-8", errors="replace"))
     except VmxError as exc:
-        raise _bad(f"{where}: {exc}") from None
+        raise bad_input(f"{where}: {exc}") from None
     extent = desc.flat_extent()
     if extent is None:
         kind = "a snapshot (delta) disk" if desc.parent else f"a {desc.create_type} VMDK"
-        raise V2VError(f"{where}: {kind}; over ssh only flat VMDKs can be served: consolidate the snapshots, or "
-                       "open the .vmx locally", pb.ERROR_CODE_UNSUPPORTED)
-    flat = posixpath.normpath(posixpath.join(posixpath.dirname(path), extent.file_name))
+        raise V2VError(f"{where}: {kind}; over {transport} only flat VMDKs can be served: consolidate the "
+                       "snapshots, or open the .vmx locally", pb.ERROR_CODE_UNSUPPORTED)
+    return extent.file_name, desc.size
+
+
+def _flat_extent(ssh: SshSource, file_name: str) -> tuple[str, int]:
+    """(remote path of the raw extent, virtual size) of a disk named in the .vmx."""
+    path = ssh.resolve(file_name)
+    where = f"{ssh.uri()}: disk {file_name}"
+    extent, size = remote_extent(ssh.read(path, DESCRIPTOR_MAX), where, "ssh")
+    flat = posixpath.normpath(posixpath.join(posixpath.dirname(path), extent))
     if not ssh.exists(flat):
-        raise _bad(f"{where}: its extent {ssh.uri(flat)} does not exist")
-    return flat, desc.size
+        raise bad_input(f"{where}: its extent {ssh.uri(flat)} does not exist")
+    return flat, size
 
 
 def _open_ssh(options: input_pb2.VmxInput, workdir: WorkDir, stack: ExitStack) -> pb.Source:
     ssh = SshSource.from_options(options)
     text = ssh.read(ssh.path).decode("utf-8", errors="replace")
-    vmx = _describe(text, ssh.uri())
+    vmx = read_vmx(text, ssh.uri())
     source = vmx.source()
     flats = []
     for i, d in enumerate(vmx.disks):
@@ -255,7 +262,7 @@ def _open_ssh(options: input_pb2.VmxInput, workdir: WorkDir, stack: ExitStack) -
         source.disks.append(pb.SourceDisk(index=i, location=ssh.uri(flat), format="raw", virtual_size=size,
                                           controller=d.controller))
     for disk, flat in zip(source.disks, flats, strict=True):
-        server = _SshNbdkit(ssh, workdir.in_sock(disk.index), workdir.log(f"input-disk{disk.index}.log"),
+        server = SshNbdkit(ssh, workdir.in_sock(disk.index), workdir.log(f"input-disk{disk.index}.log"),
                             f"disk {disk.index} ({disk.location})", ssh.nbdkit_args(flat))
         try:
             stack.enter_context(server)
@@ -265,7 +272,7 @@ def _open_ssh(options: input_pb2.VmxInput, workdir: WorkDir, stack: ExitStack) -
     return source
 
 
-class _SshNbdkit(Nbdkit):
+class SshNbdkit(Nbdkit):
     """nbdkit's ssh plugin under the cow filter. It logs in at each NBD connection, so a refused login
     shows only as failed handshakes: give up at the first error it logs rather than retrying them
     until the start timeout."""

@@ -1,0 +1,331 @@
+"""-i vmx -it https: a VMware guest on an ESXi host's or vCenter's datastore, read over HTTPS the way
+virt-v2v's -ic vpx://|esx:// reads disks. VMware serves every datastore file at
+https://HOST/folder/PATH?dcPath=DATACENTER&dsName=DATASTORE; since v2v cannot ask vCenter for the
+guest's description, the .vmx is downloaded from there and parsed like a local one (vmxfile).
+
+The first request logs in with basic auth; VMware answers with a session cookie
+(vmware_soap_session) that every later request carries instead, including those of nbdkit's curl
+plugin, which serves each disk's flat extent (-flat.vmdk) under the retry filter (brief outages of
+the host) and the cow filter (later phases write to an overlay, never to the datastore). Sparse and
+snapshot disks cannot be read as plain bytes over HTTP and are refused."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import os
+import posixpath
+import ssl
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+from v2v.errors import V2VError
+from v2v.nbdserver import Nbdkit
+from v2v.process import tail
+from v2v.services.input.base import INPUTS, InputPlugin
+from v2v.services.input.vmx import DESCRIPTOR_MAX, bad_input, check_local_file, read_vmx, remote_extent
+from v2v.services.input.vmxfile import Vmx
+from v2v.v1 import input_pb2
+from v2v.v1 import types_pb2 as pb
+from v2v.workdir import WorkDir
+
+COOKIE = "vmware_soap_session"
+_TIMEOUT = 60.0  # one request; the .vmx and descriptors are small
+_VMX_MAX = 1 << 20  # a .vmx is a few KiB: a URL naming a disk by mistake must not download it whole
+_DEFAULT_PORT = 443
+_FOLDER = "/folder/"
+_VOLUMES = "/vmfs/volumes/"  # how an ESXi host writes an absolute path to another datastore
+
+
+@dataclass(frozen=True)
+class DsFile:
+    """A file on a datastore: its name and the path below the datastore's top directory."""
+
+    datastore: str
+    path: str  # no leading slash: "guest/guest.vmx"
+
+
+@dataclass(frozen=True)
+class Https:
+    """Where the .vmx is and how to log in. Never holds the password itself."""
+
+    host: str
+    port: int | None
+    user: str
+    datacenter: str
+    vmx: DsFile
+    password_file: str  # absolute, or ""
+    verify: bool
+
+    @classmethod
+    def from_options(cls, options: input_pb2.VmwareHttpsInput) -> Https:
+        url = options.url
+        usage = "https://[USER@]HOST[:PORT]/folder/PATH.vmx?dcPath=DATACENTER&dsName=DATASTORE"
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as exc:
+            raise bad_input(f"{url}: not an {usage} URL: {exc}") from None
+        if parts.scheme != "https":
+            raise bad_input(f"{url}: not an {usage} URL")
+        if parts.password is not None:
+            raise bad_input("-it https: the URL carries a password: put it in a file and pass that (-ip FILE)")
+        if not parts.hostname:
+            raise bad_input(f"{url}: no host in the URL")
+        query = parse_qs(parts.query)
+        datacenter, datastore = query.get("dcPath", [""])[-1], query.get("dsName", [""])[-1]
+        path = unquote(parts.path)
+        if not path.startswith(_FOLDER) or not path.endswith(".vmx") or not datastore:
+            raise bad_input(f"{url}: expected {usage} (as the datastore browser shows it)")
+        user = unquote(parts.username or "")
+        if options.password_file and not user:
+            raise bad_input(f"{url}: -ip gives a password but the URL names no user (https://USER@HOST/...)")
+        return cls(
+            host=parts.hostname, port=port, user=user, datacenter=datacenter,
+            vmx=DsFile(datastore, path[len(_FOLDER):]),
+            password_file=check_local_file(options.password_file, "password file") if options.password_file else "",
+            verify=not options.insecure,
+        )
+
+    def url(self, f: DsFile, user: bool = True) -> str:
+        """The https:// URL of a datastore file; with the user for messages, without it for
+        clients (curl would otherwise log in as that user with an empty password)."""
+        who = f"{quote(self.user)}@" if user and self.user else ""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        port = f":{self.port}" if self.port else ""
+        return (f"https://{who}{host}{port}{_FOLDER}{quote(f.path)}"
+                f"?dcPath={quote(self.datacenter, safe='')}&dsName={quote(f.datastore, safe='')}")
+
+    def resolve(self, file_name: str) -> DsFile:
+        """A file named in the .vmx or a descriptor: relative names are relative to its directory,
+        /vmfs/volumes/DATASTORE/... is on that datastore."""
+        if file_name.startswith(_VOLUMES):
+            datastore, _, rest = file_name[len(_VOLUMES):].partition("/")
+            if datastore and rest:
+                return DsFile(datastore, posixpath.normpath(rest))
+        if file_name.startswith("/"):
+            raise bad_input(f"{self.url(self.vmx)}: {file_name} is not on a datastore (/vmfs/volumes/DATASTORE/...)")
+        return DsFile(self.vmx.datastore, posixpath.normpath(posixpath.join(posixpath.dirname(self.vmx.path),
+                                                                            file_name)))
+
+    def session(self) -> Session:
+        return Session(self)
+
+
+@dataclass
+class Session:
+    """Requests to the host: basic auth on the first, the session cookie it returns afterwards."""
+
+    https: Https
+    cookie: str = ""  # "vmware_soap_session=..." once logged in
+    _password: str | None = field(default=None, init=False, repr=False)  # read at the first login
+
+    def _context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context()
+        if not self.https.verify:  # -io sslverify=false: any certificate, any name
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+    def _authorization(self) -> str:
+        if self._password is None:
+            try:
+                self._password = Path(self.https.password_file).read_text().rstrip("\r\n") \
+                    if self.https.password_file else ""
+            except OSError as exc:
+                raise bad_input(f"{self.https.password_file}: cannot read the password file: {exc.strerror}") from None
+        token = base64.b64encode(f"{self.https.user}:{self._password}".encode()).decode()
+        return f"Basic {token}"
+
+    def request(self, method: str, f: DsFile, limit: int = 0) -> tuple[int, http.client.HTTPMessage, bytes]:
+        """(status, headers, body) of one request; `limit` reads only the first bytes (a Range)."""
+        where = self.https.url(f)
+        headers = {"User-Agent": "v2v"}
+        if self.cookie:
+            headers["Cookie"] = self.cookie
+        elif self.https.user:
+            headers["Authorization"] = self._authorization()
+        if limit:
+            headers["Range"] = f"bytes=0-{limit - 1}"
+        target = self.https.url(f, user=False)
+        target = target[target.index(_FOLDER):]
+        conn = http.client.HTTPSConnection(self.https.host, self.https.port or _DEFAULT_PORT, timeout=_TIMEOUT,
+                                           context=self._context())
+        try:
+            conn.request(method, target, headers=headers)
+            resp = conn.getresponse()
+            # read(limit): a server that ignores Range must not send a whole disk through here
+            body = resp.read(limit or None) if method != "HEAD" else b""
+        except ssl.SSLCertVerificationError as exc:
+            raise bad_input(f"{where}: certificate verify failed: {exc.verify_message} (trust its CA in the system's "
+                       "store, or accept any certificate with -io sslverify=false)") from None
+        except ssl.SSLError as exc:
+            raise bad_input(f"{where}: TLS failed: {exc.reason or exc}") from None
+        except (OSError, http.client.HTTPException) as exc:  # refused, unknown host, timeout, reset
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+            raise bad_input(f"{where}: cannot connect to {self.https.host}: {why}") from None
+        finally:
+            conn.close()
+        if not self.cookie:
+            self.cookie = _session_cookie(resp.headers.get_all("Set-Cookie") or [])
+        if resp.status == 401:
+            hint = "" if self.https.user else " (name the user in the URL: https://USER@HOST/...)"
+            if self.https.user and not self.https.password_file:
+                hint = " (no password given: -ip FILE)"
+            raise V2VError(f"{where}: authentication failed{hint}", pb.ERROR_CODE_BAD_INPUT,
+                           detail=f"HTTP {resp.status} {resp.reason}")
+        return resp.status, resp.headers, body
+
+    def read(self, f: DsFile, limit: int = 0) -> bytes:
+        status, _, body = self.request("GET", f, limit)
+        if status not in (200, 206):
+            raise bad_input(f"{self.https.url(f)}: cannot read it: {_status(status)}")
+        return body
+
+    def size(self, f: DsFile) -> int | None:
+        """The file's size, or None when it is not there."""
+        status, headers, _ = self.request("HEAD", f)
+        if status == 404:
+            return None
+        length = headers.get("Content-Length")
+        if status != 200 or not (length or "").isdigit():
+            raise bad_input(f"{self.https.url(f)}: cannot read its size: {_status(status)}")
+        if headers.get("Accept-Ranges", "").lower() != "bytes":
+            raise bad_input(f"{self.https.url(f)}: the server does not serve byte ranges (Accept-Ranges: bytes)")
+        return int(length or 0)
+
+    def curl_args(self, f: DsFile, cookie_file: Path | None) -> list[str]:
+        """nbdkit curl's parameters for a file: the session cookie (from a file: not on the command
+        line, where any user could read it) or, if the host gave none, the user and password file."""
+        args = [f"url={self.https.url(f, user=False)}", "protocols=https", f"timeout={_TIMEOUT:.0f}"]
+        if cookie_file is not None:
+            args.append(f"cookie=+{cookie_file}")
+        elif self.https.user:
+            args.append(f"user={self.https.user}")
+            if self.https.password_file:
+                args.append(f"password=+{self.https.password_file}")
+        if not self.https.verify:
+            args.append("sslverify=false")
+        return args
+
+
+def _status(status: int) -> str:
+    if status == 404:
+        return "no such file on the datastore (HTTP 404)"
+    return f"HTTP {status} {http.client.responses.get(status, '')}".rstrip()
+
+
+def _session_cookie(set_cookies: Sequence[str]) -> str:
+    """name=value of VMware's session cookie among Set-Cookie headers, or ""."""
+    for header in set_cookies:
+        pair = header.split(";", 1)[0].strip()
+        if pair.partition("=")[0].strip() == COOKIE:
+            return pair
+    return ""
+
+
+def fetch_vmx(session: Session) -> Vmx:
+    """The guest's .vmx, downloaded and parsed. This is also the login: the session cookie is set."""
+    https = session.https
+    data = session.read(https.vmx, _VMX_MAX)
+    if len(data) == _VMX_MAX:
+        raise bad_input(f"{https.url(https.vmx)}: {_VMX_MAX // 1024} KiB or more: too large to be a .vmx file")
+    return read_vmx(data.decode("utf-8", errors="replace"), https.url(https.vmx))
+
+
+def flat_extent(session: Session, file_name: str) -> tuple[DsFile, int]:
+    """(the raw extent on the datastore, virtual size) of a disk named in the .vmx."""
+    https = session.https
+    desc_file = https.resolve(file_name)
+    where = f"{https.url(https.vmx)}: disk {file_name}"
+    extent, vmdk_size = remote_extent(session.read(desc_file, DESCRIPTOR_MAX), where, "HTTPS")
+    flat = DsFile(desc_file.datastore, posixpath.normpath(posixpath.join(posixpath.dirname(desc_file.path), extent)))
+    size = session.size(flat)
+    if size is None:
+        raise bad_input(f"{where}: its extent {https.url(flat)} does not exist")
+    if size != vmdk_size:
+        raise bad_input(f"{where}: its extent {https.url(flat)} is {size} bytes, the descriptor says {vmdk_size}")
+    return flat, vmdk_size
+
+
+class FailFastNbdkit(Nbdkit):
+    """An nbdkit plugin that logs in to a remote host at each NBD connection (curl, vddk). A refused
+    login shows only as failed handshakes: give up at the first error it logs rather than retrying
+    them until the start timeout. Subclasses say what an error line means."""
+
+    def refusal(self, error: str) -> V2VError:
+        return V2VError(f"cannot serve {self.what}: {error}", pb.ERROR_CODE_PROCESS_FAILED,
+                        detail=tail(self.process.log, 20))
+
+    def _handshake(self) -> bool:
+        if super()._handshake():
+            return True
+        errors = [line for line in tail(self.process.log, 20).splitlines() if ": error: " in line]
+        if not errors:
+            return False
+        self.stop()
+        raise self.refusal(errors[-1])
+
+
+class CurlNbdkit(FailFastNbdkit):
+    """nbdkit's curl plugin under the cow filter (outermost) and the retry filter (next to the plugin,
+    so that a retried read reopens the connection to the host)."""
+
+    def __init__(self, https: Https, sock: Path, log: Path, what: str, args: Sequence[str]) -> None:
+        self.https = https
+        super().__init__(sock, log, what, "curl", args, filters=["cow", "retry"])
+
+    def refusal(self, error: str) -> V2VError:
+        low = error.lower()
+        if "401" in error or "unauthorized" in low:
+            return V2VError(f"{self.https.url(self.https.vmx)}: authentication failed (nbdkit curl)",
+                            pb.ERROR_CODE_BAD_INPUT, detail=error)
+        if "certificate" in low or "ssl" in low:
+            return V2VError(f"{self.https.url(self.https.vmx)}: certificate verify failed (nbdkit curl): {error}",
+                            pb.ERROR_CODE_BAD_INPUT, detail=error)
+        return super().refusal(error)
+
+
+def _write_secret(path: Path, text: str) -> Path:
+    """A file only its owner can read (the session cookie is as good as the password)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return path
+
+
+@INPUTS.register("vmware_https")
+class VmwareHttpsInput(InputPlugin):
+    def open(self, options: input_pb2.VmwareHttpsInput, guest: str, workdir: WorkDir,
+             stack: ExitStack) -> pb.Source:
+        if not options.url:
+            raise bad_input("-i vmx -it https: no https://.../folder/GUEST.vmx?dcPath=...&dsName=... URL given")
+        https = Https.from_options(options)
+        session = https.session()
+        vmx = fetch_vmx(session)
+        source = vmx.source()
+        flats = []
+        for i, d in enumerate(vmx.disks):
+            flat, size = flat_extent(session, d.file_name)
+            flats.append(flat)
+            source.disks.append(pb.SourceDisk(index=i, location=https.url(flat), format="raw", virtual_size=size,
+                                              controller=d.controller))
+        cookie_file = None
+        if session.cookie:
+            # nbdkit reads it once, at its start: it is removed as soon as the servers run
+            cookie_file = _write_secret(workdir.path / "vmware-cookie", session.cookie)
+            stack.callback(cookie_file.unlink, missing_ok=True)
+        for disk, flat in zip(source.disks, flats, strict=True):
+            server = CurlNbdkit(https, workdir.in_sock(disk.index), workdir.log(f"input-disk{disk.index}.log"),
+                                f"disk {disk.index} ({disk.location})", session.curl_args(flat, cookie_file))
+            try:
+                stack.enter_context(server)
+            except V2VError as err:
+                err.fill(disk=disk.index)
+                raise
+        if cookie_file is not None:
+            cookie_file.unlink(missing_ok=True)
+        return source

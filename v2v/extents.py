@@ -1,0 +1,130 @@
+"""Where a disk's data is, from NBD block status ("base:allocation"): what progress counts and what
+verification may skip."""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import nbd
+
+from v2v.errors import V2VError
+from v2v.nbdserver import location_uri
+from v2v.v1 import types_pb2 as pb
+
+ALLOCATION = "base:allocation"
+# The server may answer less than asked; less than 4 GiB is what every server takes in one request.
+_STATUS_CHUNK = 1 << 31
+
+
+class ExtentMap:
+    """The ranges of a disk that may hold data: all but the ones the server promises read as zeroes.
+    A hole without that promise (NBD_STATE_HOLE alone) counts as data: nbdcopy reads and copies it."""
+
+    def __init__(self, size: int, data: Iterable[tuple[int, int]]) -> None:
+        self.size = size
+        self.ranges: list[tuple[int, int]] = []  # (start, end), sorted, disjoint, adjacent ones merged
+        for start, end in sorted(data):
+            start, end = max(start, 0), min(end, size)
+            if start >= end:
+                continue
+            if self.ranges and start <= self.ranges[-1][1]:
+                self.ranges[-1] = (self.ranges[-1][0], max(end, self.ranges[-1][1]))
+            else:
+                self.ranges.append((start, end))
+        self._starts = [s for s, _ in self.ranges]
+        self._before = [0, *itertools.accumulate(e - s for s, e in self.ranges)]  # data before range i
+
+    @classmethod
+    def full(cls, size: int) -> ExtentMap:
+        """A disk whose server cannot tell: every byte may be data."""
+        return cls(size, [(0, size)])
+
+    @property
+    def data(self) -> int:
+        return self._before[-1]
+
+    def data_below(self, offset: int) -> int:
+        """Data bytes in [0, offset)."""
+        i = bisect.bisect_left(self._starts, offset)  # ranges 0..i-1 start below offset
+        if i == 0:
+            return 0
+        start, end = self.ranges[i - 1]
+        return self._before[i - 1] + min(end, offset) - start
+
+    def data_in(self, start: int, end: int) -> int:
+        return self.data_below(end) - self.data_below(start)
+
+    def is_zero(self, start: int, end: int) -> bool:
+        return self.data_in(start, end) == 0
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What the copier learns of a source before copying it."""
+
+    size: int
+    extents: ExtentMap
+    multi_conn: bool  # nbdcopy opens several connections (and threads) only if both ends allow it
+
+
+@contextmanager
+def connect(location: str) -> Iterator[nbd.NBD]:
+    """A libnbd handle on an NBD URI or Unix socket path, asking for block status, shut down on exit."""
+    uri = location_uri(location)
+    h = nbd.NBD()
+    h.add_meta_context(ALLOCATION)
+    try:
+        h.connect_uri(uri)
+    except nbd.Error as exc:
+        raise V2VError(f"cannot connect to {uri}: {exc}", pb.ERROR_CODE_BAD_INPUT) from exc
+    try:
+        yield h
+    finally:
+        try:
+            h.shutdown()
+        except nbd.Error:
+            pass  # the server went away: nothing left to close cleanly
+
+
+def read_extents(h: nbd.NBD, size: int) -> ExtentMap:
+    """The data ranges of the first `size` bytes of a connected export; every byte when the server
+    has no block status."""
+    if not h.can_meta_context(ALLOCATION):
+        return ExtentMap.full(size)
+    data: list[tuple[int, int]] = []
+    offset = 0
+
+    def extent(context: str, start: int, entries: list[int], err: object) -> int:
+        nonlocal offset
+        if context != ALLOCATION:
+            return 0
+        pos = start
+        for length, flags in zip(entries[::2], entries[1::2], strict=True):
+            if not flags & nbd.STATE_ZERO:
+                data.append((pos, pos + length))
+            pos += length
+        offset = max(offset, pos)
+        return 0
+
+    while offset < size:
+        before = offset
+        h.block_status(min(size - offset, _STATUS_CHUNK), offset, extent)
+        if offset <= before:  # a server that answers nothing: do not loop, assume data
+            data.append((before, size))
+            break
+    return ExtentMap(size, data)
+
+
+def probe(location: str, size: int = 0) -> Probe:
+    """The size (unless given), data map and multi-conn of the export at `location`."""
+    try:
+        with connect(location) as h:
+            size = size or h.get_size()
+            return Probe(size, read_extents(h, size), h.can_multi_conn())
+    except nbd.Error as exc:
+        raise V2VError(f"cannot read the block status of {location_uri(location)}: {exc}",
+                       pb.ERROR_CODE_BAD_INPUT) from exc
