@@ -12,7 +12,7 @@ from types import TracebackType
 import nbd
 
 from v2v.errors import V2VError
-from v2v.process import Process
+from v2v.process import Process, tail
 from v2v.v1 import types_pb2 as pb
 
 
@@ -134,3 +134,22 @@ class QemuNbd(NbdServer):
             return [*cmd, "--image-opts",
                     f"driver=compress,file.driver={self.fmt},file.file.driver=file,file.file.filename={self.path}"]
         return [*cmd, f"--format={self.fmt}", str(self.path)]
+
+
+class FailFastNbdkit(Nbdkit):
+    """An nbdkit plugin that logs in to a remote host at each NBD connection (curl, vddk). A refused
+    login shows only as failed handshakes: give up at the first error it logs rather than retrying
+    them until the start timeout. Subclasses say what an error line means."""
+
+    def refusal(self, error: str) -> V2VError:
+        return V2VError(f"cannot serve {self.what}: {error}", pb.ERROR_CODE_PROCESS_FAILED,
+                        detail=tail(self.process.log, 20))
+
+    def _handshake(self) -> bool:
+        if super()._handshake():
+            return True
+        errors = [line for line in tail(self.process.log, 20).splitlines() if ": error: " in line]
+        if not errors:
+            return False
+        self.stop()
+        raise self.refusal(errors[-1])

@@ -23,8 +23,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from v2v.errors import V2VError
-from v2v.nbdserver import Nbdkit
-from v2v.process import tail
+from v2v.nbdserver import FailFastNbdkit
 from v2v.services.input.base import INPUTS, InputPlugin
 from v2v.services.input.vmx import DESCRIPTOR_MAX, bad_input, check_local_file, read_vmx, remote_extent
 from v2v.services.input.vmxfile import Vmx
@@ -249,25 +248,6 @@ def flat_extent(session: Session, file_name: str) -> tuple[DsFile, int]:
     if size != vmdk_size:
         raise bad_input(f"{where}: its extent {https.url(flat)} is {size} bytes, the descriptor says {vmdk_size}")
     return flat, vmdk_size
-
-
-class FailFastNbdkit(Nbdkit):
-    """An nbdkit plugin that logs in to a remote host at each NBD connection (curl, vddk). A refused
-    login shows only as failed handshakes: give up at the first error it logs rather than retrying
-    them until the start timeout. Subclasses say what an error line means."""
-
-    def refusal(self, error: str) -> V2VError:
-        return V2VError(f"cannot serve {self.what}: {error}", pb.ERROR_CODE_PROCESS_FAILED,
-                        detail=tail(self.process.log, 20))
-
-    def _handshake(self) -> bool:
-        if super()._handshake():
-            return True
-        errors = [line for line in tail(self.process.log, 20).splitlines() if ": error: " in line]
-        if not errors:
-            return False
-        self.stop()
-        raise self.refusal(errors[-1])
 
 
 class CurlNbdkit(FailFastNbdkit):

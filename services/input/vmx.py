@@ -20,8 +20,7 @@ from urllib.parse import unquote, urlsplit
 
 from v2v.errors import V2VError
 from v2v.naming import name_from_path
-from v2v.nbdserver import Nbdkit
-from v2v.process import tail
+from v2v.nbdserver import FailFastNbdkit
 from v2v.services.input.base import INPUTS, InputPlugin
 from v2v.services.input.diskfile import probe, serve_all
 from v2v.services.input.vmxfile import Vmx, VmxError, is_sparse_vmdk, parse_descriptor, parse_vmx
@@ -272,24 +271,15 @@ def _open_ssh(options: input_pb2.VmxInput, workdir: WorkDir, stack: ExitStack) -
     return source
 
 
-class SshNbdkit(Nbdkit):
-    """nbdkit's ssh plugin under the cow filter. It logs in at each NBD connection, so a refused login
-    shows only as failed handshakes: give up at the first error it logs rather than retrying them
-    until the start timeout."""
+class SshNbdkit(FailFastNbdkit):
+    """nbdkit's ssh plugin under the cow filter; a refused login is an authentication error."""
 
     def __init__(self, ssh: SshSource, sock: Path, log: Path, what: str, args: Sequence[str]) -> None:
         self.ssh = ssh
         super().__init__(sock, log, what, "ssh", args, filters=["cow"])
 
-    def _handshake(self) -> bool:
-        if super()._handshake():
-            return True
-        errors = [line for line in tail(self.process.log, 20).splitlines() if ": error: " in line]
-        if not errors:
-            return False
-        self.stop()
-        if "authentication" in errors[-1]:
-            raise V2VError(f"{self.ssh.uri()}: authentication failed (nbdkit ssh)", pb.ERROR_CODE_BAD_INPUT,
-                           detail=errors[-1])
-        raise V2VError(f"cannot serve {self.what}: {errors[-1]}", pb.ERROR_CODE_PROCESS_FAILED,
-                       detail=tail(self.process.log, 20))
+    def refusal(self, error: str) -> V2VError:
+        if "authentication" in error:
+            return V2VError(f"{self.ssh.uri()}: authentication failed (nbdkit ssh)", pb.ERROR_CODE_BAD_INPUT,
+                            detail=error)
+        return super().refusal(error)
