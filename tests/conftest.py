@@ -64,6 +64,17 @@ def child_servers() -> list[str]:
     return res.stdout.splitlines()
 
 
+def write_reads_back(sock: str | Path) -> None:
+    """Writes through a served disk and reads it back: what the conversion does to an overlay."""
+    import nbd
+
+    h = nbd.NBD()
+    h.connect_uri(f"nbd+unix:///?socket={sock}")
+    h.pwrite(b"\xde\xad" * 2048, 0)
+    assert h.pread(4, 0) == b"\xde\xad\xde\xad"
+    h.shutdown()
+
+
 def sockets_under(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_socket()] if root.exists() else []
 

@@ -235,12 +235,9 @@ def running_datastore(directory: Path, root: Path, password: str = "datastore-se
             time.sleep(0.05)
         yield Datastore(port, root, password_file, cert, log)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        from tests.processes import stop  # here: this file also runs as the server script
+
+        stop(proc)
 
 
 def main() -> None:

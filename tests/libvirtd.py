@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tests.processes import stop
+
 SYSTEM_URI = "qemu:///system"
 # virtlogd writes the guests' console and qemu logs: qemu:///system cannot start a guest without it.
 VIRTLOGD_SOCKET = Path("/run/libvirt/virtlogd-sock")
@@ -45,14 +47,6 @@ def _listening(path: Path) -> bool:
     return True
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
 
 @contextmanager
 def running_libvirtd(logdir: Path, timeout: float = 60) -> Iterator[None]:
@@ -79,7 +73,7 @@ def running_libvirtd(logdir: Path, timeout: float = 60) -> Iterator[None]:
         yield
     finally:
         for proc in reversed(started):  # libvirtd before the virtlogd it talks to
-            _stop(proc)
+            stop(proc, timeout=30)
 
 
 @contextmanager

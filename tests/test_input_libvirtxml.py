@@ -12,7 +12,7 @@ from pathlib import Path
 import nbd
 import pytest
 
-from tests.conftest import sha256
+from tests.conftest import sha256, write_reads_back
 from v2v.errors import V2VError
 from v2v.services.input.domainxml import DEFAULT_MEMORY, NbdSource, parse_domain
 from v2v.services.input.service import InputService
@@ -310,11 +310,7 @@ def file_at(path: Path, offsets: list[int], length: int = 4096) -> list[bytes]:
 
 
 def write_through(sock: str) -> None:
-    h = nbd.NBD()
-    h.connect_uri(f"nbd+unix:///?socket={sock}")
-    h.pwrite(b"\xde\xad" * 2048, 0)  # lands in the overlay
-    assert h.pread(4, 0) == b"\xde\xad\xde\xad"
-    h.shutdown()
+    write_reads_back(sock)  # lands in the overlay, never in the source
 
 
 def test_real_guest_raw_and_qcow2(real_guest, workroot, tmp_path):

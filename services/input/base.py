@@ -23,11 +23,18 @@ class InputPlugin(ABC):
 class InPlaceInput(InputPlugin):
     """An input whose disks can also be served writable with no overlay (OpenRequest.in_place,
     `v2v --in-place`): what the conversion writes lands in the source disks themselves. Inputs that
-    cannot write where their disks lie (inside an OVA, over ssh or https) do not derive from it."""
+    cannot write where their disks lie (inside an OVA, over ssh or https) do not derive from it.
+    Such an input implements `open_disks` once, for both ways."""
 
     @abstractmethod
+    def open_disks(self, options: Message, workdir: WorkDir, stack: ExitStack, in_place: bool) -> pb.Source:
+        """As `open`; with `in_place`, disk N is served straight from the source, writable."""
+
+    def open(self, options: Message, guest: str, workdir: WorkDir, stack: ExitStack) -> pb.Source:
+        return self.open_disks(options, workdir, stack, in_place=False)
+
     def open_in_place(self, options: Message, guest: str, workdir: WorkDir, stack: ExitStack) -> pb.Source:
-        """As `open`, but disk N is served on workdir.in_sock(N) straight from the source, writable."""
+        return self.open_disks(options, workdir, stack, in_place=True)
 
 
 INPUTS: PluginRegistry[InputPlugin] = PluginRegistry("input")

@@ -21,15 +21,7 @@ GiB = 1024**3
 
 @INPUTS.register("disk")
 class DiskInput(InPlaceInput):
-    def open(self, options: input_pb2.DiskInput, guest: str, workdir: WorkDir, stack: ExitStack) -> pb.Source:
-        return self._open(options, workdir, stack, in_place=False)
-
-    def open_in_place(self, options: input_pb2.DiskInput, guest: str, workdir: WorkDir,
-                      stack: ExitStack) -> pb.Source:
-        return self._open(options, workdir, stack, in_place=True)
-
-    @staticmethod
-    def _open(options: input_pb2.DiskInput, workdir: WorkDir, stack: ExitStack, in_place: bool) -> pb.Source:
+    def open_disks(self, options: input_pb2.DiskInput, workdir: WorkDir, stack: ExitStack, in_place: bool) -> pb.Source:
         if not options.paths:
             raise V2VError("-i disk: no disk image given", pb.ERROR_CODE_BAD_INPUT)
         source = pb.Source(

@@ -85,16 +85,8 @@ def open_domain_xml(data: bytes, where: str, base: Path, workdir: WorkDir, stack
 
 @INPUTS.register("libvirtxml")
 class LibvirtXmlInput(InPlaceInput):
-    def open(self, options: input_pb2.LibvirtXmlInput, guest: str, workdir: WorkDir,
-             stack: ExitStack) -> pb.Source:
-        return self._open(options, workdir, stack, in_place=False)
-
-    def open_in_place(self, options: input_pb2.LibvirtXmlInput, guest: str, workdir: WorkDir,
-                      stack: ExitStack) -> pb.Source:
-        return self._open(options, workdir, stack, in_place=True)
-
-    @staticmethod
-    def _open(options: input_pb2.LibvirtXmlInput, workdir: WorkDir, stack: ExitStack, in_place: bool) -> pb.Source:
+    def open_disks(self, options: input_pb2.LibvirtXmlInput, workdir: WorkDir, stack: ExitStack,
+                   in_place: bool) -> pb.Source:
         if not options.path:
             raise V2VError("-i libvirtxml: no domain XML file given", pb.ERROR_CODE_BAD_INPUT)
         xml = Path(options.path).absolute()
