@@ -2,7 +2,7 @@
 """Benchmark: our copier against bare nbdcopy, qemu-img convert and the machine's own limit, on one
 sparse disk served over NBD, plus a 4-disk guest copied in parallel and in turn.
 
-    .venv/bin/python bench/copy.py [--size 8G] [--runs N] [--dir /var/tmp] [--check] [--keep]
+    .venv/bin/python bench/copy_speed.py [--size 8G] [--runs N] [--dir /var/tmp] [--check] [--keep]
 
 The source is a raw file of --size bytes, half of it random data in 64 MiB pieces alternating with
 64 MiB holes, served read-only by nbdkit's file plugin; the target a sparse file served by another
@@ -13,19 +13,13 @@ second. The source is read once first so that every run finds it in the page cac
 
 from __future__ import annotations
 
-import os
-import sys
-
-# Run as `python bench/copy.py`, bench/ comes first on sys.path, and this file would stand in for the
-# standard library's `copy`, which dataclasses, argparse and protobuf import: hence the imports below it.
-# ruff: noqa: E402
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
-
 import argparse
+import os
 import random
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
