@@ -1,0 +1,335 @@
+"""The Warm gRPC service: a running guest migrated in rounds, then converted with a short downtime
+(docs/warm.md, protos/v2v/v1/warm.proto).
+
+    Start    tracking on (a checkpoint per disk), full copy to disks the output's Setup creates
+    Precopy  the blocks changed since the last round (repeatable)
+    Cutover  source stopped: the last changes, in-place conversion of the target's disks (the
+             input and convert services, as `v2v --in-place`), the output's Finalize
+
+Each call loads <workdir>/warm.json, does its work under a lock on the work directory and saves the
+state after every disk, so the state always names the checkpoints that exist."""
+
+from __future__ import annotations
+
+import fcntl
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import duration_pb2
+
+from v2v.changed_blocks import FIRST_CHECKPOINT, ChangedBlockSource, Changes, next_checkpoint, open_source
+from v2v.coordinator.commands import OpenedGuest, PhaseServices
+from v2v.coordinator.inputs import InputArgs, input_spec
+from v2v.coordinator.inspect_cmd import convert
+from v2v.delta_copy import copy_changes
+from v2v.drives import block_bus, device_name
+from v2v.errors import V2VError, from_rpc_error
+from v2v.events import StepReporter, now
+from v2v.grpcserver import channel, rpc, stream_rpc
+from v2v.naming import name_from_path
+from v2v.services.output.files import disk_server
+from v2v.streaming import stream_events
+from v2v.v1 import output_pb2, output_pb2_grpc, warm_pb2, warm_pb2_grpc
+from v2v.v1 import types_pb2 as pb
+from v2v.workdir import WorkDir
+
+STATE = "warm.json"
+WarmSink = Callable[[warm_pb2.WarmEvent], None]
+
+INCONSISTENT = ("the target disks were being converted in place and may now be in an inconsistent state: "
+                "run `v2v warm start` again for a fresh copy")
+
+
+def seconds(d: duration_pb2.Duration) -> float:
+    return d.seconds + d.nanos / 1e9
+
+
+def duration(s: float) -> duration_pb2.Duration:
+    return duration_pb2.Duration(seconds=int(s), nanos=int((s % 1) * 1e9))
+
+
+def load(workdir: str) -> warm_pb2.WarmState:
+    if not workdir:
+        raise V2VError("no work directory given: pass the one `v2v warm start` printed", pb.ERROR_CODE_BAD_INPUT)
+    if not (Path(workdir) / STATE).exists():
+        raise V2VError(f"{workdir} holds no warm migration ({STATE} is missing)", pb.ERROR_CODE_BAD_INPUT)
+    return WorkDir(workdir).read(STATE, warm_pb2.WarmState())
+
+
+@contextmanager
+def locked(workdir: WorkDir) -> Iterator[None]:
+    """One call at a time per migration: two rounds at once would rotate the same bitmaps."""
+    with open(workdir.path / "warm.lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise V2VError(f"another warm command is running on {workdir.path}", pb.ERROR_CODE_BAD_INPUT) from None
+        yield
+
+
+def guest_name(request: warm_pb2.StartRequest) -> str:
+    if request.name:
+        return request.name
+    first = request.disks[0]
+    return name_from_path(first.qcow2) if first.WhichOneof("kind") == "qcow2" else first.qmp.node
+
+
+class Migration:
+    """One warm migration's state and the services it uses; every change is saved at once."""
+
+    def __init__(self, state: warm_pb2.WarmState, addresses: dict[str, str], sink: WarmSink) -> None:
+        self.state = state
+        self.workdir = WorkDir(state.workdir)
+        self.addresses = addresses
+        self.sink = sink
+        self.report = StepReporter(state.guest, lambda ev: sink(warm_pb2.WarmEvent(step=ev)))
+        self.sources: list[ChangedBlockSource] = [open_source(d.source, d.index, self.workdir) for d in state.disks]
+        self._channels: list[grpc.Channel] = []
+
+    def save(self) -> None:
+        self.workdir.write(STATE, self.state)
+
+    @contextmanager
+    def phase(self, step: str, disk: int | None = None) -> Iterator[None]:
+        """A timed step whose RPC failure comes back as the service's own structured error."""
+        with self.report.step(step, disk=disk):
+            try:
+                yield
+            except grpc.RpcError as exc:
+                raise from_rpc_error(exc, step=step, guest=self.state.guest, disk=disk) from None
+
+    def progress(self, disk: int, size: int) -> Callable[[int, int], None]:
+        def send(done: int, total: int) -> None:
+            self.sink(warm_pb2.WarmEvent(progress=pb.Progress(guest=self.state.guest, disk=disk, bytes_done=done,
+                                                               bytes_total=total, virtual_size=size,
+                                                               timestamp=now())))
+        return send
+
+    def copy_disk(self, disk: warm_pb2.WarmDisk, round_view: AbstractContextManager[Changes], target: str,
+                  target_is_zero: bool = False) -> warm_pb2.DiskRound:
+        """Copies one round of one disk; the new checkpoint is saved once the old one is gone."""
+        with round_view as changes:
+            stats = copy_changes(changes.uri, target, changes.changed, target_is_zero,
+                                 self.progress(disk.index, disk.virtual_size))
+        disk.checkpoint = changes.checkpoint
+        self.save()
+        return warm_pb2.DiskRound(disk=disk.index, bytes_changed=stats.changed, bytes_copied=stats.copied,
+                                  bytes_zeroed=stats.zeroed)
+
+    def finish_round(self, kind: str, disks: list[warm_pb2.DiskRound], started: float) -> warm_pb2.Round:
+        r = warm_pb2.Round(number=len(self.state.rounds), kind=kind, disks=disks,
+                           duration=duration(time.monotonic() - started))
+        self.state.rounds.append(r)
+        self.save()
+        self.sink(warm_pb2.WarmEvent(round=r))
+        return r
+
+    def delta_round(self, kind: str) -> warm_pb2.Round:
+        """The blocks changed since the last round, written to the target disks served again."""
+        started = time.monotonic()
+        disks = []
+        with ExitStack() as stack:
+            for disk in self.state.disks:
+                if not disk.target.path:
+                    raise V2VError(f"target disk {disk.index} is not a file: cannot reopen it", pb.ERROR_CODE_BAD_INPUT)
+                server = stack.enter_context(disk_server(disk.target, self.workdir))
+                source = self.sources[disk.index]
+                with self.phase(kind, disk=disk.index):
+                    disks.append(self.copy_disk(disk, source.changes(disk.checkpoint, next_checkpoint(disk.checkpoint)),
+                                                server.uri))
+        return self.finish_round(kind, disks, started)
+
+    # ------------------------------------------------------------------ start
+
+    def output(self) -> output_pb2_grpc.OutputStub:
+        return output_pb2_grpc.OutputStub(self._channel("output"))
+
+    def _channel(self, name: str) -> grpc.Channel:
+        ch = channel(self.addresses[name])
+        self._channels.append(ch)
+        return ch
+
+    def start(self) -> None:
+        st = self.state
+        for disk, source in zip(st.disks, self.sources, strict=True):
+            disk.virtual_size = source.size()
+            st.source.disks.append(pb.SourceDisk(index=disk.index, location=source.what, format="raw",
+                                                 virtual_size=disk.virtual_size))
+        st.phase = warm_pb2.WARM_PHASE_STARTING
+        self.save()
+        output = self.output()
+        target = pb.TargetMeta(name=st.output.name or st.guest, source=st.source)
+        with self.phase("setup"):
+            setup = output.Setup(output_pb2.SetupRequest(workdir=st.workdir, guest=st.guest, output=st.output,
+                                                         target=target))
+        try:
+            for disk, created in zip(st.disks, setup.disks, strict=True):
+                disk.target.CopyFrom(created)
+            self.save()
+            started = time.monotonic()
+            disks = []
+            for disk, source, sock in zip(st.disks, self.sources, setup.sockets, strict=True):
+                with self.phase("full", disk=disk.index):
+                    disks.append(self.copy_disk(disk, source.begin(FIRST_CHECKPOINT), sock, setup.target_is_zero))
+            # Setup's servers must stop without describing the guest yet: the null output's
+            # Finalize stops them (flushing the disks) and writes nothing.
+            with self.phase("release"):
+                target.disks.extend(setup.disks)
+                output.Finalize(output_pb2.FinalizeRequest(workdir=st.workdir, guest=st.guest, target=target,
+                                                           output=output_pb2.OutputSpec(null=output_pb2.NullOutput())))
+        except BaseException:
+            self.abandon(output)
+            raise
+        st.phase = warm_pb2.WARM_PHASE_PRECOPY
+        self.finish_round("full", disks, started)
+
+    def abandon(self, output: output_pb2_grpc.OutputStub) -> None:
+        """A failed start: no checkpoint and no target disk stays behind."""
+        for disk, source in zip(self.state.disks, self.sources, strict=True):
+            if disk.checkpoint:
+                source.end(disk.checkpoint)
+                disk.checkpoint = ""
+        try:
+            output.Abort(output_pb2.AbortRequest(workdir=self.state.workdir))
+        except grpc.RpcError as exc:
+            self.report.warn(f"abort: {from_rpc_error(exc, step='abort').message}", step="abort")
+        self.save()
+
+    # ------------------------------------------------------------------ cutover
+
+    def stop_sources(self, stop: bool) -> None:
+        for source in self.sources:
+            if not source.running():
+                continue
+            if not stop:
+                raise V2VError(f"{source.what} is still running: shut the guest down (or pass --stop-source to "
+                               "pause it) before cutover", pb.ERROR_CODE_BAD_INPUT)
+            source.stop()
+
+    def cutover(self, stop_source: bool) -> None:
+        st = self.state
+        started = time.monotonic()
+        with self.phase("stop-source"):
+            self.stop_sources(stop_source)
+        self.delta_round("cutover")
+        for disk, source in zip(st.disks, self.sources, strict=True):
+            source.end(disk.checkpoint)
+            disk.checkpoint = ""
+        st.phase = warm_pb2.WARM_PHASE_CUTOVER
+        self.save()
+        paths = [d.target.path for d in st.disks]
+        spec = input_spec(InputArgs("disk", paths, st.disks[0].target.format))
+        afterwards: list[str] = []
+
+        def relay(ev: pb.Event) -> None:
+            self.sink(warm_pb2.WarmEvent(step=ev.step) if ev.HasField("step") else
+                      warm_pb2.WarmEvent(progress=ev.progress))
+
+        try:
+            with PhaseServices({"input": self.addresses["input"], "convert": self.addresses["convert"]}) as addrs, \
+                    OpenedGuest(addrs["input"], spec, relay, afterwards, in_place=True) as guest:
+                result = convert(guest, addrs["convert"], st.convert)
+        except V2VError as err:
+            err.message = f"{err.message}\n{INCONSISTENT}"
+            err.detail = "\n".join([*afterwards, err.detail])
+            raise
+        target = result.target
+        target.name = st.output.name or st.guest
+        target.source.name = st.guest
+        bus = block_bus(target.caps)
+        for disk in st.disks:
+            converted = target.disks.add()
+            converted.CopyFrom(disk.target)
+            converted.bus, converted.device = bus, device_name(bus, disk.index)
+        with self.phase("finalize"):
+            files = self.output().Finalize(output_pb2.FinalizeRequest(workdir=st.workdir, guest=st.guest,
+                                                                      output=st.output, target=target)).files
+        st.files[:] = files
+        st.downtime.CopyFrom(duration(time.monotonic() - started))
+        st.phase = warm_pb2.WARM_PHASE_DONE
+        self.save()
+
+    def close(self) -> None:
+        for ch in self._channels:
+            ch.close()
+
+
+class WarmService(warm_pb2_grpc.WarmServicer):
+    """`addresses`: the input, convert and output services (name -> address)."""
+
+    def __init__(self, addresses: dict[str, str]) -> None:
+        self.addresses = addresses
+
+    @contextmanager
+    def _migration(self, state: warm_pb2.WarmState, sink: WarmSink) -> Iterator[Migration]:
+        m = Migration(state, self.addresses, sink)
+        try:
+            with locked(m.workdir):
+                yield m
+        finally:
+            m.close()
+
+    def start(self, request: warm_pb2.StartRequest, sink: WarmSink) -> warm_pb2.WarmState:
+        """Start without gRPC: the same code the RPC runs."""
+        if not request.disks:
+            raise V2VError("no source disks given", pb.ERROR_CODE_BAD_INPUT, step="start")
+        if request.output.WhichOneof("kind") in (None, "null"):
+            raise V2VError("a warm migration needs an output whose disks can be reopened between rounds "
+                           "(-o local, qemu, json, kubevirt, libvirt)", pb.ERROR_CODE_BAD_INPUT, step="start")
+        name = guest_name(request)
+        workdir = WorkDir.create(name, Path(request.workdir_root) if request.workdir_root else None)
+        state = warm_pb2.WarmState(guest=name, workdir=str(workdir.path), source=pb.Source(name=name),
+                                   output=request.output, convert=request.convert,
+                                   disks=[warm_pb2.WarmDisk(index=i, source=d) for i, d in enumerate(request.disks)])
+        try:
+            with self._migration(state, sink) as m:
+                m.start()
+        except BaseException:
+            workdir.remove()
+            raise
+        return state
+
+    def precopy(self, request: warm_pb2.PrecopyRequest, sink: WarmSink) -> warm_pb2.WarmState:
+        state = self.expect(load(request.workdir), warm_pb2.WARM_PHASE_PRECOPY, "precopy")
+        with self._migration(state, sink) as m:
+            m.delta_round("precopy")
+        return state
+
+    def cutover(self, request: warm_pb2.CutoverRequest, sink: WarmSink) -> warm_pb2.WarmState:
+        state = self.expect(load(request.workdir), warm_pb2.WARM_PHASE_PRECOPY, "cutover")
+        with self._migration(state, sink) as m:
+            m.cutover(request.stop_source)
+        return state
+
+    @staticmethod
+    def expect(state: warm_pb2.WarmState, phase: int, step: str) -> warm_pb2.WarmState:
+        if state.phase != phase:
+            raise V2VError(f"the migration in {state.workdir} is in phase {warm_pb2.WarmPhase.Name(state.phase)}, "
+                           f"not {warm_pb2.WarmPhase.Name(phase)}", pb.ERROR_CODE_BAD_INPUT, step=step,
+                           guest=state.guest)
+        return state
+
+    @staticmethod
+    def _stream(work: Callable[[WarmSink], warm_pb2.WarmState]) -> Iterator[warm_pb2.WarmEvent]:
+        for item in stream_events(work):
+            yield item if isinstance(item, warm_pb2.WarmEvent) else warm_pb2.WarmEvent(state=item)
+
+    @stream_rpc
+    def Start(self, request: warm_pb2.StartRequest, context: grpc.ServicerContext) -> Iterator[Any]:
+        yield from self._stream(lambda sink: self.start(request, sink))
+
+    @stream_rpc
+    def Precopy(self, request: warm_pb2.PrecopyRequest, context: grpc.ServicerContext) -> Iterator[Any]:
+        yield from self._stream(lambda sink: self.precopy(request, sink))
+
+    @stream_rpc
+    def Cutover(self, request: warm_pb2.CutoverRequest, context: grpc.ServicerContext) -> Iterator[Any]:
+        yield from self._stream(lambda sink: self.cutover(request, sink))
+
+    @rpc
+    def Status(self, request: warm_pb2.StatusRequest, context: grpc.ServicerContext) -> warm_pb2.WarmState:
+        return load(request.workdir)

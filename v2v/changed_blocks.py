@@ -1,0 +1,382 @@
+"""Changed-block sources: which extents of a source disk changed since the last round of a warm
+migration (docs/warm.md).
+
+A source tracks writes from a checkpoint on. Each round rotates it: a new checkpoint starts
+tracking, the old one's view is read through NBD, and the old one goes once the round's copy is
+done; if the copy fails, the new checkpoint's changes are folded back into the old one, so no write
+is ever forgotten. The round reads the disk's current data, not a snapshot: a write made during the
+copy is in the new checkpoint too, and copied again by the next round. Only the last round, with the
+source stopped, leaves the target equal to the source.
+
+What exists now: dirty bitmaps read through NBD block status on the meta context
+`qemu:dirty-bitmap:NAME`, in a qcow2 file (persistent bitmaps, exported by qemu-nbd -B) or in a
+running qemu (QMP block-dirty-bitmap-add, exported by qemu's own NBD server). VMware changed block
+tracking (VDDK QueryChangedDiskAreas against a snapshot's change ID) and Xen's changed-block
+tracking plug in as further ChangedBlockSource subclasses: a checkpoint is whatever names the
+point tracking started from (a bitmap, a change ID), `changes()` returns the ranges and an NBD
+export (nbdkit vddk on the snapshot, say) to read them from."""
+
+from __future__ import annotations
+
+import json
+import socket
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nbd
+
+from v2v.errors import V2VError
+from v2v.extents import ExtentMap
+from v2v.nbdserver import QemuNbd
+from v2v.process import run
+from v2v.v1 import types_pb2 as pb
+from v2v.v1 import warm_pb2
+from v2v.workdir import WorkDir
+
+DIRTY_BITMAP = "qemu:dirty-bitmap:"
+_STATE_DIRTY = 1  # the one flag of a qemu:dirty-bitmap context
+_STATUS_CHUNK = 1 << 31
+
+
+@dataclass(frozen=True)
+class Changes:
+    """One round's view of a disk: read `changed` from `uri`; `checkpoint` tracks writes from now on."""
+
+    uri: str
+    changed: ExtentMap
+    checkpoint: str
+
+
+FIRST_CHECKPOINT = "v2v-warm-0"
+
+
+def next_checkpoint(current: str) -> str:
+    """v2v-warm-N -> v2v-warm-N+1: per disk, so a round that failed after rotating some disks but
+    not others never reuses a name."""
+    prefix, _, number = current.rpartition("-")
+    return f"{prefix}-{int(number) + 1}"
+
+
+class ChangedBlockSource(ABC):
+    """One source disk whose writes are tracked between rounds. Methods are context managers where
+    an NBD export lives while the round copies from it."""
+
+    what: str  # for messages: "disk 0 (/path/guest.qcow2)"
+
+    @abstractmethod
+    def size(self) -> int:
+        """The disk's virtual size in bytes."""
+
+    @abstractmethod
+    def begin(self, checkpoint: str) -> AbstractContextManager[Changes]:
+        """Starts tracking under `checkpoint` and yields the whole disk as changed (the full copy).
+        If the caller fails, tracking is dropped again."""
+
+    @abstractmethod
+    def changes(self, since: str, checkpoint: str) -> AbstractContextManager[Changes]:
+        """Starts `checkpoint` and yields what changed since `since`, which is removed when the caller
+        succeeds; if it fails, `since` keeps every change (the new one's too) and `checkpoint` goes."""
+
+    @abstractmethod
+    def end(self, checkpoint: str) -> None:
+        """Stops tracking: the migration is over."""
+
+    @abstractmethod
+    def checkpoints(self) -> list[str]:
+        """The checkpoints that exist on the disk now."""
+
+    @abstractmethod
+    def fold(self, since: str, checkpoint: str) -> None:
+        """Undoes a round's rotation: `since` takes `checkpoint`'s changes and tracks again, `checkpoint` goes."""
+
+    def recover(self, since: str, checkpoint: str) -> None:
+        """Before a round: a round killed half-way (its process gone, no cleanup) left `checkpoint`
+        beside a frozen `since`; fold it back, so the round starts from where the state says."""
+        existing = self.checkpoints()
+        if since not in existing:
+            raise V2VError(f"{self.what}: checkpoint {since} is gone (have: {', '.join(existing) or 'none'}): "
+                           "the source no longer tracks changes for this migration; start it again",
+                           pb.ERROR_CODE_BAD_INPUT)
+        if checkpoint in existing:
+            self.fold(since, checkpoint)
+
+    @abstractmethod
+    def running(self) -> bool:
+        """Whether something may still be writing to the disk."""
+
+    def stop(self) -> None:
+        """Stops whatever writes to the disk, if it can."""
+        raise V2VError(f"{self.what}: cannot stop this source: stop it first", pb.ERROR_CODE_BAD_INPUT)
+
+
+def status_ranges(h: nbd.NBD, size: int, context: str, selected: Callable[[int], bool]) -> ExtentMap:
+    """The ranges of the first `size` bytes whose block status flags in `context` are `selected`."""
+    ranges: list[tuple[int, int]] = []
+    offset = 0
+
+    def extent(ctx: str, start: int, entries: list[int], err: object) -> int:
+        nonlocal offset
+        if ctx != context:
+            return 0
+        pos = start
+        for length, flags in zip(entries[::2], entries[1::2], strict=True):
+            if selected(flags):
+                ranges.append((pos, pos + length))
+            pos += length
+        offset = max(offset, pos)
+        return 0
+
+    while offset < size:
+        before = offset
+        h.block_status(min(size - offset, _STATUS_CHUNK), offset, extent)
+        if offset <= before:
+            raise V2VError(f"the server sent no {context} status at offset {before}", pb.ERROR_CODE_PROCESS_FAILED)
+    return ExtentMap(size, ranges)
+
+
+def dirty_ranges(uri: str, bitmap: str) -> ExtentMap:
+    """What the export's dirty bitmap `bitmap` marks as written."""
+    context = DIRTY_BITMAP + bitmap
+    h = nbd.NBD()
+    h.add_meta_context(context)
+    try:
+        h.connect_uri(uri)
+        if not h.can_meta_context(context):
+            raise V2VError(f"{uri} does not export the dirty bitmap {bitmap}", pb.ERROR_CODE_BAD_INPUT)
+        return status_ranges(h, h.get_size(), context, lambda flags: bool(flags & _STATE_DIRTY))
+    except nbd.Error as exc:
+        raise V2VError(f"cannot read the dirty bitmap {bitmap} of {uri}: {exc}", pb.ERROR_CODE_PROCESS_FAILED) from exc
+    finally:
+        try:
+            h.shutdown()
+        except nbd.Error:
+            pass  # never connected, or the server went away
+
+
+class BitmapQemuNbd(QemuNbd):
+    """qemu-nbd serving a qcow2 file read-only, with one of its bitmaps as a dirty-bitmap context."""
+
+    def __init__(self, sock: Path, log: Path, what: str, path: Path, bitmap: str = "") -> None:
+        self.bitmap = bitmap
+        super().__init__(sock, log, what, path, "qcow2", readonly=True)
+
+    def command(self) -> list[str]:
+        cmd = super().command()
+        return [cmd[0], f"--bitmap={self.bitmap}", *cmd[1:]] if self.bitmap else cmd
+
+
+class Qcow2Bitmaps(ChangedBlockSource):
+    """A qcow2 file whose writers are stopped while a round runs (qemu-img bitmap needs the file to
+    itself): the checkpoints are persistent bitmaps in the file, read through qemu-nbd -B."""
+
+    def __init__(self, path: Path, index: int, workdir: WorkDir) -> None:
+        self.path = path
+        self.index = index
+        self.workdir = workdir
+        self.what = f"disk {index} ({path})"
+
+    def _bitmap(self, *ops: str, name: str) -> None:
+        run(["qemu-img", "bitmap", *ops, "-f", "qcow2", str(self.path), name],
+            f"{self.what}: cannot change dirty bitmap {name}", timeout=120)
+
+    def _info(self) -> dict[str, Any]:
+        return dict(json.loads(run(["qemu-img", "info", "--output=json", "-U", "-f", "qcow2", str(self.path)],
+                                   f"{self.what}: cannot read the image", timeout=60)))
+
+    def size(self) -> int:
+        return int(self._info()["virtual-size"])
+
+    @contextmanager
+    def _export(self, bitmap: str = "") -> Iterator[str]:
+        with BitmapQemuNbd(self.workdir.path / f"warm{self.index}.sock",
+                           self.workdir.log(f"warm-source{self.index}.log"), self.what, self.path, bitmap) as server:
+            yield server.uri
+
+    @contextmanager
+    def begin(self, checkpoint: str) -> Iterator[Changes]:
+        self._bitmap("--add", name=checkpoint)
+        try:
+            with self._export() as uri:
+                yield Changes(uri, ExtentMap.full(self.size()), checkpoint)
+        except BaseException:
+            self._bitmap("--remove", name=checkpoint)
+            raise
+
+    @contextmanager
+    def changes(self, since: str, checkpoint: str) -> Iterator[Changes]:
+        self.recover(since, checkpoint)
+        self._bitmap("--add", name=checkpoint)
+        try:
+            self._bitmap("--disable", name=since)
+            with self._export(since) as uri:
+                yield Changes(uri, dirty_ranges(uri, since), checkpoint)
+        except BaseException:
+            self.fold(since, checkpoint)
+            raise
+        self._bitmap("--remove", name=since)
+
+    def checkpoints(self) -> list[str]:
+        return [b["name"] for b in self._info().get("format-specific", {}).get("data", {}).get("bitmaps", [])]
+
+    def fold(self, since: str, checkpoint: str) -> None:
+        self._bitmap("--merge", checkpoint, "--enable", name=since)
+        self._bitmap("--remove", name=checkpoint)
+
+    def end(self, checkpoint: str) -> None:
+        self._bitmap("--remove", name=checkpoint)
+
+    def running(self) -> bool:
+        return False  # whoever writes it between rounds cannot while qemu-img or qemu-nbd holds its lock
+
+
+class Qmp:
+    """A QMP connection to a running qemu (the protocol is JSON lines on a Unix socket)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.sock.connect(path)
+        except OSError as exc:
+            raise V2VError(f"cannot connect to the QMP socket {path}: {exc.strerror}", pb.ERROR_CODE_BAD_INPUT) from exc
+        self.reader = self.sock.makefile("r")
+        self._reply()  # the greeting
+        self.execute("qmp_capabilities")
+
+    def _reply(self) -> dict[str, Any]:
+        while line := self.reader.readline():
+            msg = json.loads(line)
+            if "event" not in msg:  # events are for other clients
+                return msg
+        raise V2VError(f"qemu closed its QMP socket {self.path}", pb.ERROR_CODE_PROCESS_FAILED)
+
+    def execute(self, command: str, **arguments: Any) -> Any:
+        self.sock.sendall(json.dumps({"execute": command, "arguments": arguments}).encode() + b"\n")
+        reply = self._reply()
+        if "error" in reply:
+            raise V2VError(f"qemu refused {command}: {reply['error'].get('desc', reply['error'])}",
+                           pb.ERROR_CODE_PROCESS_FAILED, detail=json.dumps(arguments))
+        return reply.get("return")
+
+    def close(self) -> None:
+        self.reader.close()
+        self.sock.close()
+
+
+class QmpBitmaps(ChangedBlockSource):
+    """A block node of a running qemu: checkpoints are its dirty bitmaps (not persistent: they live
+    as long as the qemu process), read through qemu's NBD server, which a round starts and stops."""
+
+    def __init__(self, qmp_socket: str, node: str, index: int, workdir: WorkDir) -> None:
+        self.qmp_socket = qmp_socket
+        self.node = node
+        self.index = index
+        self.workdir = workdir
+        self.what = f"disk {index} (node {node} of qemu at {qmp_socket})"
+
+    @contextmanager
+    def _qmp(self) -> Iterator[Qmp]:
+        q = Qmp(self.qmp_socket)
+        try:
+            yield q
+        except V2VError as err:
+            err.message = f"node {self.node} of the qemu at {self.qmp_socket}: {err.message}"
+            raise
+        finally:
+            q.close()
+
+    def _bitmap_action(self, kind: str, name: str, **extra: Any) -> dict[str, Any]:
+        return {"type": f"block-dirty-bitmap-{kind}", "data": {"node": self.node, "name": name, **extra}}
+
+    def size(self) -> int:
+        with self._qmp() as q:
+            return int(self._node(q)["image"]["virtual-size"])
+
+    @contextmanager
+    def _export(self, q: Qmp, bitmap: str = "") -> Iterator[str]:
+        sock = self.workdir.path / f"warm{self.index}.sock"
+        sock.unlink(missing_ok=True)
+        export = f"v2v-warm-{self.index}"
+        q.execute("nbd-server-start", addr={"type": "unix", "data": {"path": str(sock)}})
+        try:
+            q.execute("block-export-add", type="nbd", id=export, **{"node-name": self.node}, name=export,
+                      writable=False, bitmaps=[bitmap] if bitmap else [])
+            try:
+                yield f"nbd+unix:///{export}?socket={sock}"
+            finally:
+                q.execute("block-export-del", id=export)
+        finally:
+            q.execute("nbd-server-stop")
+            sock.unlink(missing_ok=True)
+
+    @contextmanager
+    def begin(self, checkpoint: str) -> Iterator[Changes]:
+        size = self.size()
+        with self._qmp() as q:
+            q.execute("block-dirty-bitmap-add", node=self.node, name=checkpoint)
+            try:
+                with self._export(q) as uri:
+                    yield Changes(uri, ExtentMap.full(size), checkpoint)
+            except BaseException:
+                q.execute("block-dirty-bitmap-remove", node=self.node, name=checkpoint)
+                raise
+
+    @contextmanager
+    def changes(self, since: str, checkpoint: str) -> Iterator[Changes]:
+        self.recover(since, checkpoint)
+        with self._qmp() as q:
+            # One transaction: not a write falls between the old bitmap's view and the new one's start.
+            q.execute("transaction", actions=[self._bitmap_action("add", checkpoint),
+                                              self._bitmap_action("disable", since)])
+            try:
+                with self._export(q, since) as uri:
+                    yield Changes(uri, dirty_ranges(uri, since), checkpoint)
+            except BaseException:
+                self._fold(q, since, checkpoint)  # on this connection: qemu's QMP socket takes one at a time
+                raise
+            q.execute("block-dirty-bitmap-remove", node=self.node, name=since)
+
+    def _node(self, q: Qmp) -> dict[str, Any]:
+        for node in q.execute("query-named-block-nodes", flat=True):
+            if node.get("node-name") == self.node:
+                return dict(node)
+        raise V2VError(f"{self.what}: qemu has no block node {self.node}", pb.ERROR_CODE_BAD_INPUT)
+
+    def checkpoints(self) -> list[str]:
+        with self._qmp() as q:
+            return [b["name"] for b in self._node(q).get("dirty-bitmaps", [])]
+
+    def fold(self, since: str, checkpoint: str) -> None:
+        with self._qmp() as q:
+            self._fold(q, since, checkpoint)
+
+    def _fold(self, q: Qmp, since: str, checkpoint: str) -> None:
+        q.execute("transaction", actions=[
+            {"type": "block-dirty-bitmap-merge", "data": {"node": self.node, "target": since, "bitmaps": [checkpoint]}},
+            self._bitmap_action("enable", since), self._bitmap_action("remove", checkpoint)])
+
+    def end(self, checkpoint: str) -> None:
+        with self._qmp() as q:
+            q.execute("block-dirty-bitmap-remove", node=self.node, name=checkpoint)
+
+    def running(self) -> bool:
+        with self._qmp() as q:
+            return bool(q.execute("query-status")["running"])
+
+    def stop(self) -> None:
+        with self._qmp() as q:
+            q.execute("stop")
+
+
+def open_source(source: warm_pb2.WarmSource, index: int, workdir: WorkDir) -> ChangedBlockSource:
+    """The changed-block source a WarmSource names."""
+    kind = source.WhichOneof("kind")
+    if kind == "qcow2":
+        return Qcow2Bitmaps(Path(source.qcow2), index, workdir)
+    if kind == "qmp":
+        return QmpBitmaps(source.qmp.socket, source.qmp.node, index, workdir)
+    raise V2VError(f"disk {index}: no source given", pb.ERROR_CODE_BAD_INPUT)
