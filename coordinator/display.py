@@ -1,5 +1,6 @@
 """What the CLI shows: a line per step with elapsed time and live bars per disk for people,
-or one JSON object per line for programs (--machine-readable)."""
+or one JSON object per line for programs (--machine-readable); for a fleet, a table of guests
+updated in place, or its events as JSON lines."""
 
 from __future__ import annotations
 
@@ -11,8 +12,12 @@ from typing import TextIO
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from rich.console import Console
+from rich.live import Live
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
+from rich.progress_bar import ProgressBar
+from rich.table import Table
 
+from v2v.coordinator.state import FINAL, state_name
 from v2v.units import human_size
 from v2v.v1 import coordinator_pb2
 from v2v.v1 import types_pb2 as pb
@@ -20,7 +25,6 @@ from v2v.v1 import types_pb2 as pb
 
 def to_dict(msg: Message) -> dict:
     return json_format.MessageToDict(msg, preserving_proto_field_name=True)
-
 
 
 class MachineDisplay:
@@ -139,3 +143,91 @@ def print_source(source: pb.Source, out: TextIO = sys.stdout) -> None:
         kind = pb.NetworkType.Name(n.network_type).removeprefix("NETWORK_TYPE_").lower()
         model = pb.NicModel.Name(n.model).removeprefix("NIC_MODEL_").lower()
         print(f"    {kind} \"{n.network}\" mac: {n.mac or '(none)'} [{model}]", file=out)
+
+
+class _Row:
+    """What the fleet table shows of one guest."""
+
+    def __init__(self, status: coordinator_pb2.GuestStatus) -> None:
+        self.status = status
+        self.done: dict[int, int] = {}
+        self.total: dict[int, int] = {}
+        self.rates: dict[int, float] = {}
+
+    def elapsed(self) -> float:
+        """Since it left the queue, until it ended (or now)."""
+        st = self.status
+        if not st.HasField("started"):
+            return 0.0
+        end = st.ended.ToNanoseconds() / 1e9 if st.HasField("ended") and st.state in FINAL else time.time()
+        return max(end - st.started.ToNanoseconds() / 1e9, 0.0)
+
+
+class FleetDisplay:
+    """A table of guests (state, step, copy bar, rate, elapsed) redrawn in place as events come."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console(highlight=False)
+        self.rows: dict[str, _Row] = {}
+        self.live = Live(self._table(), console=self.console, refresh_per_second=4, transient=False)
+
+    def __enter__(self) -> FleetDisplay:
+        self.live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.live.update(self._table())
+        self.live.stop()
+
+    def fleet_event(self, fe: coordinator_pb2.FleetEvent) -> None:
+        if fe.HasField("status"):
+            row = self.rows.get(fe.id)
+            if row is None:
+                row = self.rows[fe.id] = _Row(fe.status)
+            row.status = fe.status
+        elif fe.id in self.rows:
+            row = self.rows[fe.id]
+            ev = fe.event
+            if ev.HasField("progress"):
+                p = ev.progress
+                row.done[p.disk], row.total[p.disk] = p.bytes_done, p.bytes_total
+                row.rates[p.disk] = 0.0 if p.bytes_done >= p.bytes_total else p.rate
+            elif not ev.step.parent and ev.step.state == pb.STEP_STATE_STARTED:
+                row.status.step = ev.step.step
+        self.live.update(self._table())
+
+    def _table(self) -> Table:
+        t = Table(expand=False)
+        for col in ("guest", "state", "step", "copy", "", "rate", "elapsed", "worker"):
+            t.add_column(col, no_wrap=True)
+        for row in self.rows.values():
+            st = row.status
+            total, done = sum(row.total.values()), sum(row.done.values())
+            bar = ProgressBar(total=total or 1, completed=done if total else 0, width=20)
+            rate = sum(row.rates.values())
+            elapsed = row.elapsed()
+            state = state_name(st.state)
+            if st.state == coordinator_pb2.GUEST_STATE_FAILED:
+                state = f"[red]failed[/red] ({st.error.step or st.step})"
+            elif st.state == coordinator_pb2.GUEST_STATE_SUCCEEDED:
+                state = "[green]succeeded[/green]"
+            t.add_row(st.name, state, st.step, bar, f"{human_size(done)}/{human_size(total)}" if total else "",
+                      f"{human_size(int(rate))}/s" if rate else "", f"{elapsed:.0f} s", st.worker)
+        return t
+
+
+class FleetMachineDisplay:
+    """The fleet's events as JSON lines: {"id": ..., "event": {...}} or {"id": ..., "status": {...}}."""
+
+    def __init__(self, out: TextIO = sys.stdout) -> None:
+        self.out = out
+
+    def __enter__(self) -> FleetMachineDisplay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.out.flush()
+
+    def fleet_event(self, fe: coordinator_pb2.FleetEvent) -> None:
+        self.out.write(json.dumps(to_dict(fe), separators=(",", ":")) + "\n")
+        self.out.flush()

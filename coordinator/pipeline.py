@@ -1,15 +1,17 @@
 """One guest through the phases: open -> convert -> setup -> copy -> finalize -> close.
 
 Every phase is a gRPC call to its service; every step is timed and reported; whatever fails,
-the output is aborted, the source closed, and no process or socket is left."""
+the output is aborted, the source closed, and no process or socket is left. The one exception: a
+guest that fails after its conversion may keep its converted overlays (`keep_converted`), so a
+retry from "setup" does not convert again; `release()` closes them."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
@@ -24,6 +26,25 @@ from v2v.v1 import types_pb2 as pb
 from v2v.workdir import WorkDir
 
 EventSink = Callable[[pb.Event], None]
+RESUMABLE_STEPS = ("open", "setup")  # where a run may start: from scratch, or from a kept conversion
+
+
+class Gates(Protocol):
+    """What a phase must hold before it runs: the scheduler's limits (scheduler.TicketGates)."""
+
+    def converting(self) -> AbstractContextManager[None]: ...
+
+    def copying(self, disks: int) -> AbstractContextManager[int]: ...
+
+
+class NoGates:
+    """One guest alone (the plain CLI): nothing to wait for; every disk copied at once."""
+
+    def converting(self) -> AbstractContextManager[None]:
+        return nullcontext()
+
+    def copying(self, disks: int) -> AbstractContextManager[int]:
+        return nullcontext(0)
 
 
 def guest_name(job: coordinator_pb2.GuestJob) -> str:
@@ -37,8 +58,11 @@ class GuestRun:
     """Drives one guest. `run()` returns normally on success and raises V2VError on failure."""
 
     def __init__(self, job: coordinator_pb2.GuestJob, clients: PhaseClients, sink: EventSink,
-                 workdir_root: Path | None = None) -> None:
+                 workdir_root: Path | None = None, gates: Gates | None = None, keep_converted: bool = False) -> None:
         self.job = job
+        self.gates = gates or NoGates()
+        self.keep_converted = keep_converted
+        self.kept = False  # the input is still open after a failure: its overlays hold the conversion
         self.clients = clients
         self.name = guest_name(job)
         self.sink = sink
@@ -49,6 +73,7 @@ class GuestRun:
         self._calls: list[Any] = []  # in-flight streaming calls, cancelled by cancel()
         self._cancelled = threading.Event()
         self._workdir: WorkDir | None = None
+        self._opened = self._converted = False
 
     def _on_step(self, ev: pb.StepEvent) -> None:
         """Relays a phase's event; a finished phase also leaves its marker in the work directory."""
@@ -69,27 +94,26 @@ class GuestRun:
                     raise V2VError("cancelled", pb.ERROR_CODE_CANCELLED) from None
                 raise from_rpc_error(exc, step=step, guest=self.name) from None
 
-    def run(self) -> None:
-        wd = self._workdir = WorkDir.create(self.name, self.workdir_root)
-        opened = set_up = False
-        ok = False
+    @property
+    def workdir(self) -> WorkDir | None:
+        return self._workdir
+
+    def run(self, resume: WorkDir | None = None) -> None:
+        """From the start, or (`resume`: a work directory whose input is still open and whose
+        conversion is done) from setup, reusing that conversion."""
+        wd = self._workdir = resume or WorkDir.create(self.name, self.workdir_root)
+        self.kept = False
+        self._opened = self._converted = resume is not None
+        set_up = ok = False
         try:
-            with self.phase("open"):
-                opened = True
-                resp = self.clients.input.Open(input_pb2.OpenRequest(workdir=str(wd.path), guest=self.name,
-                                                                      input=self.job.input))
-                self.source = resp.source
-                size = sum(d.virtual_size for d in resp.source.disks)
-                self.report.note(f"{resp.source.name}: {len(resp.source.disks)} disk(s), {human_size(size)} "
-                                 f"({', '.join(d.format for d in resp.source.disks)})", step="open")
-            if self.job.print_source:
-                ok = True
-                return
-            with self.phase("check"):
-                self.clients.output.Check(output_pb2.CheckRequest(guest=self.name, output=self.job.output,
-                                                                  source=self.source))
-            with self.phase("convert"):
-                result = self._convert(wd)
+            if resume is None:
+                result = self._open_and_convert(wd)
+                if result is None:
+                    ok = True
+                    return
+            else:
+                self.source = wd.read(WorkDir.SOURCE, pb.Source())
+                result = convert_pb2.ConvertResult(target=wd.read(WorkDir.TARGET, pb.TargetMeta()))
             with self.phase("setup"):
                 set_up = True
                 setup = self.clients.output.Setup(output_pb2.SetupRequest(
@@ -97,8 +121,8 @@ class GuestRun:
             target = result.target
             del target.disks[:]
             target.disks.extend(setup.disks)
-            with self.phase("copy"):
-                self._copy(wd, setup)
+            with self.gates.copying(len(setup.disks)) as streams, self.phase("copy"):
+                self._copy(wd, setup, streams)
             with self.phase("finalize"):
                 fin = self.clients.output.Finalize(output_pb2.FinalizeRequest(
                     workdir=str(wd.path), guest=self.name, output=self.job.output, target=target))
@@ -106,7 +130,28 @@ class GuestRun:
                 set_up = False
             ok = True
         finally:
-            self._cleanup(wd, opened, set_up, ok)
+            self.kept = self._converted and not ok and self.keep_converted and not self._cancelled.is_set()
+            self._cleanup(wd, self._opened and not self.kept, set_up, ok)
+
+    def _open_and_convert(self, wd: WorkDir) -> convert_pb2.ConvertResult | None:
+        """open, check, convert; None when only the source was asked for (--print-source)."""
+        with self.phase("open"):
+            self._opened = True
+            resp = self.clients.input.Open(input_pb2.OpenRequest(workdir=str(wd.path), guest=self.name,
+                                                                  input=self.job.input))
+            self.source = resp.source
+            size = sum(d.virtual_size for d in resp.source.disks)
+            self.report.note(f"{resp.source.name}: {len(resp.source.disks)} disk(s), {human_size(size)} "
+                             f"({', '.join(d.format for d in resp.source.disks)})", step="open")
+        if self.job.print_source:
+            return None
+        with self.phase("check"):
+            self.clients.output.Check(output_pb2.CheckRequest(guest=self.name, output=self.job.output,
+                                                              source=self.source))
+        with self.gates.converting(), self.phase("convert"):
+            result = self._convert(wd)
+        self._converted = True
+        return result
 
     def _convert(self, wd: WorkDir) -> convert_pb2.ConvertResult:
         call = self.clients.convert.Convert(convert_pb2.ConvertRequest(
@@ -123,12 +168,15 @@ class GuestRun:
             raise V2VError("the convert service ended without a result", pb.ERROR_CODE_INTERNAL)
         return result
 
-    def _copy(self, wd: WorkDir, setup: output_pb2.SetupResponse) -> None:
+    def _copy(self, wd: WorkDir, setup: output_pb2.SetupResponse, streams: int) -> None:
+        """streams: disks copied at once as the scheduler granted (0 = as the job says)."""
         assert self.source is not None
         opts = copier_pb2.CopyOptions()
         opts.CopyFrom(self.job.copy)
         opts.target_is_zero = setup.target_is_zero
         opts.flush = True
+        if streams:
+            opts.parallel = min(opts.parallel or streams, streams)
         disks = [copier_pb2.DiskCopy(disk=d.index, source=str(wd.in_sock(d.index)), target=setup.sockets[d.index],
                                      size=d.virtual_size) for d in self.source.disks]
         call = self.clients.copier.Copy(copier_pb2.CopyRequest(workdir=str(wd.path), guest=self.name,
@@ -160,8 +208,17 @@ class GuestRun:
             self._quietly("close", lambda: self.clients.input.Close(input_pb2.CloseRequest(workdir=str(wd.path))))
         if ok:
             wd.remove()
+        elif self.kept:
+            self.report.note(f"the conversion is kept in {wd.path} for a retry from setup", step="close")
         else:
             self.report.note(f"logs of the failed run kept in {wd.path / 'logs'}", step="close")
+
+    def release(self) -> None:
+        """Closes the input a failed run kept open (its converted overlays go with it)."""
+        if self.kept and self._workdir is not None:
+            self.kept = False
+            self._quietly("close", lambda: self.clients.input.Close(input_pb2.CloseRequest(
+                workdir=str(self._workdir.path))))
 
     def _quietly(self, what: str, fn: Callable[[], object]) -> None:
         try:

@@ -1,140 +1,426 @@
-"""The Coordinator gRPC service: accepts guests, runs each in its own thread, keeps their events."""
+"""The Coordinator gRPC service: takes guests (one, or a plan's many), runs each under the
+scheduler's limits on the worker it places it on, keeps every event for Watch/Follow, and every
+step in the state database, so a restarted coordinator picks up where the last one stopped."""
 
 from __future__ import annotations
 
 import secrets
+import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
+from google.protobuf import timestamp_pb2
 
 from v2v.coordinator.clients import PhaseClients
-from v2v.coordinator.pipeline import GuestRun
-from v2v.errors import V2VError
-from v2v.events import now
+from v2v.coordinator.metrics import FleetMetrics
+from v2v.coordinator.pipeline import RESUMABLE_STEPS, GuestRun, guest_name
+from v2v.coordinator.scheduler import Scheduler, Ticket, TicketGates, source_host
+from v2v.coordinator.state import FINAL, GuestRecord, State
+from v2v.coordinator.steplogs import StepLogs
+from v2v.errors import V2VError, from_rpc_error
+from v2v.events import step_event
 from v2v.grpcserver import rpc
-from v2v.v1 import coordinator_pb2, coordinator_pb2_grpc
+from v2v.v1 import coordinator_pb2, coordinator_pb2_grpc, input_pb2, output_pb2
 from v2v.v1 import types_pb2 as pb
+from v2v.workdir import WorkDir
 
-_FINAL = (coordinator_pb2.GUEST_STATE_SUCCEEDED, coordinator_pb2.GUEST_STATE_FAILED,
-          coordinator_pb2.GUEST_STATE_CANCELLED)
+GS = coordinator_pb2
+_STEP_STATES = {pb.STEP_STATE_SUCCEEDED: "succeeded", pb.STEP_STATE_FAILED: "failed"}
+_BYTES_SAVE_INTERVAL = 2.0  # seconds between saves of a copy's byte count: progress comes many times a second
+
+
+def _timestamp(seconds: float | None) -> timestamp_pb2.Timestamp | None:
+    if seconds is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def _served(sock: Path) -> bool:
+    """Whether an NBD server still answers on the socket (the overlay behind it is alive)."""
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(2)
+            s.connect(str(sock))
+        return True
+    except OSError:
+        return False
 
 
 class Guest:
-    """A submitted guest: its run, its status, and every event it produced (for Watch)."""
+    """A guest the coordinator knows: its record (as stored), its current run, its copy progress."""
 
-    def __init__(self, gid: str, job: coordinator_pb2.GuestJob, clients: PhaseClients,
-                 workdir_root: Path | None) -> None:
-        self.events: list[pb.Event] = []
-        self.changed = threading.Condition()
-        self.run = GuestRun(job, clients, self._record, workdir_root)
-        self.status = coordinator_pb2.GuestStatus(id=gid, name=self.run.name,
-                                                  state=coordinator_pb2.GUEST_STATE_QUEUED, submitted=now())
+    def __init__(self, rec: GuestRecord, ticket: Ticket) -> None:
+        self.rec = rec
+        self.ticket = ticket
+        self.run: GuestRun | None = None
+        self.logs: StepLogs | None = None
+        self.disk_bytes: dict[int, int] = {}
+        self.disk_rates: dict[int, float] = {}
+        self.bytes_saved_at = 0.0
+        self.thread: threading.Thread | None = None
 
-    def _record(self, event: pb.Event) -> None:
-        with self.changed:
-            if event.HasField("step") and not event.step.parent:
-                self.status.step = event.step.step
-            self.events.append(event)
-            self.changed.notify_all()
-
-    def execute(self) -> None:
-        self._set_state(coordinator_pb2.GUEST_STATE_RUNNING)
-        try:
-            self.run.run()
-        except V2VError as err:
-            self.status.error.CopyFrom(err.to_proto())
-            cancelled = err.code == pb.ERROR_CODE_CANCELLED
-            self._set_state(coordinator_pb2.GUEST_STATE_CANCELLED if cancelled else coordinator_pb2.GUEST_STATE_FAILED)
-            return
-        except Exception as exc:  # a bug must still end the guest, not hang its watchers
-            self.status.error.CopyFrom(V2VError(f"internal error: {exc!r}", guest=self.run.name).to_proto())
-            self._set_state(coordinator_pb2.GUEST_STATE_FAILED)
-            raise
-        if self.run.source is not None:
-            self.status.source.CopyFrom(self.run.source)
-        self.status.files.extend(self.run.files)
-        self._set_state(coordinator_pb2.GUEST_STATE_SUCCEEDED)
-
-    def _set_state(self, state: int) -> None:
-        with self.changed:
-            if self.run.source is not None:
-                self.status.source.CopyFrom(self.run.source)
-            self.status.state = state
-            self.changed.notify_all()
-
-    def finished(self) -> bool:
-        return self.status.state in _FINAL
-
-    def watch(self, context: grpc.ServicerContext) -> Iterator[pb.Event]:
-        sent = 0
-        while True:
-            with self.changed:
-                while sent == len(self.events) and not self.finished() and context.is_active():
-                    self.changed.wait(timeout=1.0)
-                batch = self.events[sent:]
-                done = self.finished()
-            yield from batch
-            sent += len(batch)
-            if (done and sent == len(self.events)) or not context.is_active():
-                return
+    def status(self) -> coordinator_pb2.GuestStatus:
+        r = self.rec
+        st = GS.GuestStatus(id=r.id, name=r.name, state=r.state, step=r.step, files=r.files, worker=r.worker,
+                            bytes_copied=r.bytes_copied, priority=r.job.priority, attempt=r.attempt,
+                            target_interrupted=r.target_interrupted, submitted=_timestamp(r.submitted),
+                            started=_timestamp(r.started), ended=_timestamp(r.ended))
+        if r.state == GS.GUEST_STATE_RUNNING and r.step == "copy":
+            st.copy_rate = sum(self.disk_rates.values())
+        if r.error is not None:
+            st.error.CopyFrom(r.error)
+        if r.source is not None:
+            st.source.CopyFrom(r.source)
+        return st
 
 
 class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
-    def __init__(self, clients: PhaseClients, workdir_root: Path | None = None) -> None:
-        self.clients = clients
-        self.workdir_root = workdir_root
+    def __init__(self, scheduler: Scheduler, state: State, metrics: FleetMetrics | None = None,
+                 keep_converted: bool = False, after_shutdown: Callable[[], None] | None = None) -> None:
+        self.scheduler = scheduler
+        self.keep_converted = keep_converted
+        self.after_shutdown = after_shutdown
+        self.state = state
+        self.metrics = metrics
+        self.logs_root = state.path.parent / "logs"
+        self.clients = {name: PhaseClients(w.addresses) for name, w in scheduler.workers.items()}
         self.guests: dict[str, Guest] = {}
-        self._lock = threading.Lock()
+        self._log: list[GS.FleetEvent] = []  # every guest's events, in order: Watch and Follow replay it
+        self._changed = threading.Condition()
+        self._stopping = False
+        self._recover()
+
+    # -- the event log ------------------------------------------------------------------------
+
+    def _publish(self, fe: coordinator_pb2.FleetEvent) -> None:
+        with self._changed:
+            self._log.append(fe)
+            self._changed.notify_all()
+
+    def _set(self, guest: Guest, **values: object) -> None:
+        """Changes a guest's record, stores it, and tells the followers when its state changed."""
+        for key, value in values.items():
+            setattr(guest.rec, key, value)
+        self.state.update(guest.rec.id, **values)
+        if "state" in values:
+            self._publish(GS.FleetEvent(id=guest.rec.id, status=guest.status()))
+            if self.metrics:
+                self.metrics.states([g.rec.state for g in list(self.guests.values())])
+                if values["state"] == GS.GUEST_STATE_FAILED and guest.rec.error is not None:
+                    self.metrics.failed(guest.rec.error)
+
+    def _sink(self, guest: Guest, ev: pb.Event) -> None:
+        """Every event of a guest's run: kept for Watch, stored in its steps and logs, counted."""
+        if ev.HasField("step"):
+            self._on_step(guest, ev.step)
+        else:
+            self._on_progress(guest, ev.progress)
+        self._publish(GS.FleetEvent(id=guest.rec.id, event=ev))
+
+    def _on_step(self, guest: Guest, s: pb.StepEvent) -> None:
+        rec, at = guest.rec, s.timestamp.ToNanoseconds() / 1e9
+        disk = s.disk if s.HasField("disk") else None
+        if guest.logs is not None:
+            if guest.logs.workdir_logs is None and guest.run is not None and guest.run.workdir is not None:
+                guest.logs.workdir_logs = guest.run.workdir.path / "logs"
+                self._set(guest, workdir=str(guest.run.workdir.path))
+            guest.logs.event(s)
+        if s.state == pb.STEP_STATE_STARTED:
+            self.state.step_started(rec.id, rec.attempt, s.step, s.parent, disk, at)
+            if not s.parent:
+                self._set(guest, step=s.step, **({"target_open": True} if s.step == "setup" else {}))
+        elif s.state in _STEP_STATES:
+            seconds = s.duration.ToTimedelta().total_seconds()
+            self.state.step_ended(rec.id, rec.attempt, s.step, s.parent, disk, _STEP_STATES[s.state], at, seconds,
+                                  s.error.message if s.HasField("error") else "")
+            if not s.parent and disk is None:
+                if self.metrics:
+                    self.metrics.step_ended(s.step, seconds, s.state == pb.STEP_STATE_FAILED)
+                if s.step == "finalize" and s.state == pb.STEP_STATE_SUCCEEDED:
+                    self._set(guest, target_open=False)
+                if s.step == "open" and guest.run is not None and guest.run.source is not None:
+                    self._set(guest, source=guest.run.source)
+
+    def _on_progress(self, guest: Guest, p: pb.Progress) -> None:
+        gained = p.bytes_done - guest.disk_bytes.get(p.disk, 0)
+        guest.disk_bytes[p.disk] = p.bytes_done
+        guest.disk_rates[p.disk] = 0.0 if p.bytes_done >= p.bytes_total else p.rate
+        guest.rec.bytes_copied = sum(guest.disk_bytes.values())
+        if self.metrics:
+            self.metrics.copied(gained)
+            self.metrics.rate(sum(sum(g.disk_rates.values()) for g in list(self.guests.values())
+                                  if g.rec.step == "copy" and g.rec.state == GS.GUEST_STATE_RUNNING))
+        now = time.monotonic()
+        if now - guest.bytes_saved_at >= _BYTES_SAVE_INTERVAL or p.bytes_done >= p.bytes_total:
+            guest.bytes_saved_at = now
+            self.state.update(guest.rec.id, bytes_copied=guest.rec.bytes_copied)
+
+    # -- running guests -----------------------------------------------------------------------
+
+    def _add(self, rec: GuestRecord) -> Guest:
+        ticket = self.scheduler.ticket(rec.name, rec.job.priority, source_host(rec.job.input), order=rec.seq)
+        if rec.worker in self.scheduler.workers:
+            ticket.worker = self.scheduler.workers[rec.worker]
+        guest = Guest(rec, ticket)
+        self.guests[rec.id] = guest
+        return guest
+
+    def _start(self, guest: Guest, resume: WorkDir | None = None) -> None:
+        guest.thread = threading.Thread(target=self._execute, args=(guest, resume), name=f"guest-{guest.rec.name}",
+                                        daemon=True)
+        guest.thread.start()
+
+    def _execute(self, guest: Guest, resume: WorkDir | None) -> None:
+        rec = guest.rec
+        try:
+            with self.scheduler.admitted(guest.ticket) as worker:
+                guest.logs = StepLogs(self.logs_root, rec.id, rec.attempt)
+                guest.disk_bytes.clear()
+                guest.disk_rates.clear()
+                run = GuestRun(rec.job, self.clients[worker.name], lambda ev: self._sink(guest, ev),
+                               worker.workdir_root, TicketGates(self.scheduler, guest.ticket),
+                               keep_converted=self.keep_converted)
+                guest.run = run
+                self._set(guest, state=GS.GUEST_STATE_RUNNING, worker=worker.name, started=time.time(),
+                          error=None)
+                if resume is not None:
+                    guest.logs.workdir_logs = resume.path / "logs"
+                try:
+                    run.run(resume)
+                finally:
+                    self._set(guest, target_open=False,  # finalized, or aborted by the run's cleanup
+                              workdir=str(run.workdir.path) if run.kept and run.workdir else "")
+            self._set(guest, state=GS.GUEST_STATE_SUCCEEDED, files=run.files, ended=time.time())
+        except V2VError as err:
+            cancelled = err.code == pb.ERROR_CODE_CANCELLED
+            self._end(guest, err, GS.GUEST_STATE_CANCELLED if cancelled else GS.GUEST_STATE_FAILED)
+        except Exception as exc:  # a bug must still end the guest, not hang its watchers
+            self._end(guest, V2VError(f"internal error: {exc!r}", guest=rec.name), GS.GUEST_STATE_FAILED)
+            raise
+
+    def _end(self, guest: Guest, err: V2VError, state: int) -> None:
+        if self._stopping and state == GS.GUEST_STATE_CANCELLED:
+            # Stopped by the coordinator's own shutdown, not by a user: the next coordinator runs it again.
+            self._set(guest, state=GS.GUEST_STATE_QUEUED, step="")
+            return
+        err.fill(guest=guest.rec.name)
+        guest.rec.error = err.to_proto()
+        self._set(guest, error=guest.rec.error, state=state, ended=time.time())
+
+    # -- restart ------------------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        """Takes up the guests of the state database: finished ones stay as they are; the others go
+        back in the queue, each from its last completed step where that step's work survived."""
+        for rec in self.state.guests():
+            guest = self._add(rec)
+            if rec.finished:
+                continue
+            resume = self._salvage(guest) if rec.state == GS.GUEST_STATE_RUNNING else None
+            if guest.rec.state in FINAL:
+                continue
+            self._set(guest, attempt=rec.attempt + 1, state=GS.GUEST_STATE_QUEUED)
+            self._start(guest, resume)
+
+    def _salvage(self, guest: Guest) -> WorkDir | None:
+        """What is left of a run the last coordinator did not finish: its work directory to resume
+        from setup (its conversion's overlays still served), or None to run again from open. A target
+        that was being written is aborted first, and marked."""
+        rec = guest.rec
+        done = self.state.completed_steps(rec.id, rec.attempt)
+        if "finalize" in done:
+            self._set(guest, state=GS.GUEST_STATE_SUCCEEDED, ended=time.time(), target_open=False)
+            return None
+        clients = self.clients.get(rec.worker) or next(iter(self.clients.values()))
+        wd = WorkDir(rec.workdir) if rec.workdir else None
+        if rec.target_open and wd is not None:
+            self._abort_target(guest, clients, wd)
+        if wd is not None and "convert" in done and wd.path.is_dir() and \
+                (wd.path / WorkDir.TARGET).exists() and _served(wd.in_sock(0)):
+            self._note(guest, f"resuming from setup: the conversion in {wd.path} survived")
+            return wd
+        if wd is not None:
+            try:
+                clients.input.Close(input_pb2.CloseRequest(workdir=str(wd.path)))
+            except grpc.RpcError:
+                pass  # that input service is gone, and its overlays with it
+            wd.remove()
+        guest.ticket.worker = None  # nothing binds it to its old worker now
+        return None
+
+    def _abort_target(self, guest: Guest, clients: PhaseClients, wd: WorkDir) -> None:
+        """The output's Abort removes the half-written target if its service still knows it; if it
+        restarted too, the next attempt replaces the files (the state proves they are this guest's)."""
+        rec = guest.rec
+        try:
+            clients.output.Abort(output_pb2.AbortRequest(workdir=str(wd.path)))
+        except grpc.RpcError as exc:
+            self._note(guest, f"abort of the interrupted target: {from_rpc_error(exc, step='abort').message}",
+                       pb.SEVERITY_WARNING)
+        target = pb.TargetMeta()
+        try:
+            wd.read(WorkDir.TARGET, target)
+        except V2VError:
+            pass
+        left = [d.path for d in target.disks if d.path and Path(d.path).exists()]
+        if left:
+            guest.rec.job.output.overwrite = True
+            self.state.update(rec.id, job=guest.rec.job)
+        self._note(guest, "the coordinator stopped while this guest's target was being written: "
+                          + (f"replacing {', '.join(left)}" if left else "it was removed"), pb.SEVERITY_WARNING)
+        self._set(guest, target_open=False, target_interrupted=True)
+
+    def _note(self, guest: Guest, message: str, severity: int = pb.SEVERITY_INFO) -> None:
+        self._publish(GS.FleetEvent(id=guest.rec.id, event=pb.Event(step=step_event(
+            guest.rec.name, "resume", pb.STEP_STATE_NOTE, message=message, severity=severity))))
+
+    # -- RPCs ---------------------------------------------------------------------------------
 
     def _get(self, gid: str) -> Guest:
-        with self._lock:
-            guest = self.guests.get(gid)
+        guest = self.guests.get(gid)
         if guest is None:
             raise V2VError(f"no guest with id {gid!r}", pb.ERROR_CODE_BAD_INPUT)
         return guest
 
+    def submit(self, jobs: list[coordinator_pb2.GuestJob]) -> list[str]:
+        """Queues the jobs in order; the scheduler runs them as limits allow."""
+        if self._stopping:
+            raise V2VError("the coordinator is stopping", pb.ERROR_CODE_CANCELLED)
+        ids = []
+        for job in jobs:
+            rec = GuestRecord(id=secrets.token_hex(6), seq=self.state.next_seq(), name=guest_name(job), job=job,
+                              state=GS.GUEST_STATE_QUEUED, submitted=time.time(), attempt=1)
+            self.state.add(rec)
+            guest = self._add(rec)
+            self._publish(GS.FleetEvent(id=rec.id, status=guest.status()))
+            ids.append(rec.id)
+        if self.metrics:
+            self.metrics.states([g.rec.state for g in list(self.guests.values())])
+        for gid in ids:
+            self._start(self.guests[gid])
+        return ids
+
     @rpc
     def Submit(self, request: coordinator_pb2.SubmitRequest,
                context: grpc.ServicerContext) -> coordinator_pb2.SubmitResponse:
-        gid = secrets.token_hex(6)
-        guest = Guest(gid, request.job, self.clients, self.workdir_root)
-        with self._lock:
-            self.guests[gid] = guest
-        threading.Thread(target=guest.execute, name=f"guest-{guest.run.name}", daemon=True).start()
-        return coordinator_pb2.SubmitResponse(id=gid)
+        jobs = ([request.job] if request.HasField("job") else []) + list(request.jobs)
+        if not jobs:
+            raise V2VError("nothing to submit: give a job or jobs", pb.ERROR_CODE_BAD_INPUT)
+        ids = self.submit(jobs)
+        return GS.SubmitResponse(id=ids[0], ids=ids)
+
+    def follow(self, gid: str, context: grpc.ServicerContext) -> Iterator[coordinator_pb2.FleetEvent]:
+        """The log of one guest (or all: gid ""), past then live, until it (every guest) has ended."""
+        if gid:
+            self._get(gid)
+        sent = 0
+        while True:
+            with self._changed:
+                while sent == len(self._log) and not self._ended(gid) and context.is_active():
+                    self._changed.wait(timeout=1.0)
+                batch = self._log[sent:]
+                done = self._ended(gid)
+            sent += len(batch)
+            yield from (fe for fe in batch if not gid or fe.id == gid)
+            if (done and sent == len(self._log)) or not context.is_active():
+                return
+
+    def _ended(self, gid: str) -> bool:
+        guests = [self.guests[gid]] if gid else list(self.guests.values())
+        return all(g.rec.finished and (g.thread is None or not g.thread.is_alive()) for g in guests)
+
+    def Follow(self, request: coordinator_pb2.GuestRef,
+               context: grpc.ServicerContext) -> Iterator[coordinator_pb2.FleetEvent]:
+        try:
+            yield from self.follow(request.id, context)
+        except V2VError as err:
+            context.abort(grpc.StatusCode.NOT_FOUND, err.message)
 
     def Watch(self, request: coordinator_pb2.GuestRef, context: grpc.ServicerContext) -> Iterator[pb.Event]:
         try:
-            guest = self._get(request.id)
+            yield from (fe.event for fe in self.follow(request.id, context) if fe.HasField("event"))
         except V2VError as err:
             context.abort(grpc.StatusCode.NOT_FOUND, err.message)
-        yield from guest.watch(context)
 
     @rpc
     def Status(self, request: coordinator_pb2.GuestRef, context: grpc.ServicerContext) -> coordinator_pb2.GuestStatus:
-        return self._get(request.id).status
+        return self._get(request.id).status()
 
     @rpc
     def List(self, request: coordinator_pb2.ListRequest, context: grpc.ServicerContext) -> coordinator_pb2.ListResponse:
-        with self._lock:
-            guests = list(self.guests.values())
-        return coordinator_pb2.ListResponse(guests=[g.status for g in guests])
+        return GS.ListResponse(guests=[g.status() for g in list(self.guests.values())])
+
+    def cancel(self, gid: str) -> coordinator_pb2.GuestStatus:
+        guest = self._get(gid)
+        if not guest.rec.finished:
+            guest.ticket.cancelled.set()
+            self.scheduler.wake()
+            if guest.run is not None:
+                guest.run.cancel()
+        elif guest.run is not None and guest.run.kept:
+            guest.run.release()
+            self._set(guest, workdir="")
+        return guest.status()
 
     @rpc
     def Cancel(self, request: coordinator_pb2.GuestRef, context: grpc.ServicerContext) -> coordinator_pb2.GuestStatus:
-        guest = self._get(request.id)
-        if not guest.finished():
-            guest.run.cancel()
-        return guest.status
+        return self.cancel(request.id)
+
+    def retry(self, gid: str, from_step: str = "") -> coordinator_pb2.GuestStatus:
+        guest = self._get(gid)
+        rec = guest.rec
+        if rec.state not in (GS.GUEST_STATE_FAILED, GS.GUEST_STATE_CANCELLED) or \
+                (guest.thread is not None and guest.thread.is_alive()):
+            raise V2VError(f"guest {rec.name} is {GS.GuestState.Name(rec.state)}: only a failed or cancelled "
+                           "guest can be retried", pb.ERROR_CODE_BAD_INPUT, guest=rec.name)
+        from_step = from_step or "open"
+        if from_step not in RESUMABLE_STEPS:
+            raise V2VError(f"retry from {from_step!r}: a guest can be retried from {' or '.join(RESUMABLE_STEPS)}",
+                           pb.ERROR_CODE_BAD_INPUT, guest=rec.name)
+        resume = None
+        if from_step == "setup":
+            run = guest.run
+            if run is None or not run.kept or run.workdir is None:
+                raise V2VError(f"guest {rec.name} has no kept conversion to retry from setup: retry from open",
+                               pb.ERROR_CODE_BAD_INPUT, guest=rec.name)
+            resume = run.workdir
+        elif guest.run is not None:
+            guest.run.release()
+        guest.ticket = self.scheduler.ticket(rec.name, rec.job.priority, source_host(rec.job.input), order=rec.seq)
+        if resume is not None:
+            guest.ticket.worker = self.scheduler.workers.get(rec.worker)
+        self._set(guest, attempt=rec.attempt + 1, state=GS.GUEST_STATE_QUEUED, ended=None, error=None)
+        self._start(guest, resume)
+        return guest.status()
+
+    @rpc
+    def Retry(self, request: coordinator_pb2.RetryRequest,
+              context: grpc.ServicerContext) -> coordinator_pb2.GuestStatus:
+        return self.retry(request.id, request.from_step)
 
     def shutdown(self) -> None:
-        """Cancels every running guest and waits for their cleanup (processes stopped, targets removed)."""
-        with self._lock:
-            running = [g for g in self.guests.values() if not g.finished()]
-        for g in running:
-            g.run.cancel()
-        for g in running:
-            with g.changed:
-                g.changed.wait_for(g.finished, timeout=60)
+        """Cancels every running guest and waits for their cleanup (processes stopped, targets
+        removed); closes the conversions failed guests kept."""
+        self._stopping = True
+        guests = list(self.guests.values())
+        for g in guests:
+            if not g.rec.finished:
+                g.ticket.cancelled.set()
+                if g.run is not None:
+                    g.run.cancel()
+        self.scheduler.wake()
+        for g in guests:
+            if g.thread is not None:
+                g.thread.join(timeout=60)
+            if g.run is not None:
+                g.run.release()
+        for clients in self.clients.values():
+            clients.close()
+        self.state.close()
+        if self.after_shutdown:
+            self.after_shutdown()
