@@ -2,6 +2,7 @@
 
     v2v -i disk guest.img -o local -os out/          convert (embedded services unless configured)
     v2v serve input --listen unix:/run/v2v/in.sock   run one service
+    v2v certs DIR                                    make mutual TLS certificates (--tls-dir DIR)
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from v2v.coordinator.outputs import BUILDERS, DIRECTORY_OUTPUTS, output_spec
 from v2v.errors import V2VError, from_rpc_error
 from v2v.grpcserver import channel, wait_ready
 from v2v.networks import parse_mac, parse_network
+from v2v.tls import add_tls_argument, use_tls_dir
 from v2v.v1 import (
     convert_pb2,
     coordinator_pb2,
@@ -43,7 +45,8 @@ def conversion_parser() -> argparse.ArgumentParser:
         prog="v2v", description="Convert a guest from a foreign hypervisor to run on KVM.",
         epilog="Also: v2v open ... --run 'PROG @@' (the input alone), v2v inspect ... (input + inspection), "
                "v2v --in-place ... (convert the disks where they are), "
-               "v2v serve {input,convert,output,copier,coordinator} --listen ADDR (one service)",
+               "v2v serve {input,convert,output,copier,coordinator} --listen ADDR (one service), "
+               "v2v certs DIR (a CA and mutual TLS certificates)",
     )
     p.add_argument("-i", dest="input", choices=sorted(INPUT_BUILDERS), default="disk",
                    help="input type (default: disk)")
@@ -78,6 +81,8 @@ def conversion_parser() -> argparse.ArgumentParser:
     p.add_argument("-on", dest="output_name", default="", metavar="NAME", help="rename the guest on the target")
     p.add_argument("--root", default="ask", metavar="ask|single|first|/dev/X",
                    help="which OS to convert when the disks hold several (ask = single: fail and list them)")
+    p.add_argument("--block-driver", choices=sorted(BLOCK_DRIVERS), default="virtio-blk",
+                   help="the converted guest's disk bus when its kernel has virtio (virtio-scsi keeps sdX names)")
     p.add_argument("--print-source", action="store_true", help="print the parsed source and exit")
     p.add_argument("--machine-readable", action="store_true", help="one JSON object per event on stdout")
     p.add_argument("--parallel", type=int, default=0, metavar="N", help="disks copied at once (default: all)")
@@ -88,6 +93,7 @@ def conversion_parser() -> argparse.ArgumentParser:
     p.add_argument("--coordinator", default=os.environ.get("V2V_COORDINATOR", ""), metavar="ADDR",
                    help="use this coordinator (unix:PATH or HOST:PORT; $V2V_COORDINATOR) "
                         "instead of starting the services in this process")
+    add_tls_argument(p, "client")
     p.add_argument("-v", "--verbose", action="store_true", help="verbose: libguestfs messages in the logs")
     p.add_argument("-x", dest="trace", action="store_true", help="trace libguestfs calls in the logs")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
@@ -107,13 +113,18 @@ def root_choice(text: str) -> convert_pb2.RootChoice:
     raise V2VError(f"--root {text}: expected ask, single, first or /dev/DEVICE", pb.ERROR_CODE_BAD_INPUT)
 
 
+# --block-driver: virt-v2v's names.
+BLOCK_DRIVERS = {"virtio-blk": pb.BLOCK_BUS_VIRTIO_BLK, "virtio-scsi": pb.BLOCK_BUS_VIRTIO_SCSI}
+
+
 def build_job(a: argparse.Namespace) -> coordinator_pb2.GuestJob:
     """The command line as the typed job the coordinator takes: nothing is re-parsed later."""
     job = coordinator_pb2.GuestJob(print_source=a.print_source)
     job.input.CopyFrom(input_spec(InputArgs(a.input, a.files, a.input_format, a.input_uri, a.input_transport,
                                             a.input_password, Options("-io", "", a.input_options))))
     job.convert.CopyFrom(convert_pb2.ConvertOptions(accelerator=ACCELERATORS[a.accel], root=root_choice(a.root),
-                                                    verbose=a.verbose, trace=a.trace))
+                                                    verbose=a.verbose, trace=a.trace,
+                                                    block_driver=BLOCK_DRIVERS[a.block_driver]))
     if not a.print_source:
         storage = a.output_storage
         if storage and a.output in DIRECTORY_OUTPUTS:
@@ -162,6 +173,7 @@ def convert_main(argv: Sequence[str]) -> int:
     err_console = Console(stderr=True, highlight=False, soft_wrap=True)
     signal.signal(signal.SIGTERM, _terminate)
     try:
+        use_tls_dir(a.tls_dir, "client")
         job = build_job(a)
         if a.coordinator:
             status = run_job(a.coordinator, job, display)
@@ -185,28 +197,37 @@ def convert_main(argv: Sequence[str]) -> int:
 
 
 def serve_main(argv: Sequence[str]) -> int:
-    from v2v.coordinator.clients import SERVICES, ServiceAddresses
+    from v2v.coordinator.clients import SERVICES
     from v2v.coordinator.servers import RunningService, coordinator_servicer, phase_servicer
 
     p = argparse.ArgumentParser(prog="v2v serve", description="Run one v2v service until SIGTERM/SIGINT.")
-    p.add_argument("service", choices=(*SERVICES, "coordinator"))
-    p.add_argument("--listen", required=True, metavar="ADDR", help="unix:PATH or HOST:PORT")
+    p.add_argument("service", choices=(*SERVICES, "coordinator", "warm"))
+    p.add_argument("--listen", required=True, action="append", metavar="ADDR",
+                   help="unix:PATH or HOST:PORT (mutual TLS with --tls-dir); repeat to listen on several")
+    add_tls_argument(p, "server")
     for s in SERVICES:
         p.add_argument(f"--{s}", metavar="ADDR", help=f"coordinator only: the {s} service (default $V2V_{s.upper()})")
     p.add_argument("--workdir-root", type=Path, default=None,
                    help="coordinator only: where work directories go (default $V2V_WORKDIR_ROOT or /var/tmp/v2v); "
                         "must be the same path for every service")
+    from v2v.coordinator.fleet_cmd import add_coordinator_arguments, coordinator_config
+
+    add_coordinator_arguments(p)
     a = p.parse_args(argv)
+    try:
+        use_tls_dir(a.tls_dir, "server")
+    except V2VError as err:
+        p.error(err.message)
     if a.service == "coordinator":
         try:
-            addresses = ServiceAddresses.from_env(**{s: getattr(a, s) for s in SERVICES})
+            config = coordinator_config(a)
         except ValueError as exc:
             p.error(str(exc))
-        spec = coordinator_servicer(addresses, a.workdir_root)
+        spec = coordinator_servicer(config)
     else:
         spec = phase_servicer(a.service)
     svc = RunningService(a.listen, spec)
-    print(f"v2v {a.service} service listening on {a.listen}", file=sys.stderr, flush=True)
+    print(f"v2v {a.service} service listening on {', '.join(a.listen)}", file=sys.stderr, flush=True)
     signal.signal(signal.SIGTERM, _terminate)
     try:
         svc.server.wait_for_termination()
@@ -221,6 +242,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["serve"]:
         return serve_main(args[1:])
+    if args[:1] in (["fleet"], ["status"], ["logs"]):
+        from v2v.coordinator import fleet_cmd
+
+        return {"fleet": fleet_cmd.fleet_main, "status": fleet_cmd.status_main, "logs": fleet_cmd.logs_main}[
+            args[0]](args[1:])
+    if args[:1] == ["certs"]:
+        from v2v.coordinator.certs_cmd import certs_main
+
+        return certs_main(args[1:])
+    if args[:1] == ["warm"]:
+        from v2v.coordinator.warm_cmd import warm_main  # it imports this module
+
+        return warm_main(args[1:])
     if args[:1] in (["open"], ["inspect"]) or "--in-place" in args:
         from v2v.coordinator.commands import standalone_main  # it imports this module
 

@@ -1,17 +1,22 @@
-"""Running the services: one per process (`v2v serve NAME`), or all in this process (embedded)."""
+"""Running the services: one per process (`v2v serve NAME`), or all in this process (embedded),
+and the coordinator's configuration: its workers, limits, state and metrics."""
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import grpc
 
-from v2v.coordinator.clients import SERVICES, PhaseClients, ServiceAddresses
+from v2v.coordinator.clients import SERVICES, ServiceAddresses
+from v2v.coordinator.scheduler import Limits, Worker
 from v2v.grpcserver import serve
+from v2v.tls import TLSFiles
+from v2v.workdir import default_root
 
 SHUTDOWN_GRACE = 5.0
 
@@ -39,25 +44,91 @@ def phase_servicer(name: str) -> tuple[Any, Callable[[Any, grpc.Server], None], 
         from v2v.v1 import copier_pb2_grpc as m
 
         return CopierService(), m.add_CopierServicer_to_server, "v2v.v1.Copier"
+    if name == "warm":  # docs/warm.md; its phase services from $V2V_INPUT, $V2V_CONVERT, $V2V_OUTPUT
+        from v2v.coordinator.warm_cmd import serve_warm
+
+        return serve_warm()
     raise ValueError(f"unknown service {name!r} (services: {', '.join(SERVICES)}, coordinator)")
 
 
-def coordinator_servicer(addresses: ServiceAddresses,
-                         workdir_root: Path | None = None) -> tuple[Any, Callable[[Any, grpc.Server], None], str]:
+def parse_size(text: str) -> int:
+    """Bytes from "4G", "512M", "1024" (binary units)."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    text = text.strip().upper().removesuffix("IB").removesuffix("B")
+    if text[-1:] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(text)
+
+
+def parse_worker(text: str, defaults: Worker) -> Worker:
+    """A worker from `NAME=input@ADDR,convert@ADDR,output@ADDR,copier@ADDR[,conversions=N]
+    [,copy-streams=N][,memory=SIZE][,workdir-root=PATH]` (docs/fleet.md); unset capacities from
+    `defaults`."""
+    name, sep, rest = text.partition("=")
+    if not sep or not name:
+        raise ValueError(f"--worker {text}: expected NAME=input@ADDR,convert@ADDR,output@ADDR,copier@ADDR")
+    addrs: dict[str, str] = {}
+    caps: dict[str, object] = {}
+    for item in rest.split(","):
+        if "@" in item and item.partition("@")[0] in SERVICES:
+            service, _, addr = item.partition("@")
+            addrs[service] = addr
+            continue
+        key, eq, value = item.partition("=")
+        if not eq or key not in ("conversions", "copy-streams", "memory", "workdir-root"):
+            raise ValueError(f"--worker {name}: unknown item {item!r} (SERVICE@ADDR, conversions=N, copy-streams=N, "
+                             "memory=SIZE, workdir-root=PATH)")
+        caps[key] = value
+    missing = [s for s in SERVICES if s not in addrs]
+    if missing:
+        raise ValueError(f"--worker {name}: no address for {', '.join(missing)}")
+    return replace(defaults, name=name, addresses=ServiceAddresses(**addrs),
+                   conversions=int(caps.get("conversions", defaults.conversions)),  # type: ignore[arg-type]
+                   copy_streams=int(caps.get("copy-streams", defaults.copy_streams)),  # type: ignore[arg-type]
+                   memory=parse_size(str(caps["memory"])) if "memory" in caps else defaults.memory,
+                   workdir_root=Path(str(caps["workdir-root"])) if "workdir-root" in caps else defaults.workdir_root)
+
+
+@dataclass
+class CoordinatorConfig:
+    """Everything a coordinator runs with (`v2v serve coordinator` options, docs/fleet.md)."""
+
+    workers: list[Worker]
+    limits: Limits = field(default_factory=Limits)
+    state: Path | None = None  # None: <first worker's work-directory root>/coordinator.db
+    metrics: str = ""  # HOST:PORT of the Prometheus endpoint; "" = none
+    embedded: PhaseWorkers | None = None  # phase services in this process, stopped with the coordinator
+    # A guest failing after its conversion keeps it for Retry(from "setup"): for a long-lived
+    # coordinator, not for one command's run.
+    keep_converted: bool = False
+
+
+def coordinator_servicer(config: CoordinatorConfig) -> tuple[Any, Callable[[Any, grpc.Server], None], str]:
+    from v2v.coordinator.metrics import FleetMetrics
+    from v2v.coordinator.scheduler import Scheduler
     from v2v.coordinator.service import CoordinatorService
+    from v2v.coordinator.state import State
     from v2v.v1 import coordinator_pb2_grpc as m
 
-    return (CoordinatorService(PhaseClients(addresses), workdir_root), m.add_CoordinatorServicer_to_server,
-            "v2v.v1.Coordinator")
+    state = State(config.state or (config.workers[0].workdir_root or default_root()) / "coordinator.db")
+    metrics = None
+    if config.metrics:
+        metrics = FleetMetrics()
+        metrics.serve(config.metrics)
+    return (CoordinatorService(Scheduler(config.workers, config.limits), state, metrics,
+                               keep_converted=config.keep_converted,
+                               after_shutdown=config.embedded.stop if config.embedded else None),
+            m.add_CoordinatorServicer_to_server, "v2v.v1.Coordinator")
 
 
 class RunningService:
     """A started gRPC server and its servicer; stopping it also stops what the servicer owns."""
 
-    def __init__(self, address: str, spec: tuple[Any, Callable[[Any, grpc.Server], None], str]) -> None:
+    def __init__(self, address: str | Sequence[str], spec: tuple[Any, Callable[[Any, grpc.Server], None], str],
+                 tls: TLSFiles | None = None) -> None:
         self.address = address
         self.servicer = spec[0]
-        self.server = serve(address, [spec])
+        self.server = serve(address, [spec], tls=tls)
 
     def stop(self) -> None:
         self.server.stop(SHUTDOWN_GRACE).wait()
@@ -66,31 +137,73 @@ class RunningService:
             shutdown()
 
 
-class EmbeddedServices:
-    """All five services in this process on private Unix sockets: the CLI with no services
-    configured. The same gRPC code path as separate processes, nothing to set up."""
+class PhaseWorkers:
+    """`count` sets of the four phase services in this process on private Unix sockets, each set a
+    worker (capacities from `template`), all under one work-directory root."""
 
-    def __init__(self, workdir_root: Path | None = None) -> None:
-        self._dir = tempfile.TemporaryDirectory(prefix="v2v-svc.")
+    def __init__(self, count: int = 1, template: Worker | None = None, workdir_root: Path | None = None) -> None:
+        self.count = count
+        self.template = template
         self.workdir_root = workdir_root
         self.services: list[RunningService] = []
+        self._dir = tempfile.TemporaryDirectory(prefix="v2v-svc.")
+        self.dir = Path(self._dir.name)
 
-    def start(self) -> str:
-        """Starts the services; returns the coordinator's address."""
-        base = Path(self._dir.name)
-        addrs = {name: f"unix:{base / name}.sock" for name in (*SERVICES, "coordinator")}
-        for name in SERVICES:
-            self.services.append(RunningService(addrs[name], phase_servicer(name)))
-        addresses = ServiceAddresses(**{n: addrs[n] for n in SERVICES})
-        self.services.append(RunningService(addrs["coordinator"], coordinator_servicer(addresses, self.workdir_root)))
-        return addrs["coordinator"]
+    def start(self) -> list[Worker]:
+        workers = []
+        for n in range(self.count):
+            name = f"local{n}" if self.count > 1 else "local"
+            addresses = ServiceAddresses(**{s: f"unix:{self.dir / name}-{s}.sock" for s in SERVICES})
+            for s in SERVICES:
+                self.services.append(RunningService(getattr(addresses, s), phase_servicer(s)))
+            template = self.template or Worker(name, addresses)
+            workers.append(replace(template, name=name, addresses=addresses,
+                                   workdir_root=template.workdir_root or self.workdir_root))
+        return workers
 
     def stop(self) -> None:
-        # Coordinator first: it cancels its guests, which still need the phase services to clean up.
         for svc in reversed(self.services):
             svc.stop()
         self.services.clear()
         self._dir.cleanup()
+
+
+class EmbeddedServices:
+    """All the services in this process on private Unix sockets: the CLI with no services
+    configured. The same gRPC code path as separate processes, nothing to set up. One worker
+    unless told (tests place guests on two); the coordinator's state is private to this run unless
+    `state` names a database."""
+
+    def __init__(self, workdir_root: Path | None = None, workers: int = 1, worker: Worker | None = None,
+                 limits: Limits | None = None, state: Path | None = None, metrics: str = "") -> None:
+        self.phases = PhaseWorkers(workers, worker, workdir_root)
+        self.limits = limits or Limits()
+        self.state = state
+        self.metrics = metrics
+        self.running: RunningService | None = None
+
+    def start(self) -> str:
+        """Starts the services; returns the coordinator's address."""
+        config = CoordinatorConfig(self.phases.start(), self.limits, self.state or self.phases.dir / "coordinator.db",
+                                   self.metrics, embedded=self.phases)
+        address = f"unix:{self.phases.dir / 'coordinator.sock'}"
+        self.running = RunningService(address, coordinator_servicer(config))
+        return address
+
+    @property
+    def coordinator(self) -> Any:
+        """The CoordinatorService (for tests and in-process callers)."""
+        assert self.running is not None
+        return self.running.servicer
+
+    def stop(self) -> None:
+        # The coordinator first: it cancels its guests, which still need the phase services to clean
+        # up; it stops them last.
+        if self.running is not None:
+            self.running.stop()
+            self.running = None
+        else:
+            self.phases.stop()
 
     def __enter__(self) -> str:
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from pathlib import Path
 from typing import Any, TypeVar
@@ -14,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from v2v.errors import V2VError, to_status
+from v2v.tls import TLSFiles
 from v2v.v1 import types_pb2 as pb
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -22,6 +23,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 _CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+]
+# Servers accept those keepalives on a quiet stream (an appliance launch can send nothing for
+# minutes): by default a server allows one ping in 5 min without data and, after two more, ends the
+# connection with "too_many_pings".
+_SERVER_OPTIONS = [
+    *_CHANNEL_OPTIONS,
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
 ]
 
 
@@ -34,11 +42,33 @@ def target(address: str) -> str:
     return address
 
 
-def serve(address: str, services: list[tuple[Any, Callable[[Any, grpc.Server], None], str]],
-          max_workers: int = 32) -> grpc.Server:
-    """Starts a server on `address` for (servicer, add_fn, full service name) triples, with
-    grpc.health.v1 and server reflection. Unix sockets are made 0600."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=_CHANNEL_OPTIONS)
+def unix_socket_path(address: str) -> str | None:
+    """The socket's path of a `unix:` address, None for TCP."""
+    tgt = target(address)
+    return tgt.removeprefix("unix://").removeprefix("unix:") if tgt.startswith("unix:") else None
+
+
+def _listen_unix(server: grpc.Server, path: str) -> None:
+    """Binds a socket only its owner can open: 0600, in a 0700 directory when serve() makes it (an
+    existing directory, such as a shared volume's, keeps its mode). The umask closes the window
+    between bind and chmod."""
+    directory = Path(path).parent
+    if not directory.exists():
+        directory.mkdir(mode=0o700, parents=True)
+    Path(path).unlink(missing_ok=True)
+    old_umask = os.umask(0o177)
+    try:
+        server.add_insecure_port(f"unix:{path}")
+    finally:
+        os.umask(old_umask)
+
+
+def serve(address: str | Sequence[str], services: list[tuple[Any, Callable[[Any, grpc.Server], None], str]],
+          max_workers: int = 32, tls: TLSFiles | None = None) -> grpc.Server:
+    """Starts a server on one or more addresses for (servicer, add_fn, full service name) triples,
+    with grpc.health.v1 and server reflection. Unix sockets are made 0600; TCP listeners take mutual
+    TLS from `tls` (else $V2V_TLS_DIR), plaintext only when neither is given."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=_SERVER_OPTIONS)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [reflection.SERVICE_NAME, health.SERVICE_NAME]
@@ -48,20 +78,31 @@ def serve(address: str, services: list[tuple[Any, Callable[[Any, grpc.Server], N
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection(names, server)
-    tgt = target(address)
-    sock_path = tgt.removeprefix("unix://").removeprefix("unix:") if tgt.startswith("unix:") else None
-    if sock_path:
-        Path(sock_path).unlink(missing_ok=True)
-    if server.add_insecure_port(tgt) == 0 and not sock_path:
-        raise V2VError(f"cannot listen on {address}", pb.ERROR_CODE_SERVICE_UNAVAILABLE)
+    addresses = [address] if isinstance(address, str) else list(address)
+    sockets = []
+    for addr in addresses:
+        if sock_path := unix_socket_path(addr):
+            _listen_unix(server, sock_path)
+            sockets.append(sock_path)
+            continue
+        creds = tls or TLSFiles.from_env("server")
+        port = (server.add_secure_port(addr, creds.server_credentials()) if creds
+                else server.add_insecure_port(target(addr)))
+        if port == 0:
+            raise V2VError(f"cannot listen on {addr}", pb.ERROR_CODE_SERVICE_UNAVAILABLE)
     server.start()
-    if sock_path:
+    for sock_path in sockets:
         os.chmod(sock_path, 0o600)
     return server
 
 
-def channel(address: str) -> grpc.Channel:
-    return grpc.insecure_channel(target(address), options=_CHANNEL_OPTIONS)
+def channel(address: str, tls: TLSFiles | None = None) -> grpc.Channel:
+    """A channel to a service; TCP addresses use mutual TLS from `tls` (else $V2V_TLS_DIR) when given."""
+    tgt = target(address)
+    creds = None if unix_socket_path(address) else tls or TLSFiles.from_env("client")
+    if creds:
+        return grpc.secure_channel(tgt, creds.channel_credentials(), options=_CHANNEL_OPTIONS)
+    return grpc.insecure_channel(tgt, options=_CHANNEL_OPTIONS)
 
 
 def wait_ready(ch: grpc.Channel, what: str, timeout: float = 10.0) -> None:
