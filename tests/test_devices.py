@@ -48,3 +48,11 @@ def test_scsi_and_ide_targets():
 def test_words_containing_device_names_are_left_alone():
     text = "GRUB_CMDLINE=x/dev/sda1 /dev/sdafoo"
     assert remap(text, pb.BLOCK_BUS_VIRTIO_BLK, 1) == text
+
+
+def test_xen_console_becomes_serial():
+    from v2v.services.convert.bootloader import kvm_console
+
+    assert kvm_console("root=/dev/xvda2 console=hvc0 console=xvc0,9600") == \
+        "root=/dev/xvda2 console=ttyS0 console=ttyS0,9600"
+    assert kvm_console("console=tty0 console=hvc10") == "console=tty0 console=hvc10"

@@ -1,0 +1,67 @@
+"""Checks before the conversion changes anything: filesystems consistent (fsck, read-only) and
+enough free space for what the conversion writes (virt-v2v's documented minimums)."""
+
+from __future__ import annotations
+
+import guestfs
+
+from v2v.errors import V2VError
+from v2v.events import StepReporter
+from v2v.units import human_size
+from v2v.v1 import types_pb2 as pb
+
+MiB = 1 << 20
+# virt-v2v(1), "Minimum free space check in the guest": / may get packages, /boot new initramfs images.
+FREE_BYTES = {"/": 100 * MiB, "/boot": 50 * MiB}
+FREE_BYTES_OTHER = 10 * MiB
+FREE_INODES = 100
+
+
+def fsck(g: guestfs.GuestFS, insp: pb.Inspection, report: StepReporter) -> None:
+    """Checks the guest's ext2/3/4 and xfs filesystems (e2fsck -n, xfs_repair -n: nothing is changed)
+    before anything is mounted. Converting a corrupt filesystem would make it
+    worse: errors fail the conversion, naming the filesystem."""
+    for mp, dev in sorted(insp.mountpoints.items()):
+        try:
+            fstype = g.vfs_type(dev)
+        except RuntimeError:
+            continue
+        if fstype in ("ext2", "ext3", "ext4"):
+            # e2fsck -n: 0 clean, bit 4 errors left uncorrected (it may not correct), 8+ could not
+            # check. Partition nodes can lag behind inspection on a loaded host: settle udev first.
+            out = g.debug("sh", [f"udevadm settle; e2fsck -n -f {dev} 2>&1; echo rc=$?"])
+            rc = int(out.rsplit("rc=", 1)[-1].strip() or 8)
+            if rc & 4:
+                raise V2VError(f"filesystem {dev} ({mp}, {fstype}) has errors: repair it in the source guest "
+                               "(e2fsck -f) and convert again", pb.ERROR_CODE_CONVERSION_FAILED, detail=out[-2000:])
+            if rc & ~1:
+                why = out.rsplit("rc=", 1)[0].strip().splitlines()[-1:] or [""]
+                report.warn(f"e2fsck -n {dev} ({mp}) could not check it (exit {rc}): {why[0]}", step="fsck")
+                continue
+        elif fstype == "xfs":
+            if g.xfs_repair(dev, nomodify=True, forcelogzero=False) != 0:
+                raise V2VError(f"filesystem {dev} ({mp}, xfs) has errors: repair it in the source guest "
+                               "(xfs_repair) and convert again", pb.ERROR_CODE_CONVERSION_FAILED)
+        else:
+            continue
+        report.note(f"{dev} ({mp}, {fstype}): clean", step="fsck")
+
+
+def check_free_space(g: guestfs.GuestFS, mounted: list[str], report: StepReporter) -> None:
+    for mp in mounted:
+        try:
+            st = g.statvfs(mp)
+        except RuntimeError:
+            continue
+        if st["blocks"] == 0 or st["flag"] & 1:  # pseudo or read-only filesystem: nothing is written there
+            continue
+        free = st["bavail"] * st["bsize"]
+        need = FREE_BYTES.get(mp, FREE_BYTES_OTHER)
+        if free < need:
+            raise V2VError(f"not enough free space on {mp} for the conversion: {human_size(free)} free, "
+                           f"{human_size(need)} needed; free some space in the guest and convert again",
+                           pb.ERROR_CODE_CONVERSION_FAILED)
+        if 0 < st["files"] and st["favail"] < FREE_INODES:
+            raise V2VError(f"not enough free inodes on {mp} for the conversion: {st['favail']} free, "
+                           f"{FREE_INODES} needed", pb.ERROR_CODE_CONVERSION_FAILED)
+        report.note(f"{mp}: {human_size(free)} free", step="free-space")
