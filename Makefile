@@ -11,12 +11,12 @@ export LIBGUESTFS_BACKEND_SETTINGS ?= force_tcg
 
 DEB_PACKAGES := nbdkit libnbd-bin python3-libnbd python3-guestfs libguestfs-tools qemu-utils \
 	qemu-system-x86 linux-image-amd64 libvirt-clients libvirt-daemon-system python3-libvirt python3-venv \
-	debootstrap fdisk e2fsprogs dosfstools mtools ovmf libxml2-utils \
-	openssh-client openssh-server sshpass openssl
+	debootstrap fdisk e2fsprogs dosfstools mtools ovmf libxml2-utils xfsprogs libguestfs-xfs \
+	openssh-client openssh-server sshpass openssl rpm busybox
 PROTOS := $(wildcard protos/v2v/v1/*.proto)
 GENERATED := $(patsubst protos/%.proto,%_pb2.py,$(PROTOS))
 
-.PHONY: setup deps demo test lint protos clean
+.PHONY: setup deps docker demo test lint protos clean
 
 setup: deps $(VENV)/.installed protos
 
@@ -49,7 +49,12 @@ demo: setup
 	@echo "Boot it under virtio:  $(GUESTS)/boot-test.sh -b virtio $(DEMO_OUT)/debian12-vmware-sda"
 	@echo "or with libvirt:       virsh define $(DEMO_OUT)/debian12-vmware.xml"
 
-test: setup
+# The Docker engine (Debian's docker.io), mmdebstrap and compose v2 for tests/test_deploy.py; no dockerd
+# is started here (the test starts one without bridge or iptables when none answers, then stops it).
+docker:
+	deploy/docker-engine.sh setup
+
+test: setup docker
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -v -rs $(PYTEST_ARGS)
 

@@ -89,7 +89,9 @@ def view(disk: Path, scratch: Path) -> GuestView:
     texts = {p: contents[p].decode(errors="replace") for p in TEXT_FILES if p in contents}
     grub = contents.get("/boot/grub/grub.cfg", b"").decode(errors="replace")
     kernel_lines = [ln.strip() for ln in grub.splitlines() if re.match(r"\s*(linux|set default|search)\b", ln)]
-    initrds = sorted((p for p in contents if p.startswith("/boot/initrd.img-")), key=version_key)
+    # The newest kernel's image; backups (.pre-v2v, .bak) are not what the guest boots.
+    initrds = sorted((p for p in contents if p.startswith("/boot/initrd.img-")
+                      and not p.endswith((".pre-v2v", ".bak", ".old-dkms"))), key=version_key)
     modules: set[str] = set()
     if initrds:
         img = scratch / "initrd.img"

@@ -21,6 +21,7 @@ import pytest
 from tests.conftest import write_target
 from v2v.drives import drive_letters
 from v2v.errors import V2VError
+from v2v.services.convert.netconfig import generated_mac
 from v2v.services.output.qemu import QemuOutput, check_target, ovmf, qemu_script
 from v2v.v1 import output_pb2
 from v2v.v1 import types_pb2 as pb
@@ -333,3 +334,7 @@ def test_converted_guest_boots_with_its_script(converted, tmp_path, workroot):
     assert markers, f"no boot marker (qemu exited {proc.returncode}):\n{output}"
     assert proc.returncode == 0, output
     assert "root=/dev/vda3" in markers[0] and "disks=vda" in markers[0], markers[0]
+    # Network identity: the OVA gave no MAC, so the target got a generated one, which the script
+    # passes to qemu; the guest's NIC keeps the name its ifupdown config uses (virt-v2v's comes up ens2).
+    assert [n.mac for n in target.nics] == [generated_mac(target.name, 0)]
+    assert " nics=ens192 " in markers[0] and "failed-units=none" in markers[0], markers[0]

@@ -15,8 +15,10 @@ from v2v.extents import connect, read_extents
 from v2v.grpcserver import stream_rpc
 from v2v.networks import map_nics
 from v2v.services.convert.appliance import Appliance
+from v2v.services.convert.checks import fsck
 from v2v.services.convert.inspection import inspect, mount_all
 from v2v.services.convert.linux import LinuxConversion
+from v2v.services.convert.netconfig import NetworkIdentity
 from v2v.streaming import stream_events
 from v2v.units import human_size
 from v2v.v1 import convert_pb2, convert_pb2_grpc
@@ -24,10 +26,14 @@ from v2v.v1 import types_pb2 as pb
 from v2v.workdir import WorkDir
 
 
-def target_nics(source: pb.Source, caps: pb.GuestCaps, networks: pb.NetworkMap) -> list[pb.Nic]:
+def target_nics(source: pb.Source, caps: pb.GuestCaps, networks: pb.NetworkMap, macs: list[str]) -> list[pb.Nic]:
+    """The mapped target NICs, each with the MAC the network step kept its guest name for."""
     model = {pb.NET_BUS_VIRTIO_NET: pb.NIC_MODEL_VIRTIO, pb.NET_BUS_E1000: pb.NIC_MODEL_E1000,
              pb.NET_BUS_RTL8139: pb.NIC_MODEL_RTL8139}[caps.net_bus]
-    return map_nics(list(source.nics), networks, model)
+    nics = map_nics(list(source.nics), networks, model)
+    for nic, mac in zip(nics, macs, strict=False):
+        nic.mac = mac
+    return nics
 
 
 class ConvertService(convert_pb2_grpc.ConvertServicer):
@@ -56,14 +62,22 @@ class ConvertService(convert_pb2_grpc.ConvertServicer):
             with report.step("inspect"):
                 insp = inspect(g, opts.root)
                 report.note(f"{insp.distro} {insp.product_name} ({insp.arch}), root {insp.root}", step="inspect")
+            if not opts.inspect_only:
+                with report.step("fsck"):
+                    fsck(g, insp, report)
             with report.step("mount"):
                 mounted = mount_all(g, insp)
             caps = pb.GuestCaps()
+            macs: list[str] = []
             if not opts.inspect_only:  # v2v inspect: look, trim the overlay and measure; change nothing else
                 if insp.type != "linux":
                     raise V2VError(f"converting {insp.type} guests ({insp.product_name}) is not supported yet",
                                    pb.ERROR_CODE_UNSUPPORTED, step="convert")
-                caps = LinuxConversion(g, insp, source, report).run()
+                # Before the conversion, so an initramfs it rebuilds already holds the NIC names pinned.
+                with report.step("network"):
+                    macs = NetworkIdentity(g, source, list(request.networks.static_ips),
+                                           request.target_name or source.name, report).run()
+                caps = LinuxConversion(g, insp, source, report, mounted, opts.block_driver).run()
             if not opts.skip_trim:
                 with report.step("fstrim"):
                     self.trim(g, mounted, report)
@@ -86,7 +100,7 @@ class ConvertService(convert_pb2_grpc.ConvertServicer):
             inspection=insp,
             caps=caps,
             firmware=source.firmware or insp.firmware,
-            nics=target_nics(source, caps, request.networks),
+            nics=target_nics(source, caps, request.networks, macs),
             static_ips=request.networks.static_ips,
         )
         workdir.write(WorkDir.TARGET, target)
