@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import socket
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +30,7 @@ from typing import Any
 import nbd
 
 from v2v.errors import V2VError
-from v2v.extents import ExtentMap
+from v2v.extents import ExtentMap, status_ranges
 from v2v.nbdserver import QemuNbd
 from v2v.process import run
 from v2v.v1 import types_pb2 as pb
@@ -39,7 +39,6 @@ from v2v.workdir import WorkDir
 
 DIRTY_BITMAP = "qemu:dirty-bitmap:"
 _STATE_DIRTY = 1  # the one flag of a qemu:dirty-bitmap context
-_STATUS_CHUNK = 1 << 31
 
 
 @dataclass(frozen=True)
@@ -111,31 +110,6 @@ class ChangedBlockSource(ABC):
     def stop(self) -> None:
         """Stops whatever writes to the disk, if it can."""
         raise V2VError(f"{self.what}: cannot stop this source: stop it first", pb.ERROR_CODE_BAD_INPUT)
-
-
-def status_ranges(h: nbd.NBD, size: int, context: str, selected: Callable[[int], bool]) -> ExtentMap:
-    """The ranges of the first `size` bytes whose block status flags in `context` are `selected`."""
-    ranges: list[tuple[int, int]] = []
-    offset = 0
-
-    def extent(ctx: str, start: int, entries: list[int], err: object) -> int:
-        nonlocal offset
-        if ctx != context:
-            return 0
-        pos = start
-        for length, flags in zip(entries[::2], entries[1::2], strict=True):
-            if selected(flags):
-                ranges.append((pos, pos + length))
-            pos += length
-        offset = max(offset, pos)
-        return 0
-
-    while offset < size:
-        before = offset
-        h.block_status(min(size - offset, _STATUS_CHUNK), offset, extent)
-        if offset <= before:
-            raise V2VError(f"the server sent no {context} status at offset {before}", pb.ERROR_CODE_PROCESS_FAILED)
-    return ExtentMap(size, ranges)
 
 
 def dirty_ranges(uri: str, bitmap: str) -> ExtentMap:

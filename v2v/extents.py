@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -90,22 +90,20 @@ def connect(location: str) -> Iterator[nbd.NBD]:
             pass  # the server went away: nothing left to close cleanly
 
 
-def read_extents(h: nbd.NBD, size: int) -> ExtentMap:
-    """The data ranges of the first `size` bytes of a connected export; every byte when the server
-    has no block status."""
-    if not h.can_meta_context(ALLOCATION):
-        return ExtentMap.full(size)
-    data: list[tuple[int, int]] = []
+def status_ranges(h: nbd.NBD, size: int, context: str, selected: Callable[[int], bool]) -> ExtentMap:
+    """The ranges of the first `size` bytes of a connected export whose block status flags in
+    `context` are `selected`. A server that stops answering is an error: guessing is the caller's call."""
+    ranges: list[tuple[int, int]] = []
     offset = 0
 
-    def extent(context: str, start: int, entries: list[int], err: object) -> int:
+    def extent(ctx: str, start: int, entries: list[int], err: object) -> int:
         nonlocal offset
-        if context != ALLOCATION:
+        if ctx != context:
             return 0
         pos = start
         for length, flags in zip(entries[::2], entries[1::2], strict=True):
-            if not flags & nbd.STATE_ZERO:
-                data.append((pos, pos + length))
+            if selected(flags):
+                ranges.append((pos, pos + length))
             pos += length
         offset = max(offset, pos)
         return 0
@@ -113,10 +111,20 @@ def read_extents(h: nbd.NBD, size: int) -> ExtentMap:
     while offset < size:
         before = offset
         h.block_status(min(size - offset, _STATUS_CHUNK), offset, extent)
-        if offset <= before:  # a server that answers nothing: do not loop, assume data
-            data.append((before, size))
-            break
-    return ExtentMap(size, data)
+        if offset <= before:
+            raise V2VError(f"the server sent no {context} status at offset {before}", pb.ERROR_CODE_PROCESS_FAILED)
+    return ExtentMap(size, ranges)
+
+
+def read_extents(h: nbd.NBD, size: int) -> ExtentMap:
+    """The data ranges of the first `size` bytes of a connected export; every byte when the server
+    has no block status, or stops answering it."""
+    if not h.can_meta_context(ALLOCATION):
+        return ExtentMap.full(size)
+    try:
+        return status_ranges(h, size, ALLOCATION, lambda flags: not flags & nbd.STATE_ZERO)
+    except V2VError:
+        return ExtentMap.full(size)
 
 
 def probe(location: str, size: int = 0) -> Probe:
