@@ -21,7 +21,7 @@ def make_target(bus=pb.BLOCK_BUS_VIRTIO_BLK, machine=pb.MACHINE_Q35, firmware=pb
     source = pb.Source(name="guest", hypervisor=pb.HYPERVISOR_VMWARE, memory=2 * GiB, vcpus=2,
                        nics=[pb.Nic(network="default", network_type=pb.NETWORK_TYPE_NETWORK)], **source_fields)
     caps = pb.GuestCaps(block_bus=bus, net_bus=pb.NET_BUS_VIRTIO_NET, machine=machine, arch="x86_64",
-                        virtio_rng=True, virtio_balloon=True, pvpanic=True, rtc_utc=True)
+                        virtio_rng=True, virtio_balloon=True, pvpanic=True, rtc_utc=True, virtio_socket=True)
     target = pb.TargetMeta(name="guest", source=source, caps=caps, firmware=firmware)
     disks = [pb.TargetDisk(index=i, path=f"/var/tmp/out/guest-sd{drive_letters(i)}", format="raw",
                            virtual_size=GiB, device=device_name(bus, i), bus=bus) for i in range(ndisks)]
@@ -57,6 +57,8 @@ def test_bios_q35(tmp_path):
     assert dom.find("devices/rng/backend").text == "/dev/urandom"
     assert dom.find("devices/memballoon").get("model") == "virtio"
     assert dom.find("devices/panic").get("model") == "isa"
+    assert dom.find("devices/vsock").get("model") == "virtio"
+    assert dom.find("devices/channel/target").attrib == {"type": "virtio", "name": "org.qemu.guest_agent.0"}
     meta = dom.find(f"metadata/{{{V2V_NAMESPACE}}}source")
     assert meta.attrib == {"name": "guest", "hypervisor": "vmware"}
 
@@ -82,6 +84,7 @@ def test_ide_on_pc_with_old_devices(tmp_path):
                                 removables=[pb.Removable(type=pb.REMOVABLE_TYPE_CDROM)])
     target.caps.net_bus = pb.NET_BUS_RTL8139
     target.caps.rtc_utc = target.caps.virtio_rng = target.caps.virtio_balloon = target.caps.pvpanic = False
+    target.caps.virtio_socket = False
     dom = validate(tmp_path, domain_xml(target, disks))
     assert dom.find("os/type").get("machine") == "pc"
     assert [d.find("target").attrib for d in dom.findall("devices/disk")] == [
@@ -90,6 +93,7 @@ def test_ide_on_pc_with_old_devices(tmp_path):
     assert dom.find("clock").get("offset") == "localtime"
     assert dom.find("devices/memballoon").get("model") == "none"
     assert dom.find("devices/rng") is None and dom.find("devices/panic") is None
+    assert dom.find("devices/vsock") is None
 
 
 def test_many_disks_and_removables_do_not_share_names(tmp_path):
