@@ -112,8 +112,6 @@ def _devices(domain: ET.Element, target: pb.TargetMeta, disks: list[pb.TargetDis
     _sub(devices, "memballoon", model="virtio" if caps.virtio_balloon else "none")
     if caps.pvpanic:
         _sub(devices, "panic", model="isa")
-    if caps.virtio_socket:
-        _sub(_sub(devices, "vsock", model="virtio"), "cid", auto="yes")
     # The conversion installs qemu-guest-agent (or has it installed at first boot): give it its
     # channel, so management can reach the guest (shutdown, fsfreeze, addresses) as virt-v2v's does.
     _sub(_sub(devices, "channel", type="unix"), "target", type="virtio", name="org.qemu.guest_agent.0")
