@@ -29,6 +29,7 @@ from pathlib import Path
 
 from v2v.nbdserver import Nbdkit, nbd_uri
 from v2v.services.copier.service import CopierService
+from v2v.units import parse_size
 from v2v.v1 import copier_pb2
 
 MiB = 1024**2
@@ -56,9 +57,8 @@ class Measure:
         return statistics.median(self.secs)
 
 
-def parse_size(text: str) -> int:
-    units = {"K": 1024, "M": MiB, "G": 1024 * MiB, "T": 1024**4}
-    n = int(text[:-1]) * units[text[-1].upper()] if text[-1].upper() in units else int(text)
+def disk_size(text: str) -> int:
+    n = parse_size(text)
     if n <= 0 or n % (DISKS * 2 * CHUNK):
         raise argparse.ArgumentTypeError(f"{text}: must be a positive multiple of {DISKS * 2 * CHUNK // MiB} MiB")
     return n
@@ -218,7 +218,7 @@ def workspace(parent: Path, keep: bool) -> Iterator[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--size", type=parse_size, default=parse_size("8G"),
+    p.add_argument("--size", type=disk_size, default=disk_size("8G"),
                    help="source disk size, a multiple of 512M (default 8G; 2G for a quick look)")
     p.add_argument("--runs", type=int, default=1,
                    help="rounds of every measure, each in another order (default 1); medians are reported")

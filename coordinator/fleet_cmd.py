@@ -27,11 +27,11 @@ from v2v.coordinator.display import FleetDisplay, FleetMachineDisplay, to_dict
 from v2v.coordinator.pipeline import guest_name
 from v2v.coordinator.plan import plan_limits, read_plan
 from v2v.coordinator.scheduler import Limits, Worker
-from v2v.coordinator.servers import CoordinatorConfig, EmbeddedServices, PhaseWorkers, parse_size, parse_worker
+from v2v.coordinator.servers import CoordinatorConfig, EmbeddedServices, PhaseWorkers, parse_worker
 from v2v.coordinator.state import FINAL, GuestRecord, State, state_name
 from v2v.coordinator.steplogs import read_logs
 from v2v.errors import V2VError, from_rpc_error
-from v2v.units import human_size
+from v2v.units import human_size, parse_size
 from v2v.v1 import coordinator_pb2
 from v2v.workdir import default_root
 

@@ -18,8 +18,8 @@ import yaml
 from v2v.coordinator.cli import build_job, conversion_parser
 from v2v.coordinator.pipeline import guest_name
 from v2v.coordinator.scheduler import Limits
-from v2v.coordinator.servers import parse_size
 from v2v.errors import V2VError
+from v2v.units import parse_size
 from v2v.v1 import coordinator_pb2
 from v2v.v1 import types_pb2 as pb
 

@@ -16,6 +16,7 @@ from v2v.coordinator.clients import SERVICES, ServiceAddresses
 from v2v.coordinator.scheduler import Limits, Worker
 from v2v.grpcserver import serve
 from v2v.tls import TLSFiles
+from v2v.units import parse_size
 from v2v.workdir import default_root
 
 SHUTDOWN_GRACE = 5.0
@@ -49,15 +50,6 @@ def phase_servicer(name: str) -> tuple[Any, Callable[[Any, grpc.Server], None], 
 
         return serve_warm()
     raise ValueError(f"unknown service {name!r} (services: {', '.join(SERVICES)}, coordinator)")
-
-
-def parse_size(text: str) -> int:
-    """Bytes from "4G", "512M", "1024" (binary units)."""
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    text = text.strip().upper().removesuffix("IB").removesuffix("B")
-    if text[-1:] in units:
-        return int(float(text[:-1]) * units[text[-1]])
-    return int(text)
 
 
 def parse_worker(text: str, defaults: Worker) -> Worker:

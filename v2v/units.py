@@ -1,4 +1,4 @@
-"""Sizes for people."""
+"""Sizes for people, both ways."""
 
 
 def human_size(n: float) -> str:
@@ -10,3 +10,12 @@ def human_size(n: float) -> str:
     if unit == "bytes":
         return f"{n:.0f} bytes"
     return f"{n:.1f} {unit}" if n < 10 else f"{n:.0f} {unit}"
+
+
+def parse_size(text: str) -> int:
+    """Bytes from "4G", "512M", "1024" (binary units)."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    text = text.strip().upper().removesuffix("IB").removesuffix("B")
+    if text[-1:] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(text)
