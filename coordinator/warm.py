@@ -175,12 +175,9 @@ class Migration:
             for disk, source, sock in zip(st.disks, self.sources, setup.sockets, strict=True):
                 with self.phase("full", disk=disk.index):
                     disks.append(self.copy_disk(disk, source.begin(FIRST_CHECKPOINT), sock, setup.target_is_zero))
-            # Setup's servers must stop without describing the guest yet: the null output's
-            # Finalize stops them (flushing the disks) and writes nothing.
+            # The rounds reopen the disks from their paths; cutover describes the guest.
             with self.phase("release"):
-                target.disks.extend(setup.disks)
-                output.Finalize(output_pb2.FinalizeRequest(workdir=st.workdir, guest=st.guest, target=target,
-                                                           output=output_pb2.OutputSpec(null=output_pb2.NullOutput())))
+                output.Release(output_pb2.ReleaseRequest(workdir=st.workdir))
         except BaseException:
             self.abandon(output)
             raise

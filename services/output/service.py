@@ -105,10 +105,7 @@ class OutputService(output_pb2_grpc.OutputServicer):
 
     def _finalize(self, request: output_pb2.FinalizeRequest) -> output_pb2.FinalizeResponse:
         workdir = WorkDir(request.workdir)
-        with self._lock:
-            opened = self._open.pop(request.workdir, None)
-        if opened:
-            opened.stack.close()  # the servers flush the disks as they stop: describe only complete data
+        opened = self.release(request.workdir)  # the servers flush as they stop: describe only complete data
         try:
             plugin, _ = OUTPUTS.lookup(request.output)
             target = request_target(request, workdir)
@@ -122,12 +119,18 @@ class OutputService(output_pb2_grpc.OutputServicer):
             raise
         return output_pb2.FinalizeResponse(files=files)
 
-    def abort(self, workdir: str) -> None:
-        """Stops the servers and removes the disks of a work directory's output, if it has one here."""
+    def release(self, workdir: str) -> _Output | None:
+        """Stops the servers of a work directory's output (they flush the disks as they stop)."""
         with self._lock:
             opened = self._open.pop(workdir, None)
         if opened:
             opened.stack.close()
+        return opened
+
+    def abort(self, workdir: str) -> None:
+        """Stops the servers and removes the disks of a work directory's output, if it has one here."""
+        opened = self.release(workdir)
+        if opened:
             opened.plugin.abort(opened.spec, opened.target, WorkDir(workdir))
 
     def shutdown(self) -> None:
@@ -152,3 +155,9 @@ class OutputService(output_pb2_grpc.OutputServicer):
     def Abort(self, request: output_pb2.AbortRequest, context: grpc.ServicerContext) -> output_pb2.AbortResponse:
         self.abort(request.workdir)
         return output_pb2.AbortResponse()
+
+    @rpc
+    def Release(self, request: output_pb2.ReleaseRequest,
+                context: grpc.ServicerContext) -> output_pb2.ReleaseResponse:
+        self.release(request.workdir)
+        return output_pb2.ReleaseResponse()
