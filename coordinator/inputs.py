@@ -70,7 +70,18 @@ def _libvirt(spec: input_pb2.InputSpec, a: InputArgs) -> None:
     if a.uri.startswith("xen+ssh://"):
         _xen(spec, a)
         return
+    server, datacenter = a.io.value("vpx-server"), a.io.value("vpx-dcpath")
+    if urlsplit(a.uri).scheme in ("vpx", "esx") or server or datacenter:
+        _vcenter(spec, a, server, datacenter)
+        return
     spec.libvirt.CopyFrom(input_pb2.LibvirtInput(uri=a.uri, domain=a.one()))
+
+
+def _vcenter(spec: input_pb2.InputSpec, a: InputArgs, server: str, datacenter: str) -> None:
+    """vpx:// and esx:// (or a URI whose guest's disks -io vpx-server= says are on VMware datastores)."""
+    spec.vcenter.CopyFrom(input_pb2.VCenterInput(
+        uri=a.uri, domain=a.one(), password_file=_local(a.password_file), insecure=not a.io.switch("sslverify", True),
+        server=server, datacenter=datacenter))
 
 
 def _https(a: InputArgs) -> input_pb2.VmwareHttpsInput:
@@ -129,7 +140,7 @@ def input_location(spec: input_pb2.InputSpec) -> str:
         return spec.disk.paths[0] if spec.disk.paths else ""
     if kind == "vmx":
         return spec.vmx.location
-    if kind in ("libvirt", "xen"):
+    if kind in ("libvirt", "xen", "vcenter"):
         return getattr(spec, kind).domain
     if kind in ("vmware_https", "vddk"):
         https = spec.vmware_https if kind == "vmware_https" else spec.vddk.https

@@ -48,11 +48,14 @@ class Datastore:
     password_file: Path  # USER's password
     cert: Path  # the server's self-signed certificate
     log: Path  # one line per request: METHOD PATH auth=basic|cookie|none STATUS
+    datacenter: str = DATACENTER  # the one dcPath it answers
 
-    def url(self, path: str, user: str = USER, dc: str = DATACENTER, ds: str = DATASTORE) -> str:
-        """https://USER@127.0.0.1:PORT/folder/PATH?dcPath=DC&dsName=DS of a file relative to root."""
+    def url(self, path: str, user: str = USER, dc: str = "", ds: str = DATASTORE) -> str:
+        """https://USER@127.0.0.1:PORT/folder/PATH?dcPath=DC&dsName=DS of a file relative to root
+        (DC: its own datacenter unless given)."""
         who = f"{user}@" if user else ""
-        return f"https://{who}127.0.0.1:{self.port}/folder/{quote(path)}?dcPath={quote(dc)}&dsName={quote(ds)}"
+        dc = quote(dc or self.datacenter, safe="")
+        return f"https://{who}127.0.0.1:{self.port}/folder/{quote(path)}?dcPath={dc}&dsName={quote(ds)}"
 
     def requests(self) -> list[str]:
         return self.log.read_text().splitlines() if self.log.exists() else []
@@ -100,7 +103,7 @@ class _Handler(BaseHTTPRequestHandler):
         """The file a /folder/PATH?dcPath=..&dsName=.. URL names, or None (404)."""
         parts = urlsplit(self.path)
         query = parse_qs(parts.query)
-        if query.get("dcPath") != [DATACENTER] or query.get("dsName") != [DATASTORE]:
+        if query.get("dcPath") != [self.server.datacenter] or query.get("dsName") != [DATASTORE]:
             return None
         if not parts.path.startswith("/folder/"):
             return None
@@ -179,8 +182,9 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, port: int, root: Path, password: str, log: Path, cookies: bool) -> None:
+    def __init__(self, port: int, root: Path, password: str, log: Path, cookies: bool, datacenter: str) -> None:
         self.root = root
+        self.datacenter = datacenter
         self.cookies = cookies
         self.password = password
         self.log = log
@@ -213,8 +217,9 @@ def _answers(port: int) -> bool:
 
 @contextmanager
 def running_datastore(directory: Path, root: Path, password: str = "datastore-secret", cookies: bool = True,
-                      timeout: float = 30) -> Iterator[Datastore]:
-    """The stand-in serving `root` on 127.0.0.1:PORT inside the block; its files live in `directory`."""
+                      datacenter: str = DATACENTER, timeout: float = 30) -> Iterator[Datastore]:
+    """The stand-in serving `root` on 127.0.0.1:PORT inside the block as datastore DATASTORE of
+    `datacenter` (a vCenter's inventory path, or ESXi's ha-datacenter); its files live in `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
     cert, key = make_certificate(directory)
     password_file = directory / "password"
@@ -224,7 +229,8 @@ def running_datastore(directory: Path, root: Path, password: str = "datastore-se
     with open(stderr, "ab") as errf:
         proc = subprocess.Popen([sys.executable, __file__, "--port", str(port), "--root", str(root),
                                  "--cert", str(cert), "--key", str(key), "--password-file", str(password_file),
-                                 "--log", str(log), *([] if cookies else ["--no-cookies"])],
+                                 "--log", str(log), "--datacenter", datacenter,
+                                 *([] if cookies else ["--no-cookies"])],
                                 stdin=subprocess.DEVNULL, stdout=errf, stderr=errf, start_new_session=True)
     try:
         deadline = time.monotonic() + timeout
@@ -233,7 +239,7 @@ def running_datastore(directory: Path, root: Path, password: str = "datastore-se
                 raise AssertionError(f"the HTTPS datastore did not come up (exit status {proc.poll()}):\n"
                                      f"{stderr.read_text(errors='replace')[-2000:]}")
             time.sleep(0.05)
-        yield Datastore(port, root, password_file, cert, log)
+        yield Datastore(port, root, password_file, cert, log, datacenter)
     finally:
         from tests.processes import stop  # here: this file also runs as the server script
 
@@ -248,9 +254,11 @@ def main() -> None:
     p.add_argument("--key", required=True)
     p.add_argument("--password-file", type=Path, required=True)
     p.add_argument("--log", type=Path, required=True)
+    p.add_argument("--datacenter", default=DATACENTER, help="the dcPath it answers (default: %(default)s)")
     p.add_argument("--no-cookies", action="store_true", help="give out no session cookie: basic auth every time")
     a = p.parse_args()
-    server = _Server(a.port, a.root, a.password_file.read_text().rstrip("\r\n"), a.log, not a.no_cookies)
+    server = _Server(a.port, a.root, a.password_file.read_text().rstrip("\r\n"), a.log, not a.no_cookies,
+                     a.datacenter)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(a.cert, a.key)
     # the handshake in the thread of each connection: a client that connects and never speaks TLS

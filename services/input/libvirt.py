@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from v2v.errors import V2VError
 from v2v.libvirtconn import connect, failed, libvirt
@@ -15,6 +16,20 @@ from v2v.v1 import types_pb2 as pb
 from v2v.workdir import WorkDir
 
 DEFAULT_URI = "qemu:///system"
+# libvirt's ESX driver: the disks it describes are on VMware datastores, which the vcenter input reads
+VMWARE_SCHEMES = ("vpx", "esx")
+
+
+def inactive_domain_xml(conn: libvirt.virConnect, uri: str, domain: str) -> str:
+    """The domain XML of a guest that is shut off (the disks of a running guest change under the copy)."""
+    try:
+        dom = conn.lookupByName(domain)
+    except libvirt.libvirtError as exc:
+        raise failed(f"-i libvirt: no guest {domain!r} at {uri}", exc, pb.ERROR_CODE_BAD_INPUT) from None
+    if dom.isActive():
+        raise V2VError(f"guest {domain} at {uri} is running: shut it down first (the disks of a running guest "
+                       "change under the copy)", pb.ERROR_CODE_BAD_INPUT)
+    return dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
 
 
 @INPUTS.register("libvirt")
@@ -24,15 +39,10 @@ class LibvirtInput(InputPlugin):
         if not options.domain:
             raise V2VError(f"-i libvirt: name the guest to convert (one of `virsh -c {uri} list --all`)",
                            pb.ERROR_CODE_BAD_INPUT)
+        if urlsplit(uri).scheme in VMWARE_SCHEMES:
+            raise V2VError(f"{uri}: a VMware URI: its guests are read by the vcenter input (InputSpec.vcenter, "
+                           "which also takes the password file)", pb.ERROR_CODE_BAD_INPUT)
         with connect(uri, readonly=True) as conn:
-            try:
-                dom = conn.lookupByName(options.domain)
-            except libvirt.libvirtError as exc:
-                raise failed(f"-i libvirt: no guest {options.domain!r} at {uri}", exc,
-                             pb.ERROR_CODE_BAD_INPUT) from None
-            if dom.isActive():
-                raise V2VError(f"guest {options.domain} at {uri} is running: shut it down first (the disks of a "
-                               "running guest change under the copy)", pb.ERROR_CODE_BAD_INPUT)
-            xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+            xml = inactive_domain_xml(conn, uri, options.domain)
         # libvirt keeps absolute paths; "/" only matters for a relative one, which libvirt refuses.
         return open_domain_xml(xml.encode(), f"{uri} guest {options.domain}", Path("/"), workdir, stack)

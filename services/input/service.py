@@ -12,6 +12,7 @@ import v2v.services.input.disk  # noqa: F401  (each import registers an input)
 import v2v.services.input.libvirt  # noqa: F401
 import v2v.services.input.libvirtxml  # noqa: F401
 import v2v.services.input.ova  # noqa: F401
+import v2v.services.input.vcenter  # noqa: F401
 import v2v.services.input.vddk  # noqa: F401
 import v2v.services.input.vmware_https  # noqa: F401
 import v2v.services.input.vmx  # noqa: F401

@@ -1,7 +1,9 @@
 """-i vmx -it https: a VMware guest on an ESXi host's or vCenter's datastore, read over HTTPS the way
 virt-v2v's -ic vpx://|esx:// reads disks. VMware serves every datastore file at
-https://HOST/folder/PATH?dcPath=DATACENTER&dsName=DATASTORE; since v2v cannot ask vCenter for the
-guest's description, the .vmx is downloaded from there and parsed like a local one (vmxfile).
+https://HOST/folder/PATH?dcPath=DATACENTER&dsName=DATASTORE; here the .vmx is downloaded from there
+and parsed like a local one (vmxfile). The datastore reads (Server, Session, flat_extent,
+serve_extents) are also those of -i libvirt -ic vpx://|esx:// (vcenter), where libvirt's ESX driver
+describes the guest instead.
 
 The first request logs in with basic auth; VMware answers with a session cookie
 (vmware_soap_session) that every later request carries instead, including those of nbdkit's curl
@@ -20,6 +22,7 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Generic, TypeVar
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from v2v.errors import V2VError
@@ -48,16 +51,38 @@ class DsFile:
 
 
 @dataclass(frozen=True)
-class Https:
-    """Where the .vmx is and how to log in. Never holds the password itself."""
+class Server:
+    """An ESXi host or vCenter whose datastores are read over HTTPS, and how to log in. Never holds
+    the password itself."""
 
     host: str
     port: int | None
     user: str
-    datacenter: str
-    vmx: DsFile
+    datacenter: str  # the dcPath of every URL
     password_file: str  # absolute, or ""
     verify: bool
+
+    def url(self, f: DsFile, user: bool = True) -> str:
+        """The https:// URL of a datastore file; with the user for messages, without it for
+        clients (curl would otherwise log in as that user with an empty password)."""
+        who = f"{quote(self.user)}@" if user and self.user else ""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        port = f":{self.port}" if self.port else ""
+        return (f"https://{who}{host}{port}{_FOLDER}{quote(f.path)}"
+                f"?dcPath={quote(self.datacenter, safe='')}&dsName={quote(f.datastore, safe='')}")
+
+    def session(self: S) -> Session[S]:
+        return Session(self)
+
+
+S = TypeVar("S", bound=Server)
+
+
+@dataclass(frozen=True)
+class Https(Server):
+    """-i vmx -it https: the server, and where on it the .vmx is."""
+
+    vmx: DsFile
 
     @classmethod
     def from_options(cls, options: input_pb2.VmwareHttpsInput) -> Https:
@@ -89,15 +114,6 @@ class Https:
             verify=not options.insecure,
         )
 
-    def url(self, f: DsFile, user: bool = True) -> str:
-        """The https:// URL of a datastore file; with the user for messages, without it for
-        clients (curl would otherwise log in as that user with an empty password)."""
-        who = f"{quote(self.user)}@" if user and self.user else ""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        port = f":{self.port}" if self.port else ""
-        return (f"https://{who}{host}{port}{_FOLDER}{quote(f.path)}"
-                f"?dcPath={quote(self.datacenter, safe='')}&dsName={quote(f.datastore, safe='')}")
-
     def resolve(self, file_name: str) -> DsFile:
         """A file named in the .vmx or a descriptor: relative names are relative to its directory,
         /vmfs/volumes/DATASTORE/... is on that datastore."""
@@ -110,48 +126,49 @@ class Https:
         return DsFile(self.vmx.datastore, posixpath.normpath(posixpath.join(posixpath.dirname(self.vmx.path),
                                                                             file_name)))
 
-    def session(self) -> Session:
-        return Session(self)
+
+def read_password(password_file: str) -> str:
+    """The password in a file (-ip FILE), without the line end."""
+    try:
+        return Path(password_file).read_text().rstrip("\r\n")
+    except OSError as exc:
+        raise bad_input(f"{password_file}: cannot read the password file: {exc.strerror}") from None
 
 
 @dataclass
-class Session:
+class Session(Generic[S]):
     """Requests to the host: basic auth on the first, the session cookie it returns afterwards."""
 
-    https: Https
+    server: S
     cookie: str = ""  # "vmware_soap_session=..." once logged in
     _password: str | None = field(default=None, init=False, repr=False)  # read at the first login
 
     def _context(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context()
-        if not self.https.verify:  # -io sslverify=false: any certificate, any name
+        if not self.server.verify:  # -io sslverify=false: any certificate, any name
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
         return ctx
 
     def _authorization(self) -> str:
         if self._password is None:
-            try:
-                self._password = Path(self.https.password_file).read_text().rstrip("\r\n") \
-                    if self.https.password_file else ""
-            except OSError as exc:
-                raise bad_input(f"{self.https.password_file}: cannot read the password file: {exc.strerror}") from None
-        token = base64.b64encode(f"{self.https.user}:{self._password}".encode()).decode()
+            self._password = read_password(self.server.password_file) if self.server.password_file else ""
+        token = base64.b64encode(f"{self.server.user}:{self._password}".encode()).decode()
         return f"Basic {token}"
 
     def request(self, method: str, f: DsFile, limit: int = 0) -> tuple[int, http.client.HTTPMessage, bytes]:
         """(status, headers, body) of one request; `limit` reads only the first bytes (a Range)."""
-        where = self.https.url(f)
+        where = self.server.url(f)
         headers = {"User-Agent": "v2v"}
         if self.cookie:
             headers["Cookie"] = self.cookie
-        elif self.https.user:
+        elif self.server.user:
             headers["Authorization"] = self._authorization()
         if limit:
             headers["Range"] = f"bytes=0-{limit - 1}"
-        target = self.https.url(f, user=False)
+        target = self.server.url(f, user=False)
         target = target[target.index(_FOLDER):]
-        conn = http.client.HTTPSConnection(self.https.host, self.https.port or _DEFAULT_PORT, timeout=_TIMEOUT,
+        conn = http.client.HTTPSConnection(self.server.host, self.server.port or _DEFAULT_PORT, timeout=_TIMEOUT,
                                            context=self._context())
         try:
             conn.request(method, target, headers=headers)
@@ -165,14 +182,14 @@ class Session:
             raise bad_input(f"{where}: TLS failed: {exc.reason or exc}") from None
         except (OSError, http.client.HTTPException) as exc:  # refused, unknown host, timeout, reset
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
-            raise bad_input(f"{where}: cannot connect to {self.https.host}: {why}") from None
+            raise bad_input(f"{where}: cannot connect to {self.server.host}: {why}") from None
         finally:
             conn.close()
         if not self.cookie:
             self.cookie = _session_cookie(resp.headers.get_all("Set-Cookie") or [])
         if resp.status == 401:
-            hint = "" if self.https.user else " (name the user in the URL: https://USER@HOST/...)"
-            if self.https.user and not self.https.password_file:
+            hint = "" if self.server.user else " (name the user in the URL: https://USER@HOST/...)"
+            if self.server.user and not self.server.password_file:
                 hint = " (no password given: -ip FILE)"
             raise V2VError(f"{where}: authentication failed{hint}", pb.ERROR_CODE_BAD_INPUT,
                            detail=f"HTTP {resp.status} {resp.reason}")
@@ -181,7 +198,7 @@ class Session:
     def read(self, f: DsFile, limit: int = 0) -> bytes:
         status, _, body = self.request("GET", f, limit)
         if status not in (200, 206):
-            raise bad_input(f"{self.https.url(f)}: cannot read it: {_status(status)}")
+            raise bad_input(f"{self.server.url(f)}: cannot read it: {_status(status)}")
         return body
 
     def size(self, f: DsFile) -> int | None:
@@ -191,22 +208,22 @@ class Session:
             return None
         length = headers.get("Content-Length")
         if status != 200 or not (length or "").isdigit():
-            raise bad_input(f"{self.https.url(f)}: cannot read its size: {_status(status)}")
+            raise bad_input(f"{self.server.url(f)}: cannot read its size: {_status(status)}")
         if headers.get("Accept-Ranges", "").lower() != "bytes":
-            raise bad_input(f"{self.https.url(f)}: the server does not serve byte ranges (Accept-Ranges: bytes)")
+            raise bad_input(f"{self.server.url(f)}: the server does not serve byte ranges (Accept-Ranges: bytes)")
         return int(length or 0)
 
     def curl_args(self, f: DsFile, cookie_file: Path | None) -> list[str]:
         """nbdkit curl's parameters for a file: the session cookie (from a file: not on the command
         line, where any user could read it) or, if the host gave none, the user and password file."""
-        args = [f"url={self.https.url(f, user=False)}", "protocols=https", f"timeout={_TIMEOUT:.0f}"]
+        args = [f"url={self.server.url(f, user=False)}", "protocols=https", f"timeout={_TIMEOUT:.0f}"]
         if cookie_file is not None:
             args.append(f"cookie=+{cookie_file}")
-        elif self.https.user:
-            args.append(f"user={self.https.user}")
-            if self.https.password_file:
-                args.append(f"password=+{self.https.password_file}")
-        if not self.https.verify:
+        elif self.server.user:
+            args.append(f"user={self.server.user}")
+            if self.server.password_file:
+                args.append(f"password=+{self.server.password_file}")
+        if not self.server.verify:
             args.append("sslverify=false")
         return args
 
@@ -226,27 +243,26 @@ def _session_cookie(set_cookies: Sequence[str]) -> str:
     return ""
 
 
-def fetch_vmx(session: Session) -> Vmx:
+def fetch_vmx(session: Session[Https]) -> Vmx:
     """The guest's .vmx, downloaded and parsed. This is also the login: the session cookie is set."""
-    https = session.https
+    https = session.server
     data = session.read(https.vmx, _VMX_MAX)
     if len(data) == _VMX_MAX:
         raise bad_input(f"{https.url(https.vmx)}: {_VMX_MAX // 1024} KiB or more: too large to be a .vmx file")
     return read_vmx(data.decode("utf-8", errors="replace"), https.url(https.vmx))
 
 
-def flat_extent(session: Session, file_name: str) -> tuple[DsFile, int]:
-    """(the raw extent on the datastore, virtual size) of a disk named in the .vmx."""
-    https = session.https
-    desc_file = https.resolve(file_name)
-    where = f"{https.url(https.vmx)}: disk {file_name}"
+def flat_extent(session: Session[Server], desc_file: DsFile, where: str) -> tuple[DsFile, int]:
+    """(the raw extent on the datastore, virtual size) of the disk whose descriptor is `desc_file`;
+    `where` names the disk in messages."""
+    server = session.server
     extent, vmdk_size = remote_extent(session.read(desc_file, DESCRIPTOR_MAX), where, "HTTPS")
     flat = DsFile(desc_file.datastore, posixpath.normpath(posixpath.join(posixpath.dirname(desc_file.path), extent)))
     size = session.size(flat)
     if size is None:
-        raise bad_input(f"{where}: its extent {https.url(flat)} does not exist")
+        raise bad_input(f"{where}: its extent {server.url(flat)} does not exist")
     if size != vmdk_size:
-        raise bad_input(f"{where}: its extent {https.url(flat)} is {size} bytes, the descriptor says {vmdk_size}")
+        raise bad_input(f"{where}: its extent {server.url(flat)} is {size} bytes, the descriptor says {vmdk_size}")
     return flat, vmdk_size
 
 
@@ -254,17 +270,18 @@ class CurlNbdkit(FailFastNbdkit):
     """nbdkit's curl plugin under the cow filter (outermost) and the retry filter (next to the plugin,
     so that a retried read reopens the connection to the host)."""
 
-    def __init__(self, https: Https, sock: Path, log: Path, what: str, args: Sequence[str]) -> None:
-        self.https = https
+    def __init__(self, server: Server, sock: Path, log: Path, what: str, args: Sequence[str]) -> None:
+        self.server = server
         super().__init__(sock, log, what, "curl", args, filters=["cow", "retry"])
 
     def refusal(self, error: str) -> V2VError:
         low = error.lower()
         if "401" in error or "unauthorized" in low:
-            return V2VError(f"{self.https.url(self.https.vmx)}: authentication failed (nbdkit curl)",
-                            pb.ERROR_CODE_BAD_INPUT, detail=error)
+            return V2VError(f"cannot serve {self.what}: authentication failed (nbdkit curl)", pb.ERROR_CODE_BAD_INPUT,
+                            detail=error)
         if "certificate" in low or "ssl" in low:
-            return V2VError(f"{self.https.url(self.https.vmx)}: certificate verify failed (nbdkit curl): {error}",
+            hint = " (accept any certificate with -io sslverify=false)" if self.server.verify else ""
+            return V2VError(f"cannot serve {self.what}: certificate verify failed (nbdkit curl){hint}",
                             pb.ERROR_CODE_BAD_INPUT, detail=error)
         return super().refusal(error)
 
@@ -275,6 +292,27 @@ def _write_secret(path: Path, text: str) -> Path:
     with os.fdopen(fd, "w") as f:
         f.write(text)
     return path
+
+
+def serve_extents(session: Session[Server], disks: Sequence[pb.SourceDisk], flats: Sequence[DsFile],
+                  workdir: WorkDir, stack: ExitStack) -> None:
+    """Each disk's flat extent served on its in socket by nbdkit curl, logged in with the session's
+    cookie (or, if the host gave none, the user and password file)."""
+    cookie_file = None
+    if session.cookie:
+        # nbdkit reads it once, at its start: it is removed as soon as the servers run
+        cookie_file = _write_secret(workdir.path / "vmware-cookie", session.cookie)
+        stack.callback(cookie_file.unlink, missing_ok=True)
+    for disk, flat in zip(disks, flats, strict=True):
+        server = CurlNbdkit(session.server, workdir.in_sock(disk.index), workdir.log(f"input-disk{disk.index}.log"),
+                            f"disk {disk.index} ({disk.location})", session.curl_args(flat, cookie_file))
+        try:
+            stack.enter_context(server)
+        except V2VError as err:
+            err.fill(disk=disk.index)
+            raise
+    if cookie_file is not None:
+        cookie_file.unlink(missing_ok=True)
 
 
 @INPUTS.register("vmware_https")
@@ -289,23 +327,9 @@ class VmwareHttpsInput(InputPlugin):
         source = vmx.source()
         flats = []
         for i, d in enumerate(vmx.disks):
-            flat, size = flat_extent(session, d.file_name)
+            flat, size = flat_extent(session, https.resolve(d.file_name), f"{https.url(https.vmx)}: disk {d.file_name}")
             flats.append(flat)
             source.disks.append(pb.SourceDisk(index=i, location=https.url(flat), format="raw", virtual_size=size,
                                               controller=d.controller))
-        cookie_file = None
-        if session.cookie:
-            # nbdkit reads it once, at its start: it is removed as soon as the servers run
-            cookie_file = _write_secret(workdir.path / "vmware-cookie", session.cookie)
-            stack.callback(cookie_file.unlink, missing_ok=True)
-        for disk, flat in zip(source.disks, flats, strict=True):
-            server = CurlNbdkit(https, workdir.in_sock(disk.index), workdir.log(f"input-disk{disk.index}.log"),
-                                f"disk {disk.index} ({disk.location})", session.curl_args(flat, cookie_file))
-            try:
-                stack.enter_context(server)
-            except V2VError as err:
-                err.fill(disk=disk.index)
-                raise
-        if cookie_file is not None:
-            cookie_file.unlink(missing_ok=True)
+        serve_extents(session, source.disks, flats, workdir, stack)
         return source
