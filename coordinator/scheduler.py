@@ -53,7 +53,7 @@ def source_host(spec: input_pb2.InputSpec) -> str:
     if kind in ("vmware_https", "vddk"):
         https = spec.vmware_https if kind == "vmware_https" else spec.vddk.https
         return urlsplit(https.url).hostname or LOCAL_HOST
-    if kind in ("libvirt", "xen"):
+    if kind in ("libvirt", "xen", "vcenter"):
         return urlsplit(getattr(spec, kind).uri).hostname or LOCAL_HOST
     return LOCAL_HOST
 

@@ -221,6 +221,7 @@ def test_worker_names_must_differ():
     (input_pb2.InputSpec(vmware_https=input_pb2.VmwareHttpsInput(url="https://vc.lab/folder/g.vmx")), "vc.lab"),
     (input_pb2.InputSpec(libvirt=input_pb2.LibvirtInput(uri="qemu+ssh://kvm2/system", domain="g")), "kvm2"),
     (input_pb2.InputSpec(libvirt=input_pb2.LibvirtInput(domain="g")), "localhost"),
+    (input_pb2.InputSpec(vcenter=input_pb2.VCenterInput(uri="vpx://u@vc2.lab/DC/esx3.lab?no_verify=1")), "vc2.lab"),
 ])
 def test_source_host(spec, host):
     assert source_host(spec) == host

@@ -15,11 +15,12 @@ from contextlib import ExitStack
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from v2v.errors import V2VError
-from v2v.libvirtconn import connect, failed, libvirt
+from v2v.libvirtconn import connect
 from v2v.nbdserver import NbdServer, QemuNbd, export_size, nbd_uri
 from v2v.services.input.base import INPUTS, InputPlugin
 from v2v.services.input.diskfile import FORMATS
 from v2v.services.input.domainxml import DiskRef, parse_domain
+from v2v.services.input.libvirt import inactive_domain_xml
 from v2v.services.input.vmx import SshNbdkit, SshSource, bad_input, check_local_file
 from v2v.v1 import input_pb2
 from v2v.v1 import types_pb2 as pb
@@ -66,14 +67,7 @@ def domain_xml(uri: str, domain: str) -> bytes:
     UNSUPPORTED, in words that say so; other failures are libvirt's own."""
     try:
         with connect(uri, readonly=True) as conn:
-            try:
-                dom = conn.lookupByName(domain)
-            except libvirt.libvirtError as exc:
-                raise failed(f"-i libvirt: no guest {domain!r} at {uri}", exc, pb.ERROR_CODE_BAD_INPUT) from None
-            if dom.isActive():
-                raise V2VError(f"guest {domain} at {uri} is running: shut it down first (the disks of a running "
-                               "guest change under the copy)", pb.ERROR_CODE_BAD_INPUT)
-            return dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE).encode()
+            return inactive_domain_xml(conn, uri, domain).encode()
     except V2VError as err:
         if _NO_DRIVER not in err.message:
             raise
