@@ -208,8 +208,8 @@ def serve_main(argv: Sequence[str]) -> int:
     for s in SERVICES:
         p.add_argument(f"--{s}", metavar="ADDR", help=f"coordinator only: the {s} service (default $V2V_{s.upper()})")
     p.add_argument("--workdir-root", type=Path, default=None,
-                   help="coordinator only: where work directories go (default $V2V_WORKDIR_ROOT or /var/tmp/v2v); "
-                        "must be the same path for every service")
+                   help="coordinator only: where its workers create work directories (default: each worker's "
+                        "$V2V_WORKDIR_ROOT, else /var/tmp/v2v)")
     from v2v.coordinator.fleet_cmd import add_coordinator_arguments, coordinator_config
 
     add_coordinator_arguments(p)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -47,6 +48,16 @@ class NoGates:
         return nullcontext(0)
 
 
+@dataclass(frozen=True)
+class Converted:
+    """A conversion that outlived its run (keep_converted, or a coordinator restart): the worker's
+    input still serves the converted overlays, so a later run starts from setup with it."""
+
+    workdir: str  # absolute, on the worker
+    source: pb.Source
+    target: pb.TargetMeta
+
+
 def guest_name(job: coordinator_pb2.GuestJob) -> str:
     if job.name:
         return job.name
@@ -72,13 +83,11 @@ class GuestRun:
         self.files: list[str] = []
         self._calls: list[Any] = []  # in-flight streaming calls, cancelled by cancel()
         self._cancelled = threading.Event()
-        self._workdir: WorkDir | None = None
-        self._opened = self._converted = False
+        self._workdir: WorkDir | None = None  # once the worker created it: its path there
+        self._converted: Converted | None = None
+        self._opened = False
 
     def _on_step(self, ev: pb.StepEvent) -> None:
-        """Relays a phase's event; a finished phase also leaves its marker in the work directory."""
-        if ev.state == pb.STEP_STATE_SUCCEEDED and not ev.parent and self._workdir is not None:
-            self._workdir.mark_done(ev)
         self.sink(pb.Event(step=ev))
 
     @contextmanager
@@ -96,29 +105,45 @@ class GuestRun:
 
     @property
     def workdir(self) -> WorkDir | None:
+        """The guest's work directory on its worker, once the worker's input service created it.
+        Only its path is of use here: the coordinator may run on another host."""
         return self._workdir
 
-    def run(self, resume: WorkDir | None = None) -> None:
-        """From the start, or (`resume`: a work directory whose input is still open and whose
-        conversion is done) from setup, reusing that conversion."""
-        wd = self._workdir = resume or WorkDir.create(self.name, self.workdir_root)
+    @property
+    def converted(self) -> Converted | None:
+        """What a retry from setup needs, while the failed run keeps its conversion (`kept`)."""
+        return self._converted if self.kept else None
+
+    def run(self, resume: Converted | None = None) -> None:
+        """From the start, or (`resume`) from setup, reusing a conversion whose input is still open.
+        The work directory is named here and created by the worker's input service: the services
+        resolve a bare name under their own root, so the coordinator never touches the worker's files."""
         self.kept = False
-        self._opened = self._converted = resume is not None
+        self._converted = resume
+        self._opened = resume is not None
+        if resume is not None:
+            self._workdir = WorkDir(resume.workdir)
+            self.source = resume.source
+        workdir = resume.workdir if resume else WorkDir.new_name(self.name)
+        if resume is None and self.workdir_root is not None:
+            workdir = str(self.workdir_root / workdir)
         set_up = ok = False
         try:
             if resume is None:
-                result = self._open_and_convert(wd)
-                if result is None:
+                converted = self._open_and_convert(workdir)
+                if converted is None:
                     ok = True
                     return
             else:
-                self.source = wd.read(WorkDir.SOURCE, pb.Source())
-                result = convert_pb2.ConvertResult(target=wd.read(WorkDir.TARGET, pb.TargetMeta()))
+                converted = resume
+            wd = self._workdir
+            assert wd is not None
             with self.phase("setup"):
                 set_up = True
                 setup = self.clients.output.Setup(output_pb2.SetupRequest(
-                    workdir=str(wd.path), guest=self.name, output=self.job.output, target=result.target))
-            target = result.target
+                    workdir=str(wd.path), guest=self.name, output=self.job.output, target=converted.target))
+            target = pb.TargetMeta()
+            target.CopyFrom(converted.target)
             del target.disks[:]
             target.disks.extend(setup.disks)
             with self.gates.copying(len(setup.disks)) as streams, self.phase("copy"):
@@ -130,28 +155,32 @@ class GuestRun:
                 set_up = False
             ok = True
         finally:
-            self.kept = self._converted and not ok and self.keep_converted and not self._cancelled.is_set()
-            self._cleanup(wd, self._opened and not self.kept, set_up, ok)
+            self.kept = self._converted is not None and not ok and self.keep_converted and \
+                not self._cancelled.is_set()
+            self._cleanup(str(self._workdir.path) if self._workdir else workdir, self._opened and not self.kept,
+                          set_up, ok)
 
-    def _open_and_convert(self, wd: WorkDir) -> convert_pb2.ConvertResult | None:
+    def _open_and_convert(self, workdir: str) -> Converted | None:
         """open, check, convert; None when only the source was asked for (--print-source)."""
         with self.phase("open"):
             self._opened = True
-            resp = self.clients.input.Open(input_pb2.OpenRequest(workdir=str(wd.path), guest=self.name,
+            resp = self.clients.input.Open(input_pb2.OpenRequest(workdir=workdir, guest=self.name,
                                                                   input=self.job.input))
+            self._workdir = WorkDir(resp.workdir)
             self.source = resp.source
             size = sum(d.virtual_size for d in resp.source.disks)
             self.report.note(f"{resp.source.name}: {len(resp.source.disks)} disk(s), {human_size(size)} "
-                             f"({', '.join(d.format for d in resp.source.disks)})", step="open")
+                             f"({', '.join(d.format for d in resp.source.disks)}); work directory {resp.workdir}",
+                             step="open")
         if self.job.print_source:
             return None
         with self.phase("check"):
             self.clients.output.Check(output_pb2.CheckRequest(guest=self.name, output=self.job.output,
                                                               source=self.source))
         with self.gates.converting(), self.phase("convert"):
-            result = self._convert(wd)
-        self._converted = True
-        return result
+            result = self._convert(self._workdir)
+        self._converted = Converted(resp.workdir, resp.source, result.target)
+        return self._converted
 
     def _convert(self, wd: WorkDir) -> convert_pb2.ConvertResult:
         call = self.clients.convert.Convert(convert_pb2.ConvertRequest(
@@ -199,19 +228,21 @@ class GuestRun:
                 err.message += f" (disks not copied: {', '.join(map(str, sorted(pending)))})"
             raise err from None
 
-    def _cleanup(self, wd: WorkDir, opened: bool, set_up: bool, ok: bool) -> None:
+    def _cleanup(self, workdir: str, opened: bool, set_up: bool, ok: bool) -> None:
         """Best effort, in reverse order; each failure is reported but does not hide the first.
-        A failed guest's logs stay (its sockets and processes do not)."""
+        A failed guest's work directory stays on its worker with its logs (its sockets and processes
+        do not); a finished one goes with the input's Close."""
         if set_up:
-            self._quietly("abort", lambda: self.clients.output.Abort(output_pb2.AbortRequest(workdir=str(wd.path))))
+            self._quietly("abort", lambda: self.clients.output.Abort(output_pb2.AbortRequest(workdir=workdir)))
         if opened:
-            self._quietly("close", lambda: self.clients.input.Close(input_pb2.CloseRequest(workdir=str(wd.path))))
+            self._quietly("close", lambda: self.clients.input.Close(input_pb2.CloseRequest(workdir=workdir,
+                                                                                          remove=ok)))
         if ok:
-            wd.remove()
-        elif self.kept:
-            self.report.note(f"the conversion is kept in {wd.path} for a retry from setup", step="close")
+            return
+        if self.kept:
+            self.report.note(f"the conversion is kept in {workdir} for a retry from setup", step="close")
         else:
-            self.report.note(f"logs of the failed run kept in {wd.path / 'logs'}", step="close")
+            self.report.note(f"logs of the failed run kept in {workdir}/logs on its worker", step="close")
 
     def release(self) -> None:
         """Closes the input a failed run kept open (its converted overlays go with it)."""

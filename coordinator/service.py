@@ -5,7 +5,6 @@ step in the state database, so a restarted coordinator picks up where the last o
 from __future__ import annotations
 
 import secrets
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,7 +15,7 @@ from google.protobuf import timestamp_pb2
 
 from v2v.coordinator.clients import PhaseClients
 from v2v.coordinator.metrics import FleetMetrics
-from v2v.coordinator.pipeline import RESUMABLE_STEPS, GuestRun, guest_name
+from v2v.coordinator.pipeline import RESUMABLE_STEPS, Converted, GuestRun, guest_name
 from v2v.coordinator.scheduler import Scheduler, Ticket, TicketGates, source_host
 from v2v.coordinator.state import FINAL, GuestRecord, State
 from v2v.coordinator.steplogs import StepLogs
@@ -25,7 +24,6 @@ from v2v.events import step_event
 from v2v.grpcserver import rpc
 from v2v.v1 import coordinator_pb2, coordinator_pb2_grpc, input_pb2, output_pb2
 from v2v.v1 import types_pb2 as pb
-from v2v.workdir import WorkDir
 
 GS = coordinator_pb2
 _STEP_STATES = {pb.STEP_STATE_SUCCEEDED: "succeeded", pb.STEP_STATE_FAILED: "failed"}
@@ -38,17 +36,6 @@ def _timestamp(seconds: float | None) -> timestamp_pb2.Timestamp | None:
     ts = timestamp_pb2.Timestamp()
     ts.FromNanoseconds(int(seconds * 1e9))
     return ts
-
-
-def _served(sock: Path) -> bool:
-    """Whether an NBD server still answers on the socket (the overlay behind it is alive)."""
-    try:
-        with socket.socket(socket.AF_UNIX) as s:
-            s.settimeout(2)
-            s.connect(str(sock))
-        return True
-    except OSError:
-        return False
 
 
 class Guest:
@@ -170,12 +157,12 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         self.guests[rec.id] = guest
         return guest
 
-    def _start(self, guest: Guest, resume: WorkDir | None = None) -> None:
+    def _start(self, guest: Guest, resume: Converted | None = None) -> None:
         guest.thread = threading.Thread(target=self._execute, args=(guest, resume), name=f"guest-{guest.rec.name}",
                                         daemon=True)
         guest.thread.start()
 
-    def _execute(self, guest: Guest, resume: WorkDir | None) -> None:
+    def _execute(self, guest: Guest, resume: Converted | None) -> None:
         rec = guest.rec
         try:
             with self.scheduler.admitted(guest.ticket) as worker:
@@ -189,7 +176,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
                 self._set(guest, state=GS.GUEST_STATE_RUNNING, worker=worker.name, started=time.time(),
                           error=None)
                 if resume is not None:
-                    guest.logs.workdir_logs = resume.path / "logs"
+                    guest.logs.workdir_logs = Path(resume.workdir) / "logs"
                 try:
                     run.run(resume)
                 finally:
@@ -227,52 +214,54 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
             self._set(guest, attempt=rec.attempt + 1, state=GS.GUEST_STATE_QUEUED)
             self._start(guest, resume)
 
-    def _salvage(self, guest: Guest) -> WorkDir | None:
-        """What is left of a run the last coordinator did not finish: its work directory to resume
-        from setup (its conversion's overlays still served), or None to run again from open. A target
-        that was being written is aborted first, and marked."""
+    def _salvage(self, guest: Guest) -> Converted | None:
+        """What is left of a run the last coordinator did not finish, as the worker's input service
+        describes it: a conversion whose overlays it still serves (resume from setup), or None to
+        run again from open. A target that was being written is aborted first, and marked."""
         rec = guest.rec
         done = self.state.completed_steps(rec.id, rec.attempt)
         if "finalize" in done:
             self._set(guest, state=GS.GUEST_STATE_SUCCEEDED, ended=time.time(), target_open=False)
             return None
         clients = self.clients.get(rec.worker) or next(iter(self.clients.values()))
-        wd = WorkDir(rec.workdir) if rec.workdir else None
-        if rec.target_open and wd is not None:
-            self._abort_target(guest, clients, wd)
-        if wd is not None and "convert" in done and wd.path.is_dir() and \
-                (wd.path / WorkDir.TARGET).exists() and _served(wd.in_sock(0)):
-            self._note(guest, f"resuming from setup: the conversion in {wd.path} survived")
-            return wd
-        if wd is not None:
+        found = None
+        if rec.workdir:
             try:
-                clients.input.Close(input_pb2.CloseRequest(workdir=str(wd.path)))
+                found = clients.input.Describe(input_pb2.DescribeRequest(workdir=rec.workdir))
             except grpc.RpcError:
                 pass  # that input service is gone, and its overlays with it
-            wd.remove()
+        if rec.target_open:
+            self._abort_target(guest, clients, found.target if found and found.HasField("target") else None)
+        if found and found.open and "convert" in found.done and found.HasField("target"):
+            self._note(guest, f"resuming from setup: the conversion in {found.workdir} survived")
+            return Converted(found.workdir, found.source, found.target)
+        if found and found.exists:
+            try:
+                clients.input.Close(input_pb2.CloseRequest(workdir=found.workdir, remove=True))
+            except grpc.RpcError as exc:
+                self._note(guest, f"removing {found.workdir}: {from_rpc_error(exc, step='close').message}",
+                           pb.SEVERITY_WARNING)
         guest.ticket.worker = None  # nothing binds it to its old worker now
         return None
 
-    def _abort_target(self, guest: Guest, clients: PhaseClients, wd: WorkDir) -> None:
+    def _abort_target(self, guest: Guest, clients: PhaseClients, target: pb.TargetMeta | None) -> None:
         """The output's Abort removes the half-written target if its service still knows it; if it
         restarted too, the next attempt replaces the files (the state proves they are this guest's)."""
         rec = guest.rec
         try:
-            clients.output.Abort(output_pb2.AbortRequest(workdir=str(wd.path)))
+            removed = clients.output.Abort(output_pb2.AbortRequest(workdir=rec.workdir)).removed
         except grpc.RpcError as exc:
             self._note(guest, f"abort of the interrupted target: {from_rpc_error(exc, step='abort').message}",
                        pb.SEVERITY_WARNING)
-        target = pb.TargetMeta()
-        try:
-            wd.read(WorkDir.TARGET, target)
-        except V2VError:
-            pass
-        left = [d.path for d in target.disks if d.path and Path(d.path).exists()]
-        if left:
+            removed = False
+        what = "it was removed"
+        if not removed:
+            left = [d.path for d in target.disks if d.path] if target is not None else []
+            what = f"replacing {', '.join(left)}" if left else "it is replaced"
             guest.rec.job.output.overwrite = True
             self.state.update(rec.id, job=guest.rec.job)
-        self._note(guest, "the coordinator stopped while this guest's target was being written: "
-                          + (f"replacing {', '.join(left)}" if left else "it was removed"), pb.SEVERITY_WARNING)
+        self._note(guest, "the coordinator stopped while this guest's target was being written: " + what,
+                   pb.SEVERITY_WARNING)
         self._set(guest, target_open=False, target_interrupted=True)
 
     def _note(self, guest: Guest, message: str, severity: int = pb.SEVERITY_INFO) -> None:
@@ -385,10 +374,10 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         resume = None
         if from_step == "setup":
             run = guest.run
-            if run is None or not run.kept or run.workdir is None:
+            if run is None or run.converted is None:
                 raise V2VError(f"guest {rec.name} has no kept conversion to retry from setup: retry from open",
                                pb.ERROR_CODE_BAD_INPUT, guest=rec.name)
-            resume = run.workdir
+            resume = run.converted
         elif guest.run is not None:
             guest.run.release()
         guest.ticket = self.scheduler.ticket(rec.name, rec.job.priority, source_host(rec.job.input), order=rec.seq)

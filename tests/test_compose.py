@@ -109,6 +109,40 @@ def test_kvm_override_passes_the_device_to_convert_only(compose_ready: None):
     assert all(not s.get("devices") for n, s in services.items() if n != "convert")
 
 
+def test_worker_projects_each_on_their_own_ports_and_volumes(compose_ready: None):
+    """deploy/docker-compose.worker.yml: the same four services, on TCP with mutual TLS at the
+    project's ports; two projects share nothing (docs/deploy.md "Several workers")."""
+    worker = str(REPO / "deploy" / "docker-compose.worker.yml")
+    base = compose("config", "--format", "json")
+    assert base.returncode == 0, base.stderr
+    base_services = json.loads(base.stdout)["services"]
+    projects = {}
+    for project, prefix in (("w1", "5006"), ("w2", "5007")):
+        p = subprocess.run(["docker", "compose", "-p", project, "-f", worker, "config", "--format", "json"],
+                           capture_output=True, text=True, cwd=REPO, timeout=120, check=False,
+                           env={k: v for k, v in os.environ.items() if not k.startswith("V2V_")} | CONFIG_ENV
+                           | {"V2V_PORT_PREFIX": prefix, "V2V_TLS_DIR": "/srv/tls"})
+        assert p.returncode == 0, p.stderr
+        projects[project] = json.loads(p.stdout)
+    for project, prefix in (("w1", "5006"), ("w2", "5007")):
+        services = projects[project]["services"]
+        assert sorted(services) == sorted(PHASES)
+        for n, (name, s) in enumerate(sorted(services.items(), key=lambda kv: PHASES.index(kv[0])), start=1):
+            cmd = s["command"]
+            listens = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--listen"]
+            assert listens == [f"unix:/run/v2v/{name}.sock", f"127.0.0.1:{prefix}{n}"]
+            tls_dir = cmd[cmd.index("--tls-dir") + 1]
+            binds = {v["target"]: v for v in s["volumes"] if v["type"] == "bind"}
+            assert binds[tls_dir]["source"] == "/srv/tls" and binds[tls_dir].get("read_only") is True
+            assert s["network_mode"] == "host"
+            # extended, not copied: the same image, privileges and health check as in docker-compose.yml
+            for key in ("image", "cap_drop", "security_opt", "healthcheck"):
+                assert s[key] == base_services[name][key], (name, key)
+            assert volume_at(s, WORK_VOLUME) == s["environment"]["V2V_WORKDIR_ROOT"] == "/var/tmp/v2v"
+        assert {v["name"] for v in projects[project]["volumes"].values()} == {
+            f"{project}_{RUN_VOLUME}", f"{project}_{WORK_VOLUME}"}
+
+
 def test_work_volume_at_the_same_path_everywhere(config: dict):
     """NBD sockets made in one container's work directory are opened by path in another."""
     services = config["services"]

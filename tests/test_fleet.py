@@ -266,3 +266,88 @@ def test_coordinator_killed_mid_plan(convertible, workroot, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["first-sda", "first.xml", "second-sda", "second.xml"]
     assert 'v2v_guests{state="succeeded"} 2.0' in metrics
     assert 'v2v_step_duration_seconds_count{outcome="succeeded",step="copy"} 1.0' in metrics
+
+
+# ------------------------------------------------------------------------------- workers on other hosts
+
+PHASES = ("input", "convert", "output", "copier")
+
+
+def wait_listening(port: int, proc: subprocess.Popen, log: Path) -> None:
+    import socket
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+
+
+@contextmanager
+def worker_host(root: Path, env: dict[str, str], log: Path) -> Iterator[str]:
+    """The four phase services of one worker as if on a host of their own: on TCP with mutual TLS,
+    in a mount namespace where their work-directory root is a private tmpfs that no other process
+    (the coordinator included) can see. Yields the worker's --worker address list."""
+    root.mkdir()
+    ports = {s: free_port() for s in PHASES}
+    serve = " & ".join(f"{V2V} serve {s} --listen 127.0.0.1:{p}" for s, p in ports.items())
+    script = f"mount -t tmpfs -o mode=0700 tmpfs {root} || exit 97; {serve} & wait"
+    proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                            env=dict(env, V2V_WORKDIR_ROOT=str(root)), stderr=open(log, "w"), start_new_session=True)
+    try:
+        for port in ports.values():
+            wait_listening(port, proc, log)
+        yield ",".join(f"{s}@127.0.0.1:{p}" for s, p in ports.items())
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_workers_on_other_hosts(convertible, tmp_path):
+    """Two workers the coordinator reaches only over mTLS TCP and whose files it cannot see: each
+    guest's work directory is made, used and removed on its worker, never by the coordinator."""
+    subprocess.run([V2V, "certs", str(tmp_path / "certs")], check=True, capture_output=True, timeout=60)
+    coordinator_root = tmp_path / "coordinator"
+    coordinator_root.mkdir()
+    env = dict(os.environ, V2V_TLS_DIR=str(tmp_path / "certs"), V2V_WORKDIR_ROOT=str(coordinator_root))
+    out = tmp_path / "out"
+    out.mkdir()
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(plan_text([guest("a", convertible), guest("b", convertible)], out))
+    roots = {w: tmp_path / f"{w}-root" for w in ("w1", "w2")}
+    sock = tmp_path / "coordinator.sock"
+    with worker_host(roots["w1"], env, tmp_path / "w1.log") as w1, \
+            worker_host(roots["w2"], env, tmp_path / "w2.log") as w2:
+        coordinator = subprocess.Popen(
+            [V2V, "serve", "coordinator", "--listen", f"unix:{sock}", "--state", str(tmp_path / "state.db"),
+             "--worker", f"w1={w1},conversions=1", "--worker", f"w2={w2},conversions=1"],
+            env=env, stderr=open(tmp_path / "coordinator.log", "w"))
+        try:
+            deadline = time.monotonic() + 60
+            while not sock.exists():
+                assert coordinator.poll() is None and time.monotonic() < deadline, \
+                    (tmp_path / "coordinator.log").read_text()
+                time.sleep(0.1)
+            fleet = subprocess.run([V2V, "fleet", str(plan), "--coordinator", f"unix:{sock}", "--machine-readable"],
+                                   env=env, capture_output=True, text=True, timeout=900)
+        finally:
+            coordinator.terminate()
+            coordinator.wait(timeout=120)
+    assert fleet.returncode == 0, fleet.stderr + (tmp_path / "w1.log").read_text()
+    rows = {n: guest_row(tmp_path / "state.db", n) for n in ("a", "b")}
+    assert {r["state"] for r in rows.values()} == {GS.GUEST_STATE_SUCCEEDED}
+    assert {r["worker"] for r in rows.values()} == {"w1", "w2"}  # one guest each: both converted at once
+    # Each guest's work directory was on its worker, under that worker's root ...
+    for row in rows.values():
+        assert f"work directory {roots[row['worker']]}/{row['name']}." in fleet.stdout
+    # ... which the coordinator's side never saw: the roots are empty here, no work directory was made locally.
+    assert [list(r.iterdir()) for r in roots.values()] == [[], []]
+    assert not [p for p in coordinator_root.iterdir() if p.name.startswith(("a.", "b."))]
+    assert sorted(p.name for p in out.iterdir()) == ["a-sda", "a.xml", "b-sda", "b.xml"]

@@ -168,3 +168,30 @@ def test_truncated_vmdk_is_refused(phony, workroot, tmp_path):
         svc.close(str(wd.path))
     assert info.value.code in (pb.ERROR_CODE_BAD_INPUT, pb.ERROR_CODE_PROCESS_FAILED)
     assert "cut.vmdk" in info.value.one_line() and "\n" not in info.value.one_line()
+
+
+def test_open_creates_a_named_work_directory_that_describe_reports_and_close_removes(phony, workroot,
+                                                                                    monkeypatch):
+    """A bare work-directory name lands under the service's own root, so a coordinator elsewhere
+    only names it; Describe tells it what is there, Close(remove) takes it away."""
+    monkeypatch.setenv("V2V_WORKDIR_ROOT", str(workroot))
+    svc = InputService()
+    name = WorkDir.new_name("named guest")
+    assert "/" not in name and name.startswith("named_guest.")
+    resp = svc.open(input_pb2.OpenRequest(workdir=name, guest="g", input=input_pb2.InputSpec(
+        disk=input_pb2.DiskInput(paths=[str(phony / "debian-single.img")]))))
+    wd = workroot / name
+    try:
+        assert resp.workdir == str(wd) and resp.sockets == [str(wd / "in0.sock")]
+        assert (wd.stat().st_mode & 0o777) == 0o700
+        described = svc.describe(name)
+        assert (described.workdir, described.exists, described.open) == (str(wd), True, True)
+        assert list(described.done) == ["open"] and described.source == resp.source
+        assert not described.HasField("target")
+        marker = WorkDir(wd).read("open.done", pb.StepEvent())
+        assert (marker.guest, marker.state) == ("g", pb.STEP_STATE_SUCCEEDED) and marker.HasField("duration")
+    finally:
+        svc.close(name)
+    assert wd.is_dir() and not svc.describe(str(wd)).open  # closed, kept for its logs
+    svc.close(name, remove=True)
+    assert not wd.exists() and not svc.describe(name).exists

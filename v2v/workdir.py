@@ -5,15 +5,21 @@
         out0.sock ...           NBD sockets of the target disks (output)
         source.json             v2v.v1.Source, protobuf JSON (input)
         target.json             v2v.v1.TargetMeta, protobuf JSON (convert, then output)
-        <step>.done             phase markers: the StepEvent JSON of each finished phase
+        <step>.done             phase markers: each service's SUCCEEDED StepEvent of its phase
         logs/                   stderr of every process a service started, one file each
-"""
+
+A work directory is named by its absolute path or by a bare name (`<guest>.<id>`) that each
+service resolves under its own root: the four services of a worker share that root, while a
+coordinator on another host never needs to see it. The input service creates it at Open."""
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
-import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -21,6 +27,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from v2v.errors import V2VError
+from v2v.events import step_event
 from v2v.v1 import types_pb2 as pb
 
 M = TypeVar("M", bound=Message)
@@ -42,24 +49,37 @@ class WorkDir:
 
     SOURCE = "source.json"
     TARGET = "target.json"
+    DONE = ".done"
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
+        """`path`: absolute, or a name under this process's root (default_root())."""
+        path = Path(path)
+        self.path = path if path.is_absolute() else default_root() / path
+
+    @staticmethod
+    def new_name(guest: str) -> str:
+        """A fresh name for a guest's work directory, made without touching any file system: a
+        coordinator names the directory, the worker's input service creates it."""
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in guest)[:40] or "guest"
+        return f"{safe}.{secrets.token_hex(4)}"
 
     @classmethod
     def create(cls, guest: str, root: Path | None = None) -> WorkDir:
-        root = root or default_root()
-        root.mkdir(parents=True, exist_ok=True)
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in guest)[:40] or "guest"
-        path = Path(tempfile.mkdtemp(prefix=f"{safe}.", dir=root))
-        os.chmod(path, 0o700)
-        wd = cls(path)
-        if len(str(wd.in_sock(99))) > _MAX_SOCKET_PATH:
-            shutil.rmtree(path)
-            raise V2VError(f"work directory root {root} is too long for NBD socket paths; "
+        """A new work directory for `guest` under `root` (default: default_root())."""
+        while True:
+            wd = cls((root or default_root()) / cls.new_name(guest))
+            if not wd.path.exists():
+                return wd.ensure()
+
+    def ensure(self) -> WorkDir:
+        """Creates the directory (0700: only its owner may reach the sockets) unless it exists."""
+        if len(str(self.in_sock(99))) > _MAX_SOCKET_PATH:
+            raise V2VError(f"work directory {self.path} is too long for NBD socket paths; "
                            "set V2V_WORKDIR_ROOT to a shorter path", pb.ERROR_CODE_BAD_INPUT)
-        (path / "logs").mkdir(mode=0o700)
-        return wd
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.mkdir(mode=0o700, exist_ok=True)
+        (self.path / "logs").mkdir(mode=0o700, exist_ok=True)
+        return self
 
     def in_sock(self, disk: int) -> Path:
         return self.path / f"in{disk}.sock"
@@ -89,8 +109,18 @@ class WorkDir:
                            pb.ERROR_CODE_BAD_INPUT) from None
         return msg
 
-    def mark_done(self, event: pb.StepEvent) -> None:
-        self.write(f"{event.step}.done", event)
+    @contextmanager
+    def phase(self, step: str, guest: str) -> Iterator[None]:
+        """A phase a service runs here. Once it succeeded, its marker `<step>.done` (the SUCCEEDED
+        StepEvent, timed) tells a script, or a coordinator after a restart, how far the guest got."""
+        t0 = time.monotonic()
+        yield
+        self.write(step + self.DONE, step_event(guest, step, pb.STEP_STATE_SUCCEEDED, seconds=time.monotonic() - t0))
+
+    def done(self) -> list[str]:
+        """The phases that left their marker, oldest first."""
+        markers = sorted(self.path.glob("*" + self.DONE), key=lambda p: p.stat().st_mtime)
+        return [p.name.removesuffix(self.DONE) for p in markers]
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)

@@ -44,6 +44,11 @@ class ConvertService(convert_pb2_grpc.ConvertServicer):
     def convert(self, request: convert_pb2.ConvertRequest, report: StepReporter) -> convert_pb2.ConvertResult:
         """The whole conversion, without gRPC. Sub-step events go to `report`."""
         workdir = WorkDir(request.workdir)
+        with workdir.phase("inspect" if request.options.inspect_only else "convert", request.guest):
+            return self._convert(request, workdir, report)
+
+    def _convert(self, request: convert_pb2.ConvertRequest, workdir: WorkDir,
+                 report: StepReporter) -> convert_pb2.ConvertResult:
         source = workdir.read(WorkDir.SOURCE, pb.Source())
         sockets = [workdir.in_sock(d.index) for d in source.disks]
         opts = request.options

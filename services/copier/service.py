@@ -187,7 +187,8 @@ class CopierService(copier_pb2_grpc.CopierServicer):
         with self._lock:
             self._jobs.setdefault(workdir, []).append(job)
         try:
-            yield from job.events()
+            with job.workdir.phase(STEP, job.guest):
+                yield from job.events()
         finally:
             with self._lock:
                 self._jobs[workdir].remove(job)

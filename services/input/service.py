@@ -44,15 +44,18 @@ class InputService(input_pb2_grpc.InputServicer):
 
     def open(self, request: input_pb2.OpenRequest) -> input_pb2.OpenResponse:
         """Open without gRPC: the same code the RPC runs."""
-        workdir = WorkDir(request.workdir)
+        if not request.workdir:
+            raise V2VError("no work directory given", pb.ERROR_CODE_BAD_INPUT, step="open", guest=request.guest)
         plugin, options = INPUTS.lookup(request.input)
         stack = ExitStack()
         try:
-            if request.in_place:
-                source = open_in_place(plugin, options, request, workdir, stack)
-            else:
-                source = plugin.open(options, request.guest, workdir, stack)
-            workdir.write(WorkDir.SOURCE, source)
+            workdir = WorkDir(request.workdir).ensure()
+            with workdir.phase("open", request.guest):
+                if request.in_place:
+                    source = open_in_place(plugin, options, request, workdir, stack)
+                else:
+                    source = plugin.open(options, request.guest, workdir, stack)
+                workdir.write(WorkDir.SOURCE, source)
         except V2VError as err:
             stack.close()
             err.fill(step="open", guest=request.guest)
@@ -60,19 +63,36 @@ class InputService(input_pb2_grpc.InputServicer):
         except BaseException:
             stack.close()
             raise
+        key = str(workdir.path)
         with self._lock:
-            old = self._open.pop(request.workdir, None)
-            self._open[request.workdir] = stack
+            old = self._open.pop(key, None)
+            self._open[key] = stack
         if old:
             old.close()
-        return input_pb2.OpenResponse(source=source,
+        return input_pb2.OpenResponse(source=source, workdir=key,
                                       sockets=[str(workdir.in_sock(d.index)) for d in source.disks])
 
-    def close(self, workdir: str) -> None:
+    def close(self, workdir: str, remove: bool = False) -> None:
+        wd = WorkDir(workdir)
         with self._lock:
-            stack = self._open.pop(workdir, None)
+            stack = self._open.pop(str(wd.path), None)
         if stack:
             stack.close()
+        if remove:
+            wd.remove()
+
+    def describe(self, workdir: str) -> input_pb2.DescribeResponse:
+        wd = WorkDir(workdir)
+        resp = input_pb2.DescribeResponse(workdir=str(wd.path), exists=wd.path.is_dir())
+        if not resp.exists:
+            return resp
+        with self._lock:
+            resp.open = str(wd.path) in self._open
+        resp.done.extend(wd.done())
+        for name, field in ((WorkDir.SOURCE, resp.source), (WorkDir.TARGET, resp.target)):
+            if (wd.path / name).exists():
+                wd.read(name, field)
+        return resp
 
     def shutdown(self) -> None:
         for wd in list(self._open):
@@ -84,5 +104,10 @@ class InputService(input_pb2_grpc.InputServicer):
 
     @rpc
     def Close(self, request: input_pb2.CloseRequest, context: grpc.ServicerContext) -> input_pb2.CloseResponse:
-        self.close(request.workdir)
+        self.close(request.workdir, request.remove)
         return input_pb2.CloseResponse()
+
+    @rpc
+    def Describe(self, request: input_pb2.DescribeRequest,
+                 context: grpc.ServicerContext) -> input_pb2.DescribeResponse:
+        return self.describe(request.workdir)

@@ -84,8 +84,9 @@ class OutputService(output_pb2_grpc.OutputServicer):
                                pb.ERROR_CODE_BAD_INPUT)
         stack = ExitStack()
         try:
-            plugin.setup(request.output, target, workdir, stack)
-            workdir.write(WorkDir.TARGET, target)
+            with workdir.phase("setup", request.guest):
+                plugin.setup(request.output, target, workdir, stack)
+                workdir.write(WorkDir.TARGET, target)
         except BaseException:
             stack.close()  # the servers stop before their files go
             plugin.abort(request.output, target, workdir)
@@ -111,7 +112,8 @@ class OutputService(output_pb2_grpc.OutputServicer):
             target = request_target(request, workdir)
             if not target.disks:  # the request did not list them: those Setup created
                 target.disks.extend(workdir.read(WorkDir.TARGET, pb.TargetMeta()).disks)
-            files = plugin.finalize(request.output, target, workdir)
+            with workdir.phase("finalize", request.guest):
+                files = plugin.finalize(request.output, target, workdir)
         except BaseException:
             if opened:  # Abort can still remove the disks
                 with self._lock:
@@ -127,11 +129,12 @@ class OutputService(output_pb2_grpc.OutputServicer):
             opened.stack.close()
         return opened
 
-    def abort(self, workdir: str) -> None:
+    def abort(self, workdir: str) -> bool:
         """Stops the servers and removes the disks of a work directory's output, if it has one here."""
         opened = self.release(workdir)
         if opened:
             opened.plugin.abort(opened.spec, opened.target, WorkDir(workdir))
+        return opened is not None
 
     def shutdown(self) -> None:
         for workdir in list(self._open):
@@ -153,8 +156,7 @@ class OutputService(output_pb2_grpc.OutputServicer):
 
     @rpc
     def Abort(self, request: output_pb2.AbortRequest, context: grpc.ServicerContext) -> output_pb2.AbortResponse:
-        self.abort(request.workdir)
-        return output_pb2.AbortResponse()
+        return output_pb2.AbortResponse(removed=self.abort(request.workdir))
 
     @rpc
     def Release(self, request: output_pb2.ReleaseRequest,
