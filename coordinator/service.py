@@ -4,6 +4,7 @@ step in the state database, so a restarted coordinator picks up where the last o
 
 from __future__ import annotations
 
+import bisect
 import secrets
 import threading
 import time
@@ -36,6 +37,44 @@ def _timestamp(seconds: float | None) -> timestamp_pb2.Timestamp | None:
     ts = timestamp_pb2.Timestamp()
     ts.FromNanoseconds(int(seconds * 1e9))
     return ts
+
+
+class EventLog:
+    """Every guest's events in order, each with a sequence number, for Follow to replay. Progress
+    is most of a fleet's events (one a second per disk being copied) and only its latest value
+    matters, so every `compact_every` progress events the ones a later progress of the same disk
+    supersedes are dropped: the log grows with steps and states, not with copy time. A follower
+    keeps its place by sequence number, so dropped events are simply not sent."""
+
+    def __init__(self, compact_every: int = 20000) -> None:
+        self.compact_every = compact_every
+        self.last = 0  # sequence number of the newest event
+        self._events: list[tuple[int, coordinator_pb2.FleetEvent]] = []
+        self._latest: dict[tuple[str, int], int] = {}  # (guest id, disk) -> sequence of its newest progress
+        self._progress_since_compaction = 0
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    def add(self, fe: coordinator_pb2.FleetEvent) -> None:
+        self.last += 1
+        self._events.append((self.last, fe))
+        if fe.HasField("event") and fe.event.HasField("progress"):
+            self._latest[(fe.id, fe.event.progress.disk)] = self.last
+            self._progress_since_compaction += 1
+            if self._progress_since_compaction >= self.compact_every:
+                self._compact()
+
+    def after(self, seq: int) -> tuple[int, list[coordinator_pb2.FleetEvent]]:
+        """The events newer than `seq`, and the sequence number of the newest."""
+        i = bisect.bisect_right(self._events, seq, key=lambda e: e[0])
+        return self.last, [fe for _, fe in self._events[i:]]
+
+    def _compact(self) -> None:
+        latest = set(self._latest.values())
+        self._events = [(n, fe) for n, fe in self._events
+                        if n in latest or not (fe.HasField("event") and fe.event.HasField("progress"))]
+        self._progress_since_compaction = 0
 
 
 class Guest:
@@ -77,7 +116,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         self.logs_root = state.path.parent / "logs"
         self.clients = {name: PhaseClients(w.addresses) for name, w in scheduler.workers.items()}
         self.guests: dict[str, Guest] = {}
-        self._log: list[GS.FleetEvent] = []  # every guest's events, in order: Watch and Follow replay it
+        self._log = EventLog()  # Watch and Follow replay it, then follow it live
         self._changed = threading.Condition()
         self._stopping = False
         self._recover()
@@ -86,7 +125,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
 
     def _publish(self, fe: coordinator_pb2.FleetEvent) -> None:
         with self._changed:
-            self._log.append(fe)
+            self._log.add(fe)
             self._changed.notify_all()
 
     def _set(self, guest: Guest, **values: object) -> None:
@@ -307,16 +346,15 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         """The log of one guest (or all: gid ""), past then live, until it (every guest) has ended."""
         if gid:
             self._get(gid)
-        sent = 0
+        sent = 0  # sequence number of the last event sent
         while True:
             with self._changed:
-                while sent == len(self._log) and not self._ended(gid) and context.is_active():
+                while sent == self._log.last and not self._ended(gid) and context.is_active():
                     self._changed.wait(timeout=1.0)
-                batch = self._log[sent:]
+                sent, batch = self._log.after(sent)
                 done = self._ended(gid)
-            sent += len(batch)
             yield from (fe for fe in batch if not gid or fe.id == gid)
-            if (done and sent == len(self._log)) or not context.is_active():
+            if (done and sent == self._log.last) or not context.is_active():
                 return
 
     def _ended(self, gid: str) -> bool:

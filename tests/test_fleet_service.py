@@ -20,8 +20,10 @@ from tests.test_fleet import free_port
 from v2v.coordinator.client import FleetClient
 from v2v.coordinator.scheduler import Limits
 from v2v.coordinator.servers import EmbeddedServices
+from v2v.coordinator.service import EventLog
 from v2v.coordinator.state import GuestRecord, State
 from v2v.v1 import coordinator_pb2, input_pb2, output_pb2
+from v2v.v1 import types_pb2 as pb
 
 GS = coordinator_pb2
 
@@ -186,3 +188,26 @@ def test_example_client_against_a_served_coordinator(phony, workroot, tmp_path):
     finally:
         coord.terminate()
         assert coord.wait(timeout=60) == 0
+
+
+def test_event_log_keeps_steps_and_only_the_latest_progress():
+    """Hours of copy progress must not grow the coordinator's memory: superseded progress goes,
+    steps, states and each disk's newest progress stay, and a follower keeps its place."""
+    def progress(gid: str, disk: int, done: int) -> GS.FleetEvent:
+        return GS.FleetEvent(id=gid, event=pb.Event(progress=pb.Progress(disk=disk, bytes_done=done)))
+
+    log = EventLog(compact_every=100)
+    log.add(GS.FleetEvent(id="a", event=pb.Event(step=pb.StepEvent(step="copy", state=pb.STEP_STATE_STARTED))))
+    seen, first = log.after(0)
+    for n in range(1, 1001):
+        for gid, disk in (("a", 0), ("a", 1), ("b", 0)):
+            log.add(progress(gid, disk, n))
+    log.add(GS.FleetEvent(id="a", status=GS.GuestStatus(id="a", state=GS.GUEST_STATE_SUCCEEDED)))
+    assert log.last == 3002 and len(log) < 200
+    last, rest = log.after(0)
+    assert last == 3002 and rest[0] == first[0] and rest[-1].HasField("status")
+    newest = {(fe.id, fe.event.progress.disk): fe.event.progress.bytes_done for fe in rest
+              if fe.HasField("event") and fe.event.HasField("progress")}
+    assert newest == {("a", 0): 1000, ("a", 1): 1000, ("b", 0): 1000}
+    _, tail = log.after(seen)  # a follower that had the first event resumes after it
+    assert tail == rest[1:]
