@@ -170,11 +170,12 @@ def convert(image: Path, block_driver: int = pb.BLOCK_BUS_UNSPECIFIED) -> Conver
         report = StepReporter(image.stem, events.append, parent="convert")
         t0 = time.monotonic()
         insp = inspect(g, convert_pb2.RootChoice())
-        fsck(g, insp, report)
-        mounted = mount_all(g, insp)
-        print(f"{image.stem}: inspected, checked, mounted in {time.monotonic() - t0:.1f} s")
-        caps, error = None, None
+        caps, error, log, files = None, None, "", {}
         try:
+            with report.step("fsck"):  # as the service runs it: a failure names the guest and the step
+                fsck(g, insp, report)
+            mounted = mount_all(g, insp)
+            print(f"{image.stem}: inspected, checked, mounted in {time.monotonic() - t0:.1f} s")
             caps = LinuxConversion(g, insp, pb.Source(disks=[pb.SourceDisk(index=0)]), report, mounted,
                                    block_driver).run()
         except V2VError as exc:
@@ -182,9 +183,10 @@ def convert(image: Path, block_driver: int = pb.BLOCK_BUS_UNSPECIFIED) -> Conver
         print(f"{image.stem}: converted in {time.monotonic() - t0:.1f} s:",
               ", ".join(f"{e.step} {e.duration.seconds + e.duration.nanos / 1e9:.1f}" for e in events
                         if e.state == pb.STEP_STATE_SUCCEEDED))
-        log = g.read_file(phony_rpm.FAKE_LOG).decode() if g.is_file(phony_rpm.FAKE_LOG) else ""
-        files = {p: g.read_file(p).decode(errors="replace") if g.is_file(p, followsymlinks=True) else None
-                 for p in READ_BACK}
+        if g.mounts():  # not when fsck failed: nothing was mounted
+            log = g.read_file(phony_rpm.FAKE_LOG).decode() if g.is_file(phony_rpm.FAKE_LOG) else ""
+            files = {p: g.read_file(p).decode(errors="replace") if g.is_file(p, followsymlinks=True) else None
+                     for p in READ_BACK}
         g.umount_all()
         g.shutdown()
         return Converted(caps, error, events, log.splitlines(), files)
@@ -263,8 +265,9 @@ def test_rhel9(converted: dict[str, Converted]):
     assert c.caps.block_bus == pb.BLOCK_BUS_VIRTIO_BLK and c.caps.machine == pb.MACHINE_Q35
     assert c.caps.virtio_1_0 and c.caps.virtio_rng and c.caps.virtio_balloon and c.caps.pvpanic and c.caps.rtc_utc
     steps = [e.step for e in c.events if e.state == pb.STEP_STATE_SUCCEEDED]
-    assert steps == ["free-space", "kernel", "remove-tools", "devices", "config", "initramfs", "bootloader",
-                     "guest-agent"]
+    assert steps == ["fsck", "free-space", "kernel", "secure-boot", "remove-tools", "devices", "config", "initramfs",
+                     "bootloader", "guest-agent"]
+    assert not c.caps.secure_boot and "secure boot off: the guest boots with BIOS" in c.notes()
 
 
 @pytest.mark.appliance
@@ -289,6 +292,10 @@ def test_fedora_uefi_virtualbox(converted: dict[str, Converted]):
     assert "dnf -y install qemu-guest-agent" in c.files["/usr/local/lib/v2v/firstboot.sh"]
     assert c.files["/etc/systemd/system/multi-user.target.wants/v2v-firstboot.service"] is not None
     assert not c.caps.rtc_utc
+    # Its shim and grub are not signed PE images (nor is its kernel): no secure boot.
+    assert not c.caps.secure_boot
+    assert "secure boot off: /boot/efi/EFI/fedora/shimx64.efi, /boot/efi/EFI/fedora/grubx64.efi, " \
+           f"/boot/vmlinuz-{kver} not signed" in c.notes()
 
 
 @pytest.mark.appliance
@@ -325,6 +332,61 @@ def test_sles11_mkinitrd(converted: dict[str, Converted]):
     assert c.files["/etc/sysconfig/kernel"] == 'INITRD_MODULES="processor thermal"\n'
     assert "does not use systemd" in c.notes()
     assert not c.caps.virtio_1_0
+
+
+@pytest.mark.appliance
+def test_sles15_secure_boot_and_default_kernel(converted: dict[str, Converted]):
+    """UEFI with a signed chain asks for secure boot; grub's default (GRUB_DEFAULT=0: the newer
+    custom kernel, which has no virtio) becomes the chosen kernel, SUSE's way."""
+    c = converted["sles15-sb"]
+    assert c.error is None, c.error
+    kver, entry = phony_rpm.SLES15_KVER, phony_rpm.SLES15_SB_ENTRY
+    assert c.caps.secure_boot and c.caps.machine == pb.MACHINE_Q35
+    assert ("secure boot on: /boot/efi/EFI/sles/shim.efi -> /boot/efi/EFI/sles/grub.efi -> "
+            f"/boot/vmlinuz-{kver} signed") in c.notes()
+    assert c.ran("grub2-set-default") == [f"grub2-set-default [{entry}]"]
+    assert c.files["/etc/default/grub"].startswith("GRUB_DEFAULT=saved\nGRUB_TIMEOUT=8\n")
+    assert c.files["/boot/grub2/grubenv"] == f"# GRUB Environment Block\nsaved_entry={entry}\n"
+    # Regenerated after, so that grub.cfg reads saved_entry (no device name changed: only for the default).
+    assert c.ran("grub2-") == [f"grub2-set-default [{entry}]", "grub2-mkconfig [-o] [/boot/grub2/grub.cfg]"]
+    assert f"default kernel: /boot/vmlinuz-{kver}, grub entry '{entry}' (was vmlinuz-{phony_rpm.SLES15_CUSTOM})" \
+        in c.notes()
+    assert c.ran("dracut") == [f"dracut [--add-drivers] [virtio virtio_ring virtio_blk virtio_scsi virtio_net "
+                               f"virtio_pci] [/boot/initrd-{kver}] [{kver}]"]
+
+
+def failure(c: Converted) -> pb.StepEvent:
+    [failed] = [e for e in c.events if e.state == pb.STEP_STATE_FAILED]
+    return failed
+
+
+@pytest.mark.appliance
+def test_fsck_errors_fail_before_anything_changes(converted: dict[str, Converted]):
+    """e2fsck -n finds the damaged root: the conversion stops in its fsck step, naming the guest
+    and the filesystem, with nothing mounted, run or written."""
+    c = converted["sles15-damaged"]
+    assert c.error is not None and c.error.code == pb.ERROR_CODE_CONVERSION_FAILED
+    assert str(c.error) == ("guest sles15-damaged: step convert: filesystem /dev/sda2 (/, ext4) has errors: "
+                            "repair it in the source guest (e2fsck -f) and convert again")
+    assert "ref count is 7, should be 1" in c.error.detail
+    failed = failure(c)
+    assert (failed.step, failed.parent, failed.error.guest) == ("fsck", "convert", "sles15-damaged")
+    assert c.caps is None and c.commands == [] and c.files == {}
+
+
+@pytest.mark.appliance
+def test_xen_only_kernels_fail_clearly(converted: dict[str, Converted]):
+    """Only kernel-xen: the kernel step fails saying what to install, before any change."""
+    c = converted["sles11-xenonly"]
+    assert c.error is not None and c.error.code == pb.ERROR_CODE_CONVERSION_FAILED
+    assert str(c.error) == (f"guest sles11-xenonly: step convert: only Xen paravirtualized kernels are installed in "
+                            f"this guest ({phony_rpm.SLES11_XEN}): they cannot boot on KVM. Install a regular kernel "
+                            "in the guest (e.g. 'kernel-default' on SUSE, 'kernel' on RHEL) and convert again")
+    failed = failure(c)
+    assert (failed.step, failed.parent, failed.error.guest) == ("kernel", "convert", "sles11-xenonly")
+    assert [e.step for e in c.events if e.state == pb.STEP_STATE_SUCCEEDED] == ["fsck", "free-space"]
+    assert c.commands == []  # no package removed, no initrd built
+    assert c.files["/etc/fstab"].startswith("/dev/xvda2 / ext4")  # nothing renamed
 
 
 @pytest.mark.appliance

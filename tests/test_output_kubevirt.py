@@ -110,8 +110,13 @@ def test_uefi_scsi_topology_and_pvc_prefix():
                          cpu_topology=pb.CpuTopology(sockets=2, cores=4, threads=2))
     doc = describe(target, kubevirt_spec(pvc_prefix="imported-"))
     dom = domain(doc)
-    # KubeVirt's EFI means Secure Boot unless told otherwise, which the source never had.
+    # KubeVirt's EFI means Secure Boot unless told otherwise, which the conversion did not ask for.
     assert dom["firmware"] == {"bootloader": {"efi": {"secureBoot": False}}}
+    assert "smm" not in dom["features"]
+    target.caps.secure_boot = True
+    secure = domain(describe(target, kubevirt_spec()))
+    assert secure["firmware"] == {"bootloader": {"efi": {"secureBoot": True}}}
+    assert secure["features"]["smm"] == {"enabled": True}
     assert dom["cpu"] == {"cores": 4, "sockets": 2, "threads": 2}
     assert [d["disk"]["bus"] for d in dom["devices"]["disks"]] == ["scsi", "scsi"]
     assert vmi_spec(doc)["volumes"] == [

@@ -21,9 +21,10 @@ def modern_virtio(kernel: Kernel, family: Family, insp: pb.Inspection) -> bool:
 
 
 def guest_caps(kernel: Kernel, family: Family, insp: pb.Inspection, block_driver: int = pb.BLOCK_BUS_UNSPECIFIED,
-               rtc_utc: bool = True) -> pb.GuestCaps:
+               rtc_utc: bool = True, secure_boot: bool = False) -> pb.GuestCaps:
     """`block_driver` is --block-driver (virtio-blk by default, virtio-scsi on request); a kernel
-    without virtio gets IDE and e1000."""
+    without virtio gets IDE and e1000. Secure boot needs SMM, which only q35 has (virt-v2v forces it
+    too)."""
     if not kernel.virtio:
         block_bus = pb.BLOCK_BUS_IDE
     elif block_driver == pb.BLOCK_BUS_VIRTIO_SCSI and kernel.has("virtio_scsi"):
@@ -31,10 +32,11 @@ def guest_caps(kernel: Kernel, family: Family, insp: pb.Inspection, block_driver
     else:
         block_bus = pb.BLOCK_BUS_VIRTIO_BLK
     x86 = insp.arch in ("x86_64", "i686", "i386")
+    legacy = legacy_machine(family, insp) and not secure_boot
     return pb.GuestCaps(
         block_bus=block_bus,
         net_bus=pb.NET_BUS_VIRTIO_NET if kernel.virtio and kernel.has("virtio_net") else pb.NET_BUS_E1000,
-        machine=(pb.MACHINE_I440FX if legacy_machine(family, insp) else pb.MACHINE_Q35) if x86 else pb.MACHINE_VIRT,
+        machine=(pb.MACHINE_I440FX if legacy else pb.MACHINE_Q35) if x86 else pb.MACHINE_VIRT,
         arch=insp.arch,
         virtio_1_0=kernel.virtio and modern_virtio(kernel, family, insp),
         virtio_rng=kernel.has("virtio_rng"),
@@ -42,4 +44,5 @@ def guest_caps(kernel: Kernel, family: Family, insp: pb.Inspection, block_driver
         pvpanic=kernel.has("pvpanic") or kernel.has("pvpanic_mmio"),
         virtio_socket=kernel.has("vmw_vsock_virtio_transport"),
         rtc_utc=rtc_utc,
+        secure_boot=secure_boot,
     )

@@ -22,6 +22,7 @@ from v2v.services.convert.initramfs import Initramfs
 from v2v.services.convert.kernels import Kernel, choose_kernel, list_kernels
 from v2v.services.convert.lvm import retarget_lvm_filters
 from v2v.services.convert.packages import installed_packages, package_manager
+from v2v.services.convert.secure_boot import wants_secure_boot
 from v2v.v1 import types_pb2 as pb
 
 # Files that name block devices besides the bootloader's; True: the initramfs embeds it.
@@ -67,8 +68,11 @@ class LinuxConversion:
                 self.report.warn(f"no installed kernel has virtio drivers; the guest will use IDE and e1000 "
                                  f"(kernels: {', '.join(k.version for k in kernels)})", step="kernel")
             self.report.note(f"kernel {kernel.version}", step="kernel")
+        with self.report.step("secure-boot"):
+            secure_boot = wants_secure_boot(self.g, self.source, self.insp, kernel, self.report)
         config = GuestConfig(self.g, self.report)
-        caps = guest_caps(kernel, self.family, self.insp, self.block_driver, rtc_utc=config.rtc_utc())
+        caps = guest_caps(kernel, self.family, self.insp, self.block_driver, rtc_utc=config.rtc_utc(),
+                          secure_boot=secure_boot)
         installed = installed_packages(self.g, self.insp.root)
         with self.report.step("remove-tools"):
             HypervisorTools(self.g, self.family, self.insp, self.manager, self.report).run(installed)

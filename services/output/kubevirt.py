@@ -117,9 +117,9 @@ def _memory(source: pb.Source) -> str:
 
 def _firmware(target: pb.TargetMeta) -> dict[str, Any]:
     if target.firmware == pb.FIRMWARE_UEFI:
-        # KubeVirt's EFI defaults to Secure Boot, which needs SMM and signed loaders: the source
-        # booted without it, and so must the converted guest.
-        return {"bootloader": {"efi": {"secureBoot": False}}}
+        # KubeVirt's EFI defaults to Secure Boot, which needs signed loaders: said either way, as
+        # the conversion decided (GuestCaps.secure_boot).
+        return {"bootloader": {"efi": {"secureBoot": target.caps.secure_boot}}}
     return {"bootloader": {"bios": {}}}
 
 
@@ -211,6 +211,8 @@ def virtual_machine(target: pb.TargetMeta, disks: list[pb.TargetDisk],
     domain["firmware"] = _firmware(target)
     domain["clock"] = _clock(caps)
     domain["features"] = {"acpi": {}, "apic": {}}
+    if caps.secure_boot and target.firmware == pb.FIRMWARE_UEFI:
+        domain["features"]["smm"] = {"enabled": True}  # KubeVirt refuses secure boot without SMM
     domain["devices"] = devices
 
     vmi_spec: dict[str, Any] = {"domain": domain}

@@ -41,6 +41,21 @@ def _os(domain: ET.Element, target: pb.TargetMeta) -> None:
     type_el = _sub(os_el, "type", "hvm", arch=target.caps.arch or target.inspection.arch or "x86_64")
     if target.caps.machine in _MACHINE:
         type_el.set("machine", _MACHINE[target.caps.machine])
+    if target.firmware == pb.FIRMWARE_UEFI:
+        _secure_boot(os_el, target.caps.secure_boot)
+
+
+def _secure_boot(os_el: ET.Element, on: bool) -> None:
+    """Said either way: given only firmware='efi', libvirt picks the first firmware descriptor, which
+    on Debian is OVMF with secure boot and Microsoft's keys, and an unsigned guest would not boot.
+    The firmware features are how libvirt 8.6+ asks; <loader secure='yes'/>, how 7.2-8.5 did
+    (libvirt 9 refuses secure='no' beside autoselection, so off is said by the feature alone)."""
+    if on:
+        _sub(os_el, "loader", secure="yes")
+    firmware = _sub(os_el, "firmware")
+    _sub(firmware, "feature", enabled="yes" if on else "no", name="secure-boot")
+    if on:
+        _sub(firmware, "feature", enabled="yes", name="enrolled-keys")
 
 
 def _cpu(domain: ET.Element, source: pb.Source) -> None:
@@ -142,6 +157,8 @@ def domain_xml(target: pb.TargetMeta, disks: list[pb.TargetDisk], domain_type: s
     features = _sub(domain, "features")
     _sub(features, "acpi")
     _sub(features, "apic")
+    if target.caps.secure_boot and target.firmware == pb.FIRMWARE_UEFI:
+        _sub(features, "smm", state="on")  # secure boot's firmware keeps its variables in SMM
     _sub(domain, "clock", offset="utc" if target.caps.rtc_utc else "localtime")
     _sub(domain, "on_poweroff", "destroy")
     _sub(domain, "on_reboot", "restart")

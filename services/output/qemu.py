@@ -38,12 +38,20 @@ OVMF = [
     ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
     ("/usr/share/edk2/ovmf/OVMF_CODE.fd", "/usr/share/edk2/ovmf/OVMF_VARS.fd"),
 ]
+# The same for secure boot: the SMM build, its variables with Microsoft's keys enrolled (shim is
+# signed with them), so secure boot is enforced from the first boot.
+OVMF_SECURE_BOOT = [
+    ("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd", "/usr/share/OVMF/OVMF_VARS_4M.ms.fd"),
+    ("/usr/share/OVMF/OVMF_CODE.secboot.fd", "/usr/share/OVMF/OVMF_VARS.ms.fd"),
+    ("/usr/share/edk2/ovmf/OVMF_CODE.secboot.fd", "/usr/share/edk2/ovmf/OVMF_VARS.secboot.fd"),
+]
 
 
-def ovmf() -> tuple[str, str]:
+def ovmf(secure_boot: bool = False) -> tuple[str, str]:
     """The OVMF pair to boot UEFI guests with. With none installed here, the first: the script
     runs where the guest will, which may have it, and qemu names the missing file otherwise."""
-    return next(((code, tpl) for code, tpl in OVMF if Path(code).exists() and Path(tpl).exists()), OVMF[0])
+    pairs = OVMF_SECURE_BOOT if secure_boot else OVMF
+    return next(((code, tpl) for code, tpl in pairs if Path(code).exists() and Path(tpl).exists()), pairs[0])
 
 
 def vars_path(target: pb.TargetMeta, directory: Path) -> Path:
@@ -141,10 +149,12 @@ def qemu_script(target: pb.TargetMeta, directory: Path) -> str:
     check_target(target)
     caps, source = target.caps, target.source
     q = shlex.quote
+    secure_boot = caps.secure_boot and target.firmware == pb.FIRMWARE_UEFI
+    smm = ",smm=on" if secure_boot else ""  # the secure-boot firmware guards its variables in SMM
     lines = [f"-name {q(qemu_value(target.name))}",
              # The accelerators are the user's choice at each run: kvm:tcg falls back to emulation
              # where there is no KVM, but where KVM is present and broken only tcg boots.
-             f'-machine {q(_MACHINE[caps.machine] + ",accel=")}"${{V2V_QEMU_ACCEL:-kvm:tcg}}"',
+             f'-machine {q(_MACHINE[caps.machine] + smm + ",accel=")}"${{V2V_QEMU_ACCEL:-kvm:tcg}}"',
              # Every feature the accelerator has: qemu's default qemu64 model lacks x86-64-v2,
              # which RHEL 9 and others require.
              "-cpu max",
@@ -152,7 +162,7 @@ def qemu_script(target: pb.TargetMeta, directory: Path) -> str:
              f"-smp {_smp(source)}"]
     prologue = ""
     if target.firmware == pb.FIRMWARE_UEFI:
-        code, template = ovmf()
+        code, template = ovmf(secure_boot)
         nvram = vars_path(target, directory)
         # The variables (boot entries the guest writes) must outlive a run, so they are a copy of
         # the template made on the first run and kept, not a temporary one as virt-v2v makes.
@@ -160,6 +170,8 @@ def qemu_script(target: pb.TargetMeta, directory: Path) -> str:
                     f"if [[ ! -e {q(str(nvram))} ]]; then\n"
                     f"    cp {q(template)} {q(str(nvram))}\n"
                     f"fi\n\n")
+        if secure_boot:  # only SMM code may write the variables: what makes them trustworthy
+            lines.append("-global driver=cfi.pflash01,property=secure,value=on")
         lines += [f"-drive {q('if=pflash,format=raw,readonly=on,file=' + qemu_value(code))}",
                   f"-drive {q('if=pflash,format=raw,file=' + qemu_value(str(nvram)))}"]
     lines.append(f"-rtc base={'utc' if caps.rtc_utc else 'localtime'}")
