@@ -273,13 +273,13 @@ def test_coordinator_killed_mid_plan(convertible, workroot, tmp_path):
 PHASES = ("input", "convert", "output", "copier")
 
 
-def wait_listening(port: int, proc: subprocess.Popen, log: Path) -> None:
+def wait_listening(address: str, port: int, proc: subprocess.Popen, log: Path) -> None:
     import socket
 
     deadline = time.monotonic() + 60
     while True:
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            socket.create_connection((address, port), timeout=1).close()
             return
         except OSError:
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
@@ -287,33 +287,61 @@ def wait_listening(port: int, proc: subprocess.Popen, log: Path) -> None:
 
 
 @contextmanager
-def worker_host(root: Path, env: dict[str, str], log: Path) -> Iterator[str]:
-    """The four phase services of one worker as if on a host of their own: on TCP with mutual TLS,
-    in a mount namespace where their work-directory root is a private tmpfs that no other process
-    (the coordinator included) can see. Yields the worker's --worker address list."""
-    root.mkdir()
-    ports = {s: free_port() for s in PHASES}
-    serve = " & ".join(f"{V2V} serve {s} --listen 127.0.0.1:{p}" for s, p in ports.items())
-    script = f"mount -t tmpfs -o mode=0700 tmpfs {root} || exit 97; {serve} & wait"
-    proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
-                            env=dict(env, V2V_WORKDIR_ROOT=str(root)), stderr=open(log, "w"), start_new_session=True)
+def network_namespace(name: str, subnet: int) -> Iterator[str]:
+    """A network namespace joined to this one by a veth pair: 10.231.SUBNET.1 here, .2 there.
+    Yields the namespace's address."""
+    host, inside = f"10.231.{subnet}.1", f"10.231.{subnet}.2"
+    ns = f"{name}-{os.getpid()}"
+    veth = f"v2v{subnet}-{os.getpid() % 10000}"
+    cmds = [["ip", "netns", "add", ns],
+            ["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns],
+            ["ip", "addr", "add", f"{host}/30", "dev", veth], ["ip", "link", "set", veth, "up"],
+            ["ip", "-n", ns, "addr", "add", f"{inside}/30", "dev", "eth0"],
+            ["ip", "-n", ns, "link", "set", "eth0", "up"], ["ip", "-n", ns, "link", "set", "lo", "up"]]
     try:
-        for port in ports.values():
-            wait_listening(port, proc, log)
-        yield ",".join(f"{s}@127.0.0.1:{p}" for s, p in ports.items())
+        for cmd in cmds:
+            res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if res.returncode != 0:
+                pytest.skip(f"cannot make a network namespace: {' '.join(cmd)}: {res.stderr.strip()}")
+        yield inside
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)  # takes the veth pair along
+
+
+@contextmanager
+def worker_host(name: str, subnet: int, root: Path, env: dict[str, str], log: Path) -> Iterator[str]:
+    """The four phase services of one worker as if on a host of their own: in a network namespace
+    of their own, listening on its address with mutual TLS, and in a mount namespace where their
+    work-directory root is a private tmpfs that no other process (the coordinator included) can see.
+    Yields the worker's --worker address list."""
+    root.mkdir()
+    with network_namespace(name, subnet) as address:
+        ports = {s: 50061 + n for n, s in enumerate(PHASES)}  # the same on every worker: each has its own network
+        serve = " & ".join(f"{V2V} serve {s} --listen {address}:{p}" for s, p in ports.items())
+        script = f"mount -t tmpfs -o mode=0700 tmpfs {root} || exit 97; {serve} & wait"
+        proc = subprocess.Popen(["ip", "netns", "exec", f"{name}-{os.getpid()}", "unshare", "--mount",
+                                 "--propagation", "private", "sh", "-c", script],
+                                env=dict(env, V2V_WORKDIR_ROOT=str(root)), stderr=open(log, "w"),
+                                start_new_session=True)
         try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            for port in ports.values():
+                wait_listening(address, port, proc, log)
+            yield ",".join(f"{s}@{address}:{p}" for s, p in ports.items())
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
 
 def test_workers_on_other_hosts(convertible, tmp_path):
-    """Two workers the coordinator reaches only over mTLS TCP and whose files it cannot see: each
-    guest's work directory is made, used and removed on its worker, never by the coordinator."""
-    subprocess.run([V2V, "certs", str(tmp_path / "certs")], check=True, capture_output=True, timeout=60)
+    """Two workers, each in network and mount namespaces of its own, that the coordinator reaches
+    only over mTLS TCP at their namespace addresses and whose files it cannot see: each guest's work
+    directory is made, used and removed on its worker, never by the coordinator."""
+    subprocess.run([V2V, "certs", str(tmp_path / "certs"), "--host", "10.231.1.2", "--host", "10.231.2.2"],
+                   check=True, capture_output=True, timeout=60)
     coordinator_root = tmp_path / "coordinator"
     coordinator_root.mkdir()
     env = dict(os.environ, V2V_TLS_DIR=str(tmp_path / "certs"), V2V_WORKDIR_ROOT=str(coordinator_root))
@@ -323,8 +351,8 @@ def test_workers_on_other_hosts(convertible, tmp_path):
     plan.write_text(plan_text([guest("a", convertible), guest("b", convertible)], out))
     roots = {w: tmp_path / f"{w}-root" for w in ("w1", "w2")}
     sock = tmp_path / "coordinator.sock"
-    with worker_host(roots["w1"], env, tmp_path / "w1.log") as w1, \
-            worker_host(roots["w2"], env, tmp_path / "w2.log") as w2:
+    with worker_host("v2v-w1", 1, roots["w1"], env, tmp_path / "w1.log") as w1, \
+            worker_host("v2v-w2", 2, roots["w2"], env, tmp_path / "w2.log") as w2:
         coordinator = subprocess.Popen(
             [V2V, "serve", "coordinator", "--listen", f"unix:{sock}", "--state", str(tmp_path / "state.db"),
              "--worker", f"w1={w1},conversions=1", "--worker", f"w2={w2},conversions=1"],
