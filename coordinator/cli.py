@@ -88,6 +88,8 @@ def conversion_parser() -> argparse.ArgumentParser:
     p.add_argument("--parallel", type=int, default=0, metavar="N", help="disks copied at once (default: all)")
     p.add_argument("--verify", action="store_true",
                    help="after copying, read every disk back and compare it with its source (fails on a difference)")
+    p.add_argument("--copy-while-converting", action="store_true",
+                   help="copy the disks while the conversion runs, then again only what it wrote (docs/copy.md)")
     p.add_argument("--accel", choices=sorted(ACCELERATORS), default=os.environ.get("V2V_ACCEL", "auto"),
                    help="how the conversion appliance runs: kvm, tcg (software) or auto (default; $V2V_ACCEL)")
     p.add_argument("--coordinator", default=os.environ.get("V2V_COORDINATOR", ""), metavar="ADDR",
@@ -137,7 +139,8 @@ def build_job(a: argparse.Namespace) -> coordinator_pb2.GuestJob:
     for text in a.macs:
         mac = parse_mac(text)
         (job.networks.static_ips if isinstance(mac, pb.StaticIp) else job.networks.mappings).append(mac)
-    job.copy.CopyFrom(copier_pb2.CopyOptions(parallel=max(a.parallel, 0), verify=a.verify))
+    job.copy.CopyFrom(copier_pb2.CopyOptions(parallel=max(a.parallel, 0), verify=a.verify,
+                                             while_converting=a.copy_while_converting))
     return job
 
 

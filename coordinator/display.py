@@ -70,7 +70,7 @@ class HumanDisplay:
         if s.state == pb.STEP_STATE_STARTED and not s.parent:
             self._say(f"{s.step}{disk} ...")
         elif s.state == pb.STEP_STATE_SUCCEEDED:
-            if s.step == "copy" and not s.parent:
+            if s.step in ("precopy", "copy") and not s.parent:
                 self._stop_bars()
             self._say(f"{indent}{s.step}{disk} done in {took:.1f} s" + (f": {s.message}" if s.message else ""))
         elif s.state == pb.STEP_STATE_FAILED:

@@ -1,4 +1,6 @@
-"""One guest through the phases: open -> convert -> setup -> copy -> finalize -> close.
+"""One guest through the phases: open -> convert -> setup -> copy -> finalize -> close; with
+CopyOptions.while_converting (docs/copy.md): open -> setup -> convert and, at the same time, a
+whole copy ("precopy") -> a copy of what the conversion wrote ("copy") -> finalize -> close.
 
 Every phase is a gRPC call to its service; every step is timed and reported; whatever fails,
 the output is aborted, the source closed, and no process or socket is left. The one exception: a
@@ -18,6 +20,7 @@ import grpc
 
 from v2v.coordinator.clients import PhaseClients
 from v2v.coordinator.inputs import input_location
+from v2v.drives import block_bus, device_name
 from v2v.errors import V2VError, from_rpc_error
 from v2v.events import StepReporter
 from v2v.naming import name_from_path
@@ -58,6 +61,14 @@ class Converted:
     target: pb.TargetMeta
 
 
+def on_converted_bus(target: pb.TargetMeta) -> None:
+    """Target disks made by a Setup that ran before the conversion get the bus and device names the
+    conversion chose (what Setup would have given them): the one thing of Setup that depends on it."""
+    for disk in target.disks:
+        disk.bus = block_bus(target.caps)
+        disk.device = device_name(disk.bus, disk.index)
+
+
 def guest_name(job: coordinator_pb2.GuestJob) -> str:
     if job.name:
         return job.name
@@ -76,16 +87,25 @@ class GuestRun:
         self.kept = False  # the input is still open after a failure: its overlays hold the conversion
         self.clients = clients
         self.name = guest_name(job)
-        self.sink = sink
+        self._sink = sink
+        self._sink_lock = threading.Lock()
         self.report = StepReporter(self.name, self._on_step)
         self.workdir_root = workdir_root
         self.source: pb.Source | None = None
         self.files: list[str] = []
         self._calls: list[Any] = []  # in-flight streaming calls, cancelled by cancel()
+        self._calls_lock = threading.Lock()  # a precopy's thread adds calls too
+        self._calls_cancelled = False  # calls made from now on are cancelled at once
         self._cancelled = threading.Event()
         self._workdir: WorkDir | None = None  # once the worker created it: its path there
         self._converted: Converted | None = None
         self._opened = False
+        self._writes_tracked: list[bool] = []  # per disk, from Open with track_writes
+
+    def sink(self, ev: pb.Event) -> None:
+        """Every event of the guest, one at a time: a precopy's come from another thread."""
+        with self._sink_lock:
+            self._sink(ev)
 
     def _on_step(self, ev: pb.StepEvent) -> None:
         self.sink(pb.Event(step=ev))
@@ -119,6 +139,7 @@ class GuestRun:
         The work directory is named here and created by the worker's input service: the services
         resolve a bare name under their own root, so the coordinator never touches the worker's files."""
         self.kept = False
+        self._calls_cancelled = False
         self._converted = resume
         self._opened = resume is not None
         if resume is not None:
@@ -128,26 +149,40 @@ class GuestRun:
         if resume is None and self.workdir_root is not None:
             workdir = str(self.workdir_root / workdir)
         set_up = ok = False
+        setup: output_pb2.SetupResponse | None = None  # made before the conversion: precopied
         try:
             if resume is None:
-                converted = self._open_and_convert(workdir)
-                if converted is None:
+                if not self._open(workdir):
                     ok = True
                     return
+                with self.phase("check"):
+                    self.clients.output.Check(output_pb2.CheckRequest(guest=self.name, output=self.job.output,
+                                                                      source=self.source))
+                if self._copies_while_converting():
+                    with self.phase("setup"):
+                        set_up = True
+                        setup = self._setup(pb.TargetMeta(source=self.source))
+                    converted = self._convert_and_precopy(setup)
+                else:
+                    with self.gates.converting(), self.phase("convert"):
+                        converted = self._converted_by(self._convert())
             else:
                 converted = resume
+            precopied = setup is not None
+            if setup is None:
+                with self.phase("setup"):
+                    set_up = True
+                    setup = self._setup(converted.target)
             wd = self._workdir
             assert wd is not None
-            with self.phase("setup"):
-                set_up = True
-                setup = self.clients.output.Setup(output_pb2.SetupRequest(
-                    workdir=str(wd.path), guest=self.name, output=self.job.output, target=converted.target))
             target = pb.TargetMeta()
             target.CopyFrom(converted.target)
             del target.disks[:]
             target.disks.extend(setup.disks)
+            if precopied:
+                on_converted_bus(target)
             with self.gates.copying(len(setup.disks)) as streams, self.phase("copy"):
-                self._copy(wd, setup, streams)
+                self._copy(setup, streams, written_only=precopied)
             with self.phase("finalize"):
                 fin = self.clients.output.Finalize(output_pb2.FinalizeRequest(
                     workdir=str(wd.path), guest=self.name, output=self.job.output, target=target))
@@ -160,33 +195,81 @@ class GuestRun:
             self._cleanup(str(self._workdir.path) if self._workdir else workdir, self._opened and not self.kept,
                           set_up, ok)
 
-    def _open_and_convert(self, workdir: str) -> Converted | None:
-        """open, check, convert; None when only the source was asked for (--print-source)."""
+    def _open(self, workdir: str) -> bool:
+        """The open step; False when only the source was asked for (--print-source)."""
         with self.phase("open"):
             self._opened = True
-            resp = self.clients.input.Open(input_pb2.OpenRequest(workdir=workdir, guest=self.name,
-                                                                  input=self.job.input))
+            resp = self.clients.input.Open(input_pb2.OpenRequest(
+                workdir=workdir, guest=self.name, input=self.job.input, track_writes=self.job.copy.while_converting))
             self._workdir = WorkDir(resp.workdir)
             self.source = resp.source
+            self._writes_tracked = list(resp.writes_tracked)
             size = sum(d.virtual_size for d in resp.source.disks)
             self.report.note(f"{resp.source.name}: {len(resp.source.disks)} disk(s), {human_size(size)} "
                              f"({', '.join(d.format for d in resp.source.disks)}); work directory {resp.workdir}",
                              step="open")
-        if self.job.print_source:
-            return None
-        with self.phase("check"):
-            self.clients.output.Check(output_pb2.CheckRequest(guest=self.name, output=self.job.output,
-                                                              source=self.source))
-        with self.gates.converting(), self.phase("convert"):
-            result = self._convert(self._workdir)
-        self._converted = Converted(resp.workdir, resp.source, result.target)
+        return not self.job.print_source
+
+    def _copies_while_converting(self) -> bool:
+        """CopyOptions.while_converting, when the input tracks the writes to every disk; otherwise
+        the guest is converted first, and a note says why."""
+        if not self.job.copy.while_converting:
+            return False
+        untracked = [str(i) for i, tracked in enumerate(self._writes_tracked) if not tracked]
+        if untracked or not self._writes_tracked:
+            self.report.note(f"copy while converting: the input cannot track writes to disk(s) "
+                             f"{', '.join(untracked) or 'all'}; converting first, then copying", step="open")
+            return False
+        return True
+
+    def _setup(self, target: pb.TargetMeta) -> output_pb2.SetupResponse:
+        assert self._workdir is not None
+        return self.clients.output.Setup(output_pb2.SetupRequest(
+            workdir=str(self._workdir.path), guest=self.name, output=self.job.output, target=target))
+
+    def _converted_by(self, result: convert_pb2.ConvertResult) -> Converted:
+        assert self._workdir is not None and self.source is not None
+        self._converted = Converted(str(self._workdir.path), self.source, result.target)
         return self._converted
 
-    def _convert(self, wd: WorkDir) -> convert_pb2.ConvertResult:
+    def _convert_and_precopy(self, setup: output_pb2.SetupResponse) -> Converted:
+        """The conversion, and meanwhile the "precopy": every disk copied whole to the target. The
+        precopy reads blocks that the conversion may be writing at that moment, so what it copies of
+        them may be old or torn. That is fine: every block written through the input's overlay since
+        open (trimmed and zeroed ones too) is copied again afterwards from the overlay's final state
+        (the written-only "copy"); every other block never changed, so the precopy read it right. A
+        failure of either stops the other; the first one is raised."""
+        failures: list[BaseException] = []
+
+        def precopy() -> None:
+            try:
+                with self.gates.copying(len(setup.disks)) as streams, self.phase("precopy"):
+                    self._copy(setup, streams, precopy=True)
+            except BaseException as exc:  # raised by the run's thread, once the conversion has stopped
+                failures.append(exc)
+                self._cancel_calls()
+
+        copier = threading.Thread(target=precopy, name=f"precopy-{self.name}")
+        with self.gates.converting():
+            copier.start()
+            try:
+                with self.phase("convert"):
+                    result = self._convert()
+            except BaseException as exc:
+                failures.append(exc)
+                self._cancel_calls()
+            finally:
+                copier.join()
+        if failures:
+            raise failures[0]
+        return self._converted_by(result)
+
+    def _convert(self) -> convert_pb2.ConvertResult:
+        assert self._workdir is not None
         call = self.clients.convert.Convert(convert_pb2.ConvertRequest(
-            workdir=str(wd.path), guest=self.name, options=self.job.convert, target_name=self.job.output.name,
-            networks=self.job.networks))
-        self._calls.append(call)
+            workdir=str(self._workdir.path), guest=self.name, options=self.job.convert,
+            target_name=self.job.output.name, networks=self.job.networks))
+        self._track(call)
         result = None
         for ev in call:
             if ev.HasField("step"):
@@ -197,31 +280,39 @@ class GuestRun:
             raise V2VError("the convert service ended without a result", pb.ERROR_CODE_INTERNAL)
         return result
 
-    def _copy(self, wd: WorkDir, setup: output_pb2.SetupResponse, streams: int) -> None:
-        """streams: disks copied at once as the scheduler granted (0 = as the job says)."""
-        assert self.source is not None
+    def _copy(self, setup: output_pb2.SetupResponse, streams: int, precopy: bool = False,
+              written_only: bool = False) -> None:
+        """The copier's disk events under the step "copy", or "precopy". streams: disks copied at once
+        as the scheduler granted (0 = as the job says); written_only: what was written since open
+        (precopied before)."""
+        assert self.source is not None and self._workdir is not None
+        wd = self._workdir
+        step = "precopy" if precopy else "copy"
         opts = copier_pb2.CopyOptions()
         opts.CopyFrom(self.job.copy)
         opts.target_is_zero = setup.target_is_zero
+        opts.allocated = setup.preallocated
         opts.flush = True
+        opts.written_only = written_only
+        opts.verify = opts.verify and not precopy  # a precopy's target is not final: it would race the conversion
         if streams:
             opts.parallel = min(opts.parallel or streams, streams)
         disks = [copier_pb2.DiskCopy(disk=d.index, source=str(wd.in_sock(d.index)), target=setup.sockets[d.index],
                                      size=d.virtual_size) for d in self.source.disks]
         call = self.clients.copier.Copy(copier_pb2.CopyRequest(workdir=str(wd.path), guest=self.name,
                                                                disks=disks, options=opts))
-        self._calls.append(call)
+        self._track(call)
         pending = {d.disk for d in disks}
         try:
             for ev in call:
                 if ev.HasField("step"):
-                    ev.step.parent = "copy"
+                    ev.step.parent = step
                     if ev.step.step == "copy" and ev.step.state == pb.STEP_STATE_SUCCEEDED:
                         pending.discard(ev.step.disk)
                 self.sink(ev)
         except grpc.RpcError as exc:
             # A copier that died cannot say which disk it was on; the disks not yet done can.
-            err = from_rpc_error(exc, step="copy", guest=self.name)
+            err = from_rpc_error(exc, step=step, guest=self.name)
             if err.disk is None and len(pending) == 1:
                 err.disk = pending.pop()
             elif err.disk is None and pending:
@@ -257,11 +348,25 @@ class GuestRun:
         except grpc.RpcError as exc:
             self.report.warn(f"{what}: {from_rpc_error(exc, step=what).message}", step=what)
 
+    def _track(self, call: Any) -> None:
+        """An in-flight streaming call, for _cancel_calls; cancelled at once if they were already."""
+        with self._calls_lock:
+            self._calls.append(call)
+            cancelled = self._calls_cancelled
+        if cancelled:
+            call.cancel()
+
+    def _cancel_calls(self) -> None:
+        with self._calls_lock:
+            self._calls_cancelled = True
+            calls = list(self._calls)
+        for call in calls:
+            call.cancel()
+
     def cancel(self) -> None:
         """Stops the guest wherever it is: in-flight calls are cancelled, copies killed."""
         self._cancelled.set()
-        for call in self._calls:
-            call.cancel()
+        self._cancel_calls()
         if self._workdir is not None:
             try:
                 self.clients.copier.Cancel(copier_pb2.CancelRequest(workdir=str(self._workdir.path)))

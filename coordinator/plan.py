@@ -31,7 +31,7 @@ SECTIONS: dict[str, dict[str, str]] = {
                "format": "output_format", "allocation": "output_alloc", "name": "output_name",
                "overwrite": "overwrite"},
     "convert": {"accel": "accel", "root": "root", "verbose": "verbose", "trace": "trace"},
-    "copy": {"parallel": "parallel", "verify": "verify"},
+    "copy": {"parallel": "parallel", "verify": "verify", "while_converting": "copy_while_converting"},
 }
 # top-level keys of a guest (and of defaults) that are lists of -n, -b, --mac values
 NETWORK_KEYS = {"networks": "networks", "bridges": "bridges", "macs": "macs"}

@@ -338,3 +338,25 @@ def test_client_going_away_stops_the_copies(stub, workdir, disks):
     assert len(nbdcopies()) == 1
     call.cancel()
     wait_until(lambda: nbdcopies() == [])
+
+
+@pytest.mark.parametrize("allocated", [False, True])
+def test_allocated_keeps_a_preallocated_target_allocated(service, workdir, tmp_path, allocated):
+    """-oa preallocated: zeroes in the source must not punch holes into the target (nbdcopy
+    --allocated), which nbdkit's file plugin, as the outputs serve raw disks, would otherwise do."""
+    size = 64 * MiB
+    src = make_disk(tmp_path / "src.raw", size, [(0, MiB)])
+    dst = tmp_path / "dst.raw"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", "-o", "preallocation=falloc", str(dst), str(size)],
+                   check=True)
+    with open(dst, "r+b") as f:  # old contents where the source has zeroes: the copy must write them
+        f.write(os.urandom(size))
+    with ExitStack() as stack:
+        stack.enter_context(Nbdkit(workdir.in_sock(0), workdir.log("in.log"), "in", "file", [f"file={src}"],
+                                   readonly=True))
+        stack.enter_context(Nbdkit(workdir.out_sock(0), workdir.log("out.log"), "out", "file", [f"file={dst}"]))
+        copy = copier_pb2.DiskCopy(disk=0, source=str(workdir.in_sock(0)), target=nbd_uri(workdir.out_sock(0)))
+        list(service.copy(request(workdir, [copy], allocated=allocated, flush=True)))
+    assert dst.read_bytes() == src.read_bytes()
+    allocated_bytes = os.stat(dst).st_blocks * 512
+    assert (allocated_bytes >= size) if allocated else (allocated_bytes < size // 2), allocated_bytes

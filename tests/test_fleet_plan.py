@@ -21,7 +21,7 @@ guests:
     input: {files: [/img/web1.img], format: raw}
   - input: {type: ova, files: /img/db.ova, options: {ova-checksums: false}}
     output: {type: json, storage: /json, options: ["json-disks-pattern=%{GuestName}-%{DiskNo}"], overwrite: true}
-    copy: {parallel: 1, verify: true}
+    copy: {parallel: 1, verify: true, while_converting: true}
     bridges: ["br0"]
 """
 
@@ -37,7 +37,7 @@ def test_plan_means_what_the_same_flags_mean():
     web1.name, web1.priority = "web1", 10
     db = cli_job("-i", "ova", "-io", "ova-checksums=off", "/img/db.ova", "-o", "json", "-os", "/json", "-of", "qcow2",
                  "-oo", "json-disks-pattern=%{GuestName}-%{DiskNo}", "--overwrite", "--accel", "tcg",
-                 "--parallel", "1", "--verify", "-n", "VM Network:default", "-b", "br0")
+                 "--parallel", "1", "--verify", "--copy-while-converting", "-n", "VM Network:default", "-b", "br0")
     assert plan.jobs == [web1, db]
 
 

@@ -1,11 +1,13 @@
 """Copying some ranges of a disk from one NBD export to another: a warm migration's rounds
-(docs/warm.md). nbdcopy copies whole disks; a round copies only what changed, so it is an explicit
-loop over the changed ranges (as ovirt-imageio does): read from the source and write to the target,
-write zeroes where the source reads as zero, flush at the end."""
+(docs/warm.md) and the second pass of copy while converting (docs/copy.md). nbdcopy copies whole
+disks; these copy only what changed, so it is an explicit loop over the changed ranges (as
+ovirt-imageio does): read from the source and write to the target, write zeroes where the source
+reads as zero, flush at the end."""
 
 from __future__ import annotations
 
 import bisect
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -49,8 +51,11 @@ def pieces(changed: ExtentMap, data: ExtentMap) -> Iterator[tuple[int, int, bool
 
 
 def copy_changes(source: str, target: str, changed: ExtentMap, target_is_zero: bool = False,
-                 progress: ProgressCallback | None = None) -> CopyStats:
-    """Copies the `changed` ranges of the export at `source` to `target` and flushes it."""
+                 progress: ProgressCallback | None = None, stop: threading.Event | None = None,
+                 allocated: bool = False) -> CopyStats:
+    """Copies the `changed` ranges of the export at `source` to `target` and flushes it. Setting
+    `stop` ends the copy at the next request with a CANCELLED error. `allocated`: the target is
+    preallocated and must stay so: zeroes are written without punching holes (nbdcopy --allocated)."""
     stats = CopyStats(changed=changed.data)
     last = time.monotonic()
     try:
@@ -60,8 +65,11 @@ def copy_changes(source: str, target: str, changed: ExtentMap, target_is_zero: b
                                "bytes)", pb.ERROR_CODE_BAD_INPUT)
             data = read_extents(src, changed.size)
             zeroes = bytes(_REQUEST)
+            zero_flags = nbd.CMD_FLAG_NO_HOLE if allocated else 0
             for start, end, holds_data in pieces(changed, data):
                 for off in range(start, end, _REQUEST if holds_data else _ZERO_REQUEST):
+                    if stop is not None and stop.is_set():
+                        raise V2VError(f"copying from {source} to {target} cancelled", pb.ERROR_CODE_CANCELLED)
                     n = min(end - off, _REQUEST if holds_data else _ZERO_REQUEST)
                     buf = src.pread(n, off) if holds_data else b""
                     if holds_data and buf != zeroes[:n]:
@@ -69,7 +77,7 @@ def copy_changes(source: str, target: str, changed: ExtentMap, target_is_zero: b
                         stats.copied += n
                     else:
                         if not target_is_zero:
-                            dst.zero(n, off)
+                            dst.zero(n, off, zero_flags)
                         stats.zeroed += n
                     if progress and time.monotonic() - last >= _PROGRESS_EVERY:
                         progress(stats.copied + stats.zeroed, stats.changed)

@@ -1,5 +1,6 @@
 """Where a disk's data is, from NBD block status ("base:allocation"): what progress counts and what
-verification may skip."""
+verification may skip; and what was written through an overlay since it was opened
+("qemu:allocation-depth"): what copy while converting copies again."""
 
 from __future__ import annotations
 
@@ -16,6 +17,11 @@ from v2v.nbdserver import location_uri
 from v2v.v1 import types_pb2 as pb
 
 ALLOCATION = "base:allocation"
+# qemu-nbd --allocation-depth: per block, the layer of the backing chain that holds it (0: none).
+# Under qemu-nbd --snapshot the top layer, depth 1, is the throw-away overlay: exactly the blocks
+# written, trimmed or zeroed through the export since it started.
+ALLOCATION_DEPTH = "qemu:allocation-depth"
+_OVERLAY_DEPTH = 1
 # The server may answer less than asked; less than 4 GiB is what every server takes in one request.
 _STATUS_CHUNK = 1 << 31
 
@@ -72,11 +78,12 @@ class Probe:
 
 
 @contextmanager
-def connect(location: str) -> Iterator[nbd.NBD]:
-    """A libnbd handle on an NBD URI or Unix socket path, asking for block status, shut down on exit."""
+def connect(location: str, context: str = ALLOCATION) -> Iterator[nbd.NBD]:
+    """A libnbd handle on an NBD URI or Unix socket path, asking for block status in `context`, shut
+    down on exit."""
     uri = location_uri(location)
     h = nbd.NBD()
-    h.add_meta_context(ALLOCATION)
+    h.add_meta_context(context)
     try:
         h.connect_uri(uri)
     except nbd.Error as exc:
@@ -136,3 +143,27 @@ def probe(location: str, size: int = 0) -> Probe:
     except nbd.Error as exc:
         raise V2VError(f"cannot read the block status of {location_uri(location)}: {exc}",
                        pb.ERROR_CODE_BAD_INPUT) from exc
+
+
+def tracks_writes(location: str) -> bool:
+    """Whether the export lists what was written through it since it started (ALLOCATION_DEPTH)."""
+    try:
+        with connect(location, ALLOCATION_DEPTH) as h:
+            return bool(h.can_meta_context(ALLOCATION_DEPTH))
+    except nbd.Error as exc:
+        raise V2VError(f"cannot ask {location_uri(location)} whether it tracks writes: {exc}",
+                       pb.ERROR_CODE_BAD_INPUT) from exc
+
+
+def written_ranges(location: str) -> ExtentMap:
+    """The ranges written, trimmed or zeroed through the export since it started; an export that
+    does not track writes (OpenRequest.track_writes) is an error: every block would have to be copied."""
+    uri = location_uri(location)
+    try:
+        with connect(location, ALLOCATION_DEPTH) as h:
+            if not h.can_meta_context(ALLOCATION_DEPTH):
+                raise V2VError(f"{uri} does not track writes (no {ALLOCATION_DEPTH} context): its input was "
+                               "not opened with track_writes", pb.ERROR_CODE_BAD_INPUT)
+            return status_ranges(h, h.get_size(), ALLOCATION_DEPTH, lambda depth: depth == _OVERLAY_DEPTH)
+    except nbd.Error as exc:
+        raise V2VError(f"cannot read what was written to {uri}: {exc}", pb.ERROR_CODE_PROCESS_FAILED) from exc

@@ -109,7 +109,10 @@ class Nbdkit(NbdServer):
 
 class QemuNbd(NbdServer):
     """qemu-nbd on an image file. `snapshot` puts a throw-away qcow2 overlay in front of it, so
-    writes never reach the file."""
+    writes never reach the file, and exports the meta context qemu:allocation-depth, which reports
+    depth 1 for exactly the blocks written (or trimmed, or zeroed) through the export since it
+    started: what copy while converting copies again (docs/copy.md). A context costs nothing until a
+    client asks for it."""
 
     def __init__(self, sock: Path, log: Path, what: str, path: Path | str, fmt: str,
                  snapshot: bool = False, readonly: bool = False, compressed: bool = False, image: str = "") -> None:
@@ -125,7 +128,7 @@ class QemuNbd(NbdServer):
         cmd = ["qemu-nbd", "--persistent", "--shared=0", f"--socket={self.sock}",
                "--discard=unmap", "--cache=unsafe" if self.snapshot else "--cache=none", "--aio=threads"]
         if self.snapshot:
-            cmd.append("--snapshot")
+            cmd += ["--snapshot", "--allocation-depth"]
         if self.readonly:
             cmd.append("--read-only")
         if self.image:

@@ -44,6 +44,8 @@ class Nbdcopy:
             cmd.append("--flush")
         if opts.target_is_zero:
             cmd.append("--target-is-zero")
+        if opts.allocated:
+            cmd.append("--allocated")
         for flag, value in (("requests", opts.requests), ("request-size", opts.request_size),
                             ("connections", opts.connections)):
             if value:

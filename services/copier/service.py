@@ -1,6 +1,7 @@
 """The Copier gRPC service: copies a guest's disks with nbdcopy, several at once, streaming step
-events and progress, and verifies each copy when asked. A failed disk, Cancel, or the client going
-away stops every copy."""
+events and progress, and verifies each copy when asked. With CopyOptions.written_only it copies only
+the blocks written through each source since it was opened (libnbd, v2v/delta_copy.py). A failed
+disk, Cancel, or the client going away stops every copy."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import grpc
 
+from v2v.delta_copy import copy_changes
 from v2v.errors import V2VError
 from v2v.events import step_event
-from v2v.extents import Probe, probe
+from v2v.extents import Probe, probe, written_ranges
 from v2v.grpcserver import rpc, stream_rpc
 from v2v.services.copier.nbdcopy import Nbdcopy
 from v2v.services.copier.progress import CopiedBytes, ProgressThrottle, in_flight_bytes, nbdcopy_workers
@@ -29,8 +32,8 @@ VERIFY = "verify"  # a sub-step of each disk's copy
 
 
 class CopyJob:
-    """The disks of one Copy request. Worker threads run one nbdcopy each, `options.parallel` at
-    once, and put their events on a queue that `events()` yields from."""
+    """The disks of one Copy request. Worker threads copy one disk each (nbdcopy, or libnbd for
+    written_only), `options.parallel` at once, and put their events on a queue that `events()` yields from."""
 
     def __init__(self, request: copier_pb2.CopyRequest) -> None:
         if not request.workdir:
@@ -38,11 +41,14 @@ class CopyJob:
         self.request = request
         self.guest = request.guest
         self.workdir = WorkDir(request.workdir)
+        opts = request.options
+        # The whole copy that runs beside a conversion is not the guest's copy yet: its marker says so.
+        self.marker = "precopy" if opts.while_converting and not opts.written_only else STEP
         self._events: queue.Queue[pb.Event | None] = queue.Queue()  # None: a worker has ended
         self._lock = threading.Lock()
         self._copies: list[Nbdcopy] = []
-        self._verifying = 0  # disks being verified
-        self._stopping = threading.Event()  # set: no copy may start any more, verifications end
+        self._in_libnbd = 0  # disks being verified or copied written_only: they watch _stopping
+        self._stopping = threading.Event()  # set: no copy may start any more, libnbd work ends
         self._succeeded = 0
         self._failure: V2VError | None = None
 
@@ -74,10 +80,10 @@ class CopyJob:
         with self._lock:
             self._stopping.set()
             running = [c for c in self._copies if c.running()]
-            verifying = self._verifying
+            in_libnbd = self._in_libnbd
         for copy in running:
             copy.kill()
-        return len(running) + verifying
+        return len(running) + in_libnbd
 
     def _step(self, disk: int, state: int, seconds: float | None = None, message: str = "",
               error: V2VError | None = None, step: str = STEP) -> None:
@@ -96,59 +102,90 @@ class CopyJob:
         return err.fill(step=STEP, guest=self.guest, disk=disk)
 
     def _copy_disk(self, disk: copier_pb2.DiskCopy) -> None:
-        """The disk's "copy" step: probe the source, nbdcopy, then the "verify" sub-step if asked."""
+        """The disk's "copy" step: probe the source, copy it (nbdcopy, or what was written to it:
+        written_only), then the "verify" sub-step if asked."""
         self._step(disk.disk, pb.STEP_STATE_STARTED, message=f"{disk.source} to {disk.target}")
         started = time.monotonic()
-        copy: Nbdcopy | None = None
+        opts = self.request.options
         try:
             source = probe(disk.source, disk.size)
-            opts = self.request.options
-            copied = CopiedBytes(source.extents, nbdcopy_workers(opts, source.multi_conn), in_flight_bytes(opts))
-            progress = ProgressThrottle(self.guest, disk.disk, copied.total, source.size, self._events.put)
-            copy = Nbdcopy(disk, opts, self.workdir.log(f"copy-disk{disk.disk}.log"),
-                           lambda percent: progress.update(copied.at(percent)))
-            if not self._start(copy):
-                self._step(disk.disk, pb.STEP_STATE_CANCELLED, seconds=time.monotonic() - started)
-                return
-            copy.wait()
-            progress.finish()
-            copy_seconds = time.monotonic() - progress.started
+            copied = self._copy_written(disk, source) if opts.written_only else self._nbdcopy(disk, source)
             if opts.verify:
                 self._verify(disk, source)
         except Exception as exc:
             err = self._error(exc, disk.disk)
-            # Stopped on purpose (nbdcopy killed, verification cancelled): the cause is elsewhere.
-            stopped = (copy is not None and copy.killed) or err.code == pb.ERROR_CODE_CANCELLED
-            self._failed(disk.disk, err, stopped=stopped, seconds=time.monotonic() - started)
+            # Stopped on purpose (nbdcopy killed, libnbd work cancelled): the cause is elsewhere.
+            self._failed(disk.disk, err, stopped=err.code == pb.ERROR_CODE_CANCELLED,
+                         seconds=time.monotonic() - started)
             return
         with self._lock:
             self._succeeded += 1
-        data = source.extents.data
         self._step(disk.disk, pb.STEP_STATE_SUCCEEDED, seconds=time.monotonic() - started,
-                   message=f"{human_size(data)} of data in {human_size(source.size)} at "
-                           f"{human_size(data / copy_seconds if copy_seconds else 0)}/s"
-                           + (", verified" if opts.verify else ""))
+                   message=copied + (", verified" if opts.verify else ""))
+
+    def _nbdcopy(self, disk: copier_pb2.DiskCopy, source: Probe) -> str:
+        """The whole disk with nbdcopy; returns what it copied, for the step's message."""
+        opts = self.request.options
+        copied = CopiedBytes(source.extents, nbdcopy_workers(opts, source.multi_conn), in_flight_bytes(opts))
+        progress = ProgressThrottle(self.guest, disk.disk, copied.total, source.size, self._events.put)
+        copy = Nbdcopy(disk, opts, self.workdir.log(f"copy-disk{disk.disk}.log"),
+                       lambda percent: progress.update(copied.at(percent)))
+        if not self._start(copy):
+            raise V2VError("copy cancelled before it started", pb.ERROR_CODE_CANCELLED)
+        try:
+            copy.wait()
+        except V2VError as err:
+            if copy.killed:
+                err.code = pb.ERROR_CODE_CANCELLED
+            raise
+        progress.finish()
+        seconds = time.monotonic() - progress.started
+        data = source.extents.data
+        return (f"{human_size(data)} of data in {human_size(source.size)} at "
+                f"{human_size(data / seconds if seconds else 0)}/s")
+
+    def _copy_written(self, disk: copier_pb2.DiskCopy, source: Probe) -> str:
+        """Only the blocks written through the source since it was opened (written_only), over a target
+        holding a copy of the rest; returns what it copied, for the step's message."""
+        written = written_ranges(disk.source)
+        progress = ProgressThrottle(self.guest, disk.disk, written.data, source.size, self._events.put)
+        with self._libnbd_work("copy"):
+            stats = copy_changes(disk.source, disk.target, written, stop=self._stopping,
+                                 allocated=self.request.options.allocated,
+                                 progress=lambda done, _total: progress.update(done))
+        progress.finish()
+        seconds = time.monotonic() - progress.started
+        return (f"{human_size(written.data)} written since open: {human_size(stats.copied)} copied, "
+                f"{human_size(stats.zeroed)} zeroed, in {seconds:.1f} s")
+
+    @contextmanager
+    def _libnbd_work(self, what: str) -> Iterator[None]:
+        """Work in this thread that ends when _stopping is set (verify, copy_changes): counted as
+        running by stop() from here on, or, if the job is stopping already, not started at all."""
+        with self._lock:
+            if self._stopping.is_set():
+                raise V2VError(f"{what} cancelled", pb.ERROR_CODE_CANCELLED)
+            self._in_libnbd += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_libnbd -= 1
 
     def _verify(self, disk: copier_pb2.DiskCopy, source: Probe) -> None:
         """The "verify" sub-step: the target read back and compared with the source; raises on a
         difference (VERIFY_FAILED) or when the job stops (CANCELLED)."""
-        with self._lock:  # counted as running by stop() from here on, or not started at all
-            if self._stopping.is_set():
-                raise V2VError("verification cancelled", pb.ERROR_CODE_CANCELLED)
-            self._verifying += 1
-        self._step(disk.disk, pb.STEP_STATE_STARTED, step=VERIFY)
-        started = time.monotonic()
-        try:
-            compared = verify(disk.source, disk.target, source.size, self._stopping, source.extents)
-        except Exception as exc:
-            err = self._error(exc, disk.disk)
-            cancelled = err.code == pb.ERROR_CODE_CANCELLED
-            self._step(disk.disk, pb.STEP_STATE_CANCELLED if cancelled else pb.STEP_STATE_FAILED, step=VERIFY,
-                       seconds=time.monotonic() - started, message=err.message, error=None if cancelled else err)
-            raise err from exc
-        finally:
-            with self._lock:
-                self._verifying -= 1
+        with self._libnbd_work("verification"):
+            self._step(disk.disk, pb.STEP_STATE_STARTED, step=VERIFY)
+            started = time.monotonic()
+            try:
+                compared = verify(disk.source, disk.target, source.size, self._stopping, source.extents)
+            except Exception as exc:
+                err = self._error(exc, disk.disk)
+                cancelled = err.code == pb.ERROR_CODE_CANCELLED
+                self._step(disk.disk, pb.STEP_STATE_CANCELLED if cancelled else pb.STEP_STATE_FAILED, step=VERIFY,
+                           seconds=time.monotonic() - started, message=err.message, error=None if cancelled else err)
+                raise err from exc
         seconds = time.monotonic() - started
         self._step(disk.disk, pb.STEP_STATE_SUCCEEDED, step=VERIFY, seconds=seconds,
                    message=f"{human_size(compared)} compared at {human_size(compared / seconds if seconds else 0)}/s")
@@ -187,7 +224,7 @@ class CopierService(copier_pb2_grpc.CopierServicer):
         with self._lock:
             self._jobs.setdefault(workdir, []).append(job)
         try:
-            with job.workdir.phase(STEP, job.guest):
+            with job.workdir.phase(job.marker, job.guest):
                 yield from job.events()
         finally:
             with self._lock:

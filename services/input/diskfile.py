@@ -2,15 +2,18 @@
 
 raw goes through nbdkit's file plugin with the cow filter (the plugin below the filter is opened
 read-only); every other format through qemu-nbd --snapshot (a temporary qcow2 overlay). Writes by
-later phases land in the overlay and vanish with the server."""
+later phases land in the overlay and vanish with the server. When writes are tracked
+(OpenRequest.track_writes, for copy while converting: docs/copy.md) raw goes through qemu-nbd
+--snapshot too, whose overlay lists what was written (qemu:allocation-depth)."""
 
 from __future__ import annotations
 
 import json
 import os
 import subprocess
-from collections.abc import Sequence
-from contextlib import ExitStack
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 from v2v.errors import V2VError
@@ -114,16 +117,33 @@ def probe_nbd(uri: str, fmt: str = "") -> pb.SourceDisk:
     return pb.SourceDisk(location=uri, format=detected, virtual_size=size)
 
 
+# OpenRequest.track_writes for the overlays an input plugin starts within tracking_writes(): set per
+# Open (each runs in its own thread, so in its own context), not passed through every plugin.
+_TRACK_WRITES: ContextVar[bool] = ContextVar("track_writes", default=False)
+
+
+@contextmanager
+def tracking_writes(track: bool) -> Iterator[None]:
+    """Within: the overlays serve_overlay starts list what is written through them (track_writes)."""
+    token = _TRACK_WRITES.set(track)
+    try:
+        yield
+    finally:
+        _TRACK_WRITES.reset(token)
+
+
 def serve_overlay(disk: pb.SourceDisk, sock: Path, log: Path, in_place: bool = False) -> NbdServer:
     """An NBD server for the disk (start it with `with`), writable through an overlay; `in_place`
-    (--in-place) drops the overlay, so writes land in the disk itself."""
+    (--in-place) drops the overlay, so writes land in the disk itself. Within tracking_writes(True),
+    every overlay is qemu-nbd's, which lists the blocks written through it."""
     what = f"disk {disk.index} ({disk.location})"
     path = Path(disk.location)
     cow = [] if in_place else ["cow"]
-    if is_nbd_uri(disk.location) and disk.format == "raw":
+    tracked = _TRACK_WRITES.get() and not in_place
+    if is_nbd_uri(disk.location) and disk.format == "raw" and not tracked:
         # nbdkit's nbd plugin relays the export; the cow filter keeps every write away from it.
         server: NbdServer = Nbdkit(sock, log, what, "nbd", [f"uri={disk.location}"], filters=cow)
-    elif disk.format == "raw":
+    elif disk.format == "raw" and not tracked:
         server = Nbdkit(sock, log, what, "file", [f"file={path}"], filters=cow)
     else:
         # qemu-nbd opens files and NBD URIs alike

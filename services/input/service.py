@@ -18,8 +18,10 @@ import v2v.services.input.vmware_https  # noqa: F401
 import v2v.services.input.vmx  # noqa: F401
 import v2v.services.input.xen  # noqa: F401
 from v2v.errors import V2VError
+from v2v.extents import tracks_writes
 from v2v.grpcserver import rpc
 from v2v.services.input.base import INPUTS, InPlaceInput, InputPlugin
+from v2v.services.input.diskfile import tracking_writes
 from v2v.v1 import input_pb2, input_pb2_grpc
 from v2v.v1 import types_pb2 as pb
 from v2v.workdir import WorkDir
@@ -54,8 +56,12 @@ class InputService(input_pb2_grpc.InputServicer):
                 if request.in_place:
                     source = open_in_place(plugin, options, request, workdir, stack)
                 else:
-                    source = plugin.open(options, request.guest, workdir, stack)
+                    with tracking_writes(request.track_writes):
+                        source = plugin.open(options, request.guest, workdir, stack)
                 workdir.write(WorkDir.SOURCE, source)
+                # Asked of each export rather than of the plugins: what a server offers is the truth.
+                tracked = [tracks_writes(str(workdir.in_sock(d.index))) for d in source.disks] \
+                    if request.track_writes else []
         except V2VError as err:
             stack.close()
             err.fill(step="open", guest=request.guest)
@@ -69,7 +75,7 @@ class InputService(input_pb2_grpc.InputServicer):
             self._open[key] = stack
         if old:
             old.close()
-        return input_pb2.OpenResponse(source=source, workdir=key,
+        return input_pb2.OpenResponse(source=source, workdir=key, writes_tracked=tracked,
                                       sockets=[str(workdir.in_sock(d.index)) for d in source.disks])
 
     def close(self, workdir: str, remove: bool = False) -> None:

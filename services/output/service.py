@@ -95,7 +95,8 @@ class OutputService(output_pb2_grpc.OutputServicer):
             self._open[request.workdir] = _Output(plugin, request.output, target, stack)
         return output_pb2.SetupResponse(disks=target.disks,
                                         sockets=[str(workdir.out_sock(d.index)) for d in target.disks],
-                                        target_is_zero=plugin.target_is_zero)
+                                        target_is_zero=plugin.target_is_zero,
+                                        preallocated=request.output.allocation == output_pb2.ALLOCATION_PREALLOCATED)
 
     def finalize(self, request: output_pb2.FinalizeRequest) -> output_pb2.FinalizeResponse:
         try:
