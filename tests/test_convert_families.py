@@ -151,6 +151,7 @@ READ_BACK = (
     "/etc/sysconfig/kernel", "/etc/dracut.conf.d/v2v-virtio.conf", "/etc/inittab", "/etc/securetty",
     "/etc/modprobe.conf.local", "/etc/systemd/system/v2v-firstboot.service", "/usr/local/lib/v2v/firstboot.sh",
     "/etc/systemd/system/multi-user.target.wants/v2v-firstboot.service", "/boot/efi/EFI/BOOT/BOOTX64.EFI",
+    "/etc/init.d/v2v-firstboot", "/etc/init.d/rc3.d/S99v2v-firstboot", "/etc/init.d/rc5.d/S99v2v-firstboot",
     "/boot/efi/EFI/BOOT/grubx64.efi", "/etc/vmware-tools/locations", phony_rpm.GRUBBY_DEFAULT,
     f"/boot/loader/entries/0123-{phony_rpm.RHEL9_NEW}.conf", f"/boot/initramfs-{phony_rpm.RHEL9_NEW}.img",
     f"/boot/initramfs-{phony_rpm.RHEL9_NEW}.img.pre-v2v", f"/boot/initrd-{phony_rpm.SLES15_KVER}",
@@ -328,9 +329,17 @@ def test_sles11_mkinitrd(converted: dict[str, Converted]):
     assert c.files["/boot/grub/device.map"] == "(hd0) /dev/vda\n"
     assert "agetty -L 9600 ttyS0" in c.files["/etc/inittab"]
     assert c.files["/etc/securetty"] == "console\nttyS0\ntty1\n"
+    # No systemd: qemu-guest-agent comes at first boot from an init script linked into runlevels 2, 3, 5
+    init = c.files["/etc/init.d/v2v-firstboot"]
+    assert init and "Default-Start:     2 3 5" in init and "/usr/local/lib/v2v/firstboot.sh" in init
+    assert c.files["/etc/init.d/rc3.d/S99v2v-firstboot"] == c.files["/etc/init.d/rc5.d/S99v2v-firstboot"] == init
+    firstboot = c.files["/usr/local/lib/v2v/firstboot.sh"]
+    assert "qemu-guest-agent" in firstboot and "zypper" in firstboot
+    assert "rm -f /etc/init.d/v2v-firstboot /etc/init.d/rc2.d/S99v2v-firstboot" in firstboot
+    assert c.files["/etc/systemd/system/v2v-firstboot.service"] is None
     assert c.files["/etc/modprobe.conf.local"] == "alias eth0 virtio_net\nalias scsi_hostadapter virtio_blk\n"
     assert c.files["/etc/sysconfig/kernel"] == 'INITRD_MODULES="processor thermal"\n'
-    assert "does not use systemd" in c.notes()
+    assert "qemu-guest-agent will be installed at first boot (/etc/init.d/v2v-firstboot" in c.notes()
     assert not c.caps.virtio_1_0
 
 

@@ -379,6 +379,9 @@ def sles11() -> PhonyGuest:
             "/etc/securetty": "console\nxvc0\ntty1\n",
             "/etc/modprobe.conf.local": "alias eth0 xennet\nalias scsi_hostadapter xenblk\n",
             "/etc/sysconfig/kernel": 'INITRD_MODULES="xenblk processor thermal"\n',
+            # sysvinit: SUSE keeps the runlevel links under /etc/init.d
+            "/etc/init.d/network": "#!/bin/sh\n",
+            **{f"/etc/init.d/rc{n}.d/S05network": "#!/bin/sh\n" for n in (2, 3, 5)},
         },
         packages=[("bash", "3.2-147.35.1"), ("kernel-default", "3.0.101-63.1"), ("kernel-xen", "3.0.101-63.1"),
                   ("xen-kmp-default", "4.4.4_02_3.0.101_63-0.7.1")],
