@@ -25,7 +25,7 @@ from tests.conftest import children_mentioning, sha256
 from tests.ova_fixtures import RAW_URL, Disk, Spec, make_image, make_ova, make_raw
 from tests.test_cli_errors import error_lines
 from tests.test_fleet import convertible  # noqa: F401  (a fixture: the phony Debian that converts)
-from v2v.coordinator.pipeline import on_converted_bus
+from v2v.coordinator.pipeline import on_converted_bus, precopy_order
 from v2v.errors import V2VError
 from v2v.extents import tracks_writes, written_ranges
 from v2v.nbdserver import Nbdkit
@@ -292,3 +292,11 @@ def test_cli_failed_conversion_aborts_a_precopied_target(v2v, phony, tmp_path: P
                                      "on the disks (is this a guest's system disk?)"], r.stderr
     assert list(tmp_path.glob("data-nofs-os*")) == []  # set up before the conversion, removed by the abort
     assert children_mentioning(str(workroot)) == []
+
+
+def test_precopy_takes_the_boot_disk_last():
+    def source(n: int) -> pb.Source:
+        return pb.Source(disks=[pb.SourceDisk(index=i) for i in range(n)])
+
+    assert precopy_order(source(3)) == [{1, 2}, {0}]
+    assert precopy_order(source(1)) == [{0}]
