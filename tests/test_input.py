@@ -195,3 +195,12 @@ def test_open_creates_a_named_work_directory_that_describe_reports_and_close_rem
     assert wd.is_dir() and not svc.describe(str(wd)).open  # closed, kept for its logs
     svc.close(name, remove=True)
     assert not wd.exists() and not svc.describe(name).exists
+
+
+def test_close_removes_only_work_directories(tmp_path):
+    """Close(remove) deletes a tree on a client's word: never one v2v did not make."""
+    other = tmp_path / "precious"
+    (other / "logs").mkdir(parents=True)
+    with pytest.raises(V2VError, match="not a v2v work directory"):
+        InputService().close(str(other), remove=True)
+    assert (other / "logs").is_dir()

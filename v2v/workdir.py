@@ -50,6 +50,7 @@ class WorkDir:
     SOURCE = "source.json"
     TARGET = "target.json"
     DONE = ".done"
+    TAG = ".v2v-workdir"  # made with the directory: what may be removed on a client's word
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         """`path`: absolute, or a name under this process's root (default_root())."""
@@ -79,6 +80,7 @@ class WorkDir:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.mkdir(mode=0o700, exist_ok=True)
         (self.path / "logs").mkdir(mode=0o700, exist_ok=True)
+        (self.path / self.TAG).touch()
         return self
 
     def in_sock(self, disk: int) -> Path:
@@ -121,6 +123,10 @@ class WorkDir:
         """The phases that left their marker, oldest first."""
         markers = sorted(self.path.glob("*" + self.DONE), key=lambda p: p.stat().st_mtime)
         return [p.name.removesuffix(self.DONE) for p in markers]
+
+    def is_workdir(self) -> bool:
+        """Made by ensure(): a request naming any other directory must not get it removed."""
+        return (self.path / self.TAG).is_file()
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)

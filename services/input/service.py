@@ -84,7 +84,10 @@ class InputService(input_pb2_grpc.InputServicer):
             stack = self._open.pop(str(wd.path), None)
         if stack:
             stack.close()
-        if remove:
+        if remove and wd.path.exists():
+            if not wd.is_workdir():
+                raise V2VError(f"{wd.path} is not a v2v work directory (no {WorkDir.TAG}): not removed",
+                               pb.ERROR_CODE_BAD_INPUT)
             wd.remove()
 
     def describe(self, workdir: str) -> input_pb2.DescribeResponse:
