@@ -24,6 +24,7 @@ from v2v.coordinator.service import EventLog
 from v2v.coordinator.state import GuestRecord, State
 from v2v.v1 import coordinator_pb2, input_pb2, output_pb2
 from v2v.v1 import types_pb2 as pb
+from v2v.workdir import WorkDir
 
 GS = coordinator_pb2
 
@@ -110,16 +111,14 @@ def test_restart_takes_up_the_state(phony, workroot, tmp_path):
         state.add(rec)
         records[name] = rec
     state.update("id-done", state=GS.GUEST_STATE_SUCCEEDED, step="finalize")
-    old_wd = workroot / "converting.old"
-    (old_wd / "logs").mkdir(parents=True)
+    old_wd = WorkDir(workroot / "converting.old").ensure().path
     state.update("id-converting", step="convert", workdir=str(old_wd))
     for step in ("open", "check"):
         state.step_started("id-converting", 1, step, "", None, 1.0)
         state.step_ended("id-converting", 1, step, "", None, "succeeded", 2.0, 1.0)
     half = out / "writing-sda"
     half.write_bytes(b"\0" * 4096)
-    wd = workroot / "writing.old"
-    wd.mkdir()
+    wd = WorkDir(workroot / "writing.old").ensure().path
     (wd / "target.json").write_text(json.dumps({"name": "writing", "disks": [{"index": 0, "path": str(half)}]}))
     state.update("id-writing", step="copy", workdir=str(wd), target_open=True)
     state.close()
