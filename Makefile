@@ -16,7 +16,7 @@ DEB_PACKAGES := nbdkit libnbd-bin python3-libnbd python3-guestfs libguestfs-tool
 PROTOS := $(wildcard protos/v2v/v1/*.proto)
 GENERATED := $(patsubst protos/%.proto,%_pb2.py,$(PROTOS))
 
-.PHONY: setup deps docker demo test lint protos clean
+.PHONY: setup deps docker demo test unit lint protos clean
 
 setup: deps $(VENV)/.installed protos
 
@@ -57,6 +57,10 @@ docker:
 test: setup docker
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -v -rs $(PYTEST_ARGS)
+
+# The pure tests: no appliance, no guest, no service process; seconds.
+unit: setup
+	$(PY) -m pytest -q tests/unit
 
 lint: setup
 	$(VENV)/bin/ruff check .

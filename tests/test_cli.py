@@ -2,7 +2,7 @@
 
 import pytest
 
-from v2v.coordinator.cli import build_job, conversion_parser, root_choice
+from v2v.cli.args import build_job, conversion_parser, root_choice
 from v2v.errors import V2VError
 from v2v.v1 import convert_pb2, output_pb2
 

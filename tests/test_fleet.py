@@ -28,8 +28,8 @@ import pytest
 import yaml
 
 from tests.conftest import V2V
-from v2v.coordinator.client import FleetClient
-from v2v.coordinator.plan import parse_plan
+from v2v.cli.plan import parse_plan
+from v2v.client import FleetClient
 from v2v.coordinator.scheduler import Worker
 from v2v.coordinator.servers import EmbeddedServices
 from v2v.coordinator.state import State

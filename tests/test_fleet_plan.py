@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from v2v.coordinator.cli import build_job, conversion_parser
-from v2v.coordinator.plan import parse_plan, plan_limits
+from v2v.cli.args import build_job, conversion_parser
+from v2v.cli.plan import parse_plan, plan_limits
 from v2v.errors import V2VError
 
 PLAN = """

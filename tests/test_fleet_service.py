@@ -17,7 +17,7 @@ import yaml
 
 from tests.conftest import V2V
 from tests.test_fleet import free_port
-from v2v.coordinator.client import FleetClient
+from v2v.client import FleetClient
 from v2v.coordinator.scheduler import Limits
 from v2v.coordinator.servers import EmbeddedServices
 from v2v.coordinator.service import EventLog

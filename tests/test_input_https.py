@@ -17,10 +17,11 @@ from tests.conftest import child_servers, write_reads_back
 from tests.https_datastore import DATACENTER, DATASTORE, running_datastore
 from tests.sshd import running_sshd, usable
 from tests.test_input_vmx import OFFSETS, check_real_source, make_chain, raw_at, read_at
-from v2v.coordinator.inputs import InputArgs, input_location, input_spec
-from v2v.coordinator.options import Options
+from v2v.cli.inputs import InputArgs, input_spec
+from v2v.cli.options import Options
 from v2v.errors import V2VError
 from v2v.services.input import vddk, xen
+from v2v.services.input.locations import input_location
 from v2v.services.input.service import InputService
 from v2v.services.input.vmware_https import CurlNbdkit, DsFile, Https
 from v2v.v1 import input_pb2

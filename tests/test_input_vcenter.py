@@ -18,11 +18,12 @@ import pytest
 from tests.conftest import child_servers, sha256, write_reads_back
 from tests.https_datastore import DATACENTER, DATASTORE, running_datastore
 from tests.test_input_vmx import OFFSETS, raw_at, read_at
-from v2v.coordinator.inputs import InputArgs, input_location, input_spec
-from v2v.coordinator.options import Options
+from v2v.cli.inputs import InputArgs, input_spec
+from v2v.cli.options import Options
 from v2v.errors import V2VError
 from v2v.services.input import vcenter
 from v2v.services.input.domainxml import DiskRef
+from v2v.services.input.locations import input_location
 from v2v.services.input.service import InputService
 from v2v.services.input.vmware_https import DsFile
 from v2v.v1 import input_pb2

@@ -18,7 +18,7 @@ import pytest
 from google.protobuf import json_format
 
 from tests.conftest import V2V, Run, children_mentioning, sha256, sockets_under
-from v2v.coordinator.commands import write_report
+from v2v.cli.standalone import write_report
 from v2v.services.input.service import InputService
 from v2v.v1 import convert_pb2, input_pb2
 from v2v.v1 import types_pb2 as pb

@@ -10,8 +10,9 @@ from collections.abc import Callable
 import pytest
 
 from v2v.coordinator.clients import ServiceAddresses
-from v2v.coordinator.scheduler import Limits, Scheduler, Ticket, Worker, source_host
+from v2v.coordinator.scheduler import Limits, Scheduler, Ticket, Worker
 from v2v.errors import V2VError
+from v2v.services.input.locations import source_host
 from v2v.v1 import input_pb2
 from v2v.v1 import types_pb2 as pb
 

@@ -136,3 +136,22 @@ def stream_rpc(fn: F) -> F:
             context.abort_with_status(to_status(err))
 
     return wrapper  # type: ignore[return-value]
+
+
+SHUTDOWN_GRACE = 5.0
+
+
+class RunningService:
+    """A started gRPC server and its servicer; stopping it also stops what the servicer owns."""
+
+    def __init__(self, address: str | Sequence[str], spec: tuple[Any, Callable[[Any, grpc.Server], None], str],
+                 tls: TLSFiles | None = None) -> None:
+        self.address = address
+        self.servicer = spec[0]
+        self.server = serve(address, [spec], tls=tls)
+
+    def stop(self) -> None:
+        self.server.stop(SHUTDOWN_GRACE).wait()
+        shutdown = getattr(self.servicer, "shutdown", None)
+        if shutdown:
+            shutdown()

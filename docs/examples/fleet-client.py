@@ -7,7 +7,7 @@
 
 import sys
 
-from v2v.coordinator.client import FleetClient, state_name
+from v2v.client import FleetClient, state_name
 
 with FleetClient(sys.argv[1]) as fleet:
     ids = fleet.submit_plan(sys.argv[2])

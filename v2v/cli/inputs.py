@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from v2v.coordinator.options import Options
+from v2v.cli.options import Options
 from v2v.errors import V2VError
 from v2v.v1 import input_pb2
 from v2v.v1 import types_pb2 as pb
@@ -131,18 +131,3 @@ def input_spec(a: InputArgs) -> input_pb2.InputSpec:
     BUILDERS[a.kind](spec, a)
     a.io.done()
     return spec
-
-
-def input_location(spec: input_pb2.InputSpec) -> str:
-    """What names the guest before its metadata is read: a file, URI or libvirt domain."""
-    kind = spec.WhichOneof("kind")
-    if kind == "disk":
-        return spec.disk.paths[0] if spec.disk.paths else ""
-    if kind == "vmx":
-        return spec.vmx.location
-    if kind in ("libvirt", "xen", "vcenter"):
-        return getattr(spec, kind).domain
-    if kind in ("vmware_https", "vddk"):
-        https = spec.vmware_https if kind == "vmware_https" else spec.vddk.https
-        return urlsplit(https.url).path
-    return getattr(spec, kind).path if kind else ""

@@ -4,7 +4,7 @@ and the coordinator's configuration: its workers, limits, state and metrics."""
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
@@ -14,42 +14,10 @@ import grpc
 
 from v2v.coordinator.clients import SERVICES, ServiceAddresses
 from v2v.coordinator.scheduler import Limits, Worker
-from v2v.grpcserver import serve
-from v2v.tls import TLSFiles
+from v2v.grpcserver import RunningService
+from v2v.services.servicers import phase_servicer
 from v2v.units import parse_size
 from v2v.workdir import default_root
-
-SHUTDOWN_GRACE = 5.0
-
-
-def phase_servicer(name: str) -> tuple[Any, Callable[[Any, grpc.Server], None], str]:
-    """(servicer, add-to-server function, full service name) of a phase service. Imported here,
-    so a process serving only `copier` never loads libguestfs."""
-    if name == "input":
-        from v2v.services.input.service import InputService
-        from v2v.v1 import input_pb2_grpc as m
-
-        return InputService(), m.add_InputServicer_to_server, "v2v.v1.Input"
-    if name == "convert":
-        from v2v.services.convert.service import ConvertService
-        from v2v.v1 import convert_pb2_grpc as m
-
-        return ConvertService(), m.add_ConvertServicer_to_server, "v2v.v1.Convert"
-    if name == "output":
-        from v2v.services.output.service import OutputService
-        from v2v.v1 import output_pb2_grpc as m
-
-        return OutputService(), m.add_OutputServicer_to_server, "v2v.v1.Output"
-    if name == "copier":
-        from v2v.services.copier.service import CopierService
-        from v2v.v1 import copier_pb2_grpc as m
-
-        return CopierService(), m.add_CopierServicer_to_server, "v2v.v1.Copier"
-    if name == "warm":  # docs/warm.md; its phase services from $V2V_INPUT, $V2V_CONVERT, $V2V_OUTPUT
-        from v2v.coordinator.warm_cmd import serve_warm
-
-        return serve_warm()
-    raise ValueError(f"unknown service {name!r} (services: {', '.join(SERVICES)}, coordinator)")
 
 
 def parse_worker(text: str, defaults: Worker) -> Worker:
@@ -111,22 +79,6 @@ def coordinator_servicer(config: CoordinatorConfig) -> tuple[Any, Callable[[Any,
                                keep_converted=config.keep_converted,
                                after_shutdown=config.embedded.stop if config.embedded else None),
             m.add_CoordinatorServicer_to_server, "v2v.v1.Coordinator")
-
-
-class RunningService:
-    """A started gRPC server and its servicer; stopping it also stops what the servicer owns."""
-
-    def __init__(self, address: str | Sequence[str], spec: tuple[Any, Callable[[Any, grpc.Server], None], str],
-                 tls: TLSFiles | None = None) -> None:
-        self.address = address
-        self.servicer = spec[0]
-        self.server = serve(address, [spec], tls=tls)
-
-    def stop(self) -> None:
-        self.server.stop(SHUTDOWN_GRACE).wait()
-        shutdown = getattr(self.servicer, "shutdown", None)
-        if shutdown:
-            shutdown()
 
 
 class PhaseWorkers:

@@ -19,11 +19,11 @@ from typing import Any, Protocol
 import grpc
 
 from v2v.coordinator.clients import PhaseClients
-from v2v.coordinator.inputs import input_location
 from v2v.drives import block_bus, device_name
 from v2v.errors import V2VError, from_rpc_error
 from v2v.events import StepReporter
 from v2v.naming import name_from_path
+from v2v.services.input.locations import input_location
 from v2v.units import human_size
 from v2v.v1 import convert_pb2, coordinator_pb2, copier_pb2, input_pb2, output_pb2
 from v2v.v1 import types_pb2 as pb

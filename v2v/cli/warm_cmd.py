@@ -17,46 +17,31 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from google.protobuf import json_format
 
-from v2v.coordinator.commands import (
+from v2v.cli.display import HumanDisplay, MachineDisplay
+from v2v.cli.outputs import DIRECTORY_OUTPUTS, output_spec
+from v2v.cli.standalone import (
     CONVERT_OPTIONS,
     Display,
-    PhaseServices,
     add_service_flags,
     borrow,
     convert_options,
     guarded,
 )
-from v2v.coordinator.display import HumanDisplay, MachineDisplay
-from v2v.coordinator.outputs import DIRECTORY_OUTPUTS, output_spec
-from v2v.coordinator.servers import RunningService
-from v2v.coordinator.warm import WarmService, seconds
-from v2v.grpcserver import channel, wait_ready
+from v2v.coordinator.phases import PhaseServices
+from v2v.coordinator.warm.service import WARM_PHASES, seconds, warm_servicer
+from v2v.grpcserver import RunningService, channel, wait_ready
 from v2v.units import human_size
 from v2v.v1 import output_pb2, warm_pb2, warm_pb2_grpc
 from v2v.v1 import types_pb2 as pb
 
 OUTPUT_OPTIONS = ("output", "output_storage", "output_uri", "output_options", "output_format", "output_alloc",
                   "output_name", "overwrite")
-PHASE_SERVICES = ("input", "convert", "output")
-
-
-def warm_servicer(addresses: dict[str, str]) -> tuple[WarmService, Callable[..., None], str]:
-    """The Warm service as RunningService takes it, using the phase services at `addresses`."""
-    return WarmService(addresses), warm_pb2_grpc.add_WarmServicer_to_server, "v2v.v1.Warm"
-
-
-def serve_warm() -> tuple[WarmService, Callable[..., None], str]:
-    """`v2v serve warm`: the phase services from $V2V_INPUT, $V2V_CONVERT, $V2V_OUTPUT."""
-    addresses = {s: os.environ.get(f"V2V_{s.upper()}", "") for s in PHASE_SERVICES}
-    if missing := [s for s, a in addresses.items() if not a]:
-        raise ValueError(f"v2v serve warm: set {', '.join(f'V2V_{s.upper()}' for s in missing)}")
-    return warm_servicer(addresses)
 
 
 @contextmanager
@@ -70,7 +55,7 @@ def warm_stub(a: argparse.Namespace) -> Iterator[warm_pb2_grpc.WarmStub]:
         finally:
             ch.close()
         return
-    given = {s: getattr(a, f"{s}_service") for s in PHASE_SERVICES}
+    given = {s: getattr(a, f"{s}_service") for s in WARM_PHASES}
     with PhaseServices(given) as addresses, tempfile.TemporaryDirectory(prefix="v2v-warm.") as d:
         address = f"unix:{Path(d) / 'warm.sock'}"
         svc = RunningService(address, warm_servicer(addresses))
@@ -136,7 +121,7 @@ def parser() -> argparse.ArgumentParser:
                                 "it with a short downtime (docs/warm.md).")
     p.add_argument("--warm", default=os.environ.get("V2V_WARM", ""), metavar="ADDR",
                    help="use this Warm service ($V2V_WARM) instead of starting one in this process")
-    add_service_flags(p, PHASE_SERVICES)
+    add_service_flags(p, WARM_PHASES)
     p.add_argument("--machine-readable", action="store_true", help="one WarmEvent as JSON per line on stdout")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = p.add_subparsers(dest="command", required=True)

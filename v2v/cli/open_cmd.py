@@ -16,16 +16,15 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from v2v.coordinator.commands import (
+from v2v.cli.display import HumanDisplay
+from v2v.cli.standalone import (
     INPUT_OPTIONS,
-    OpenedGuest,
-    PhaseServices,
     add_service_flags,
     borrow,
     guarded,
     spec_of,
 )
-from v2v.coordinator.display import HumanDisplay
+from v2v.coordinator.phases import OpenedGuest, PhaseServices
 
 
 def open_parser() -> argparse.ArgumentParser:

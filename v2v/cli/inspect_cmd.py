@@ -10,12 +10,11 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from v2v.coordinator.commands import (
+from v2v.cli.display import HumanDisplay, MachineDisplay
+from v2v.cli.standalone import (
     CONVERT_OPTIONS,
     INPUT_OPTIONS,
     Display,
-    OpenedGuest,
-    PhaseServices,
     add_service_flags,
     borrow,
     convert_options,
@@ -23,39 +22,11 @@ from v2v.coordinator.commands import (
     spec_of,
     write_report,
 )
-from v2v.coordinator.display import HumanDisplay, MachineDisplay
-from v2v.errors import V2VError
-from v2v.grpcserver import channel
-from v2v.v1 import convert_pb2, convert_pb2_grpc, coordinator_pb2
-from v2v.v1 import types_pb2 as pb
+from v2v.coordinator.phases import OpenedGuest, PhaseServices, convert_guest
+from v2v.v1 import coordinator_pb2
 
 INCONSISTENT = ("the guest's disks were being converted in place and may now be in an inconsistent state: "
                 "restore them from a backup or snapshot before using the guest")
-
-
-def convert(guest: OpenedGuest, address: str, options: convert_pb2.ConvertOptions) -> convert_pb2.ConvertResult:
-    """One Convert call on the opened guest, its sub-steps relayed; Ctrl-C / SIGTERM cancel the call,
-    which makes the service kill its appliance."""
-    ch = channel(address)
-    try:
-        with guest.phase("convert"):
-            call = convert_pb2_grpc.ConvertStub(ch).Convert(convert_pb2.ConvertRequest(
-                workdir=str(guest.workdir.path), guest=guest.name, options=options))
-            result = None
-            try:
-                for ev in call:
-                    if ev.HasField("step"):
-                        guest.sink(pb.Event(step=ev.step))
-                    else:
-                        result = ev.result
-            except KeyboardInterrupt:
-                call.cancel()
-                raise
-            if result is None:
-                raise V2VError("the convert service ended without a result", pb.ERROR_CODE_INTERNAL)
-            return result
-    finally:
-        ch.close()
 
 
 def parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -86,7 +57,7 @@ def inspect_main(argv: Sequence[str]) -> int:
         spec, options = spec_of(a), convert_options(a, inspect_only=True)
         with PhaseServices({"input": a.input_service, "convert": a.convert_service}) as addresses, \
                 OpenedGuest(addresses["input"], spec, display.event, afterwards) as guest:
-            result = convert(guest, addresses["convert"], options)
+            result = convert_guest(guest, addresses["convert"], options)
         return finished(display, guest, [write_report(result.report, a.output_file)])
 
     return guarded(body, display)
@@ -107,7 +78,7 @@ def in_place_main(argv: Sequence[str]) -> int:
         with PhaseServices({"input": a.input_service, "convert": a.convert_service}) as addresses, \
                 OpenedGuest(addresses["input"], spec, display.event, afterwards, in_place=True) as guest:
             try:
-                result = convert(guest, addresses["convert"], options)
+                result = convert_guest(guest, addresses["convert"], options)
             except BaseException:
                 afterwards.insert(0, INCONSISTENT)
                 raise

@@ -14,15 +14,12 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from v2v.coordinator.clients import ServiceAddresses
 from v2v.errors import V2VError
-from v2v.v1 import input_pb2
 from v2v.v1 import types_pb2 as pb
 
 GiB = 1 << 30
-LOCAL_HOST = "localhost"
 
 
 @dataclass(frozen=True)
@@ -43,19 +40,6 @@ class Worker:
     conversions: int = 2  # appliances at once (each a core and memory)
     copy_streams: int = 4  # disks copied at once
     memory: int = 0  # bytes of appliance memory; 0 = unlimited
-
-
-def source_host(spec: input_pb2.InputSpec) -> str:
-    """The host a guest's disks are read from: the resource the per-source-host limit protects."""
-    kind = spec.WhichOneof("kind")
-    if kind == "vmx" and spec.vmx.location.startswith("ssh://"):
-        return urlsplit(spec.vmx.location).hostname or LOCAL_HOST
-    if kind in ("vmware_https", "vddk"):
-        https = spec.vmware_https if kind == "vmware_https" else spec.vddk.https
-        return urlsplit(https.url).hostname or LOCAL_HOST
-    if kind in ("libvirt", "xen", "vcenter"):
-        return urlsplit(getattr(spec, kind).uri).hostname or LOCAL_HOST
-    return LOCAL_HOST
 
 
 class Ticket:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from v2v.coordinator.options import Options
+from v2v.cli.options import Options
 from v2v.errors import V2VError
 from v2v.v1 import output_pb2
 from v2v.v1 import types_pb2 as pb

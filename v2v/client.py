@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 
-from v2v.coordinator.plan import read_plan
+from v2v.cli.plan import read_plan
 from v2v.coordinator.state import FINAL, state_name
 from v2v.grpcserver import channel, wait_ready
 from v2v.v1 import coordinator_pb2, coordinator_pb2_grpc

@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 import yaml
 
-from v2v.coordinator.cli import build_job, conversion_parser
+from v2v.cli.args import build_job, conversion_parser
 from v2v.coordinator.pipeline import guest_name
 from v2v.coordinator.scheduler import Limits
 from v2v.errors import V2VError

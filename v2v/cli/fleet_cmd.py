@@ -21,11 +21,11 @@ import grpc
 from rich.console import Console
 from rich.table import Table
 
-from v2v.coordinator.client import FleetClient
+from v2v.cli.display import FleetDisplay, FleetMachineDisplay, to_dict
+from v2v.cli.plan import plan_limits, read_plan
+from v2v.client import FleetClient
 from v2v.coordinator.clients import SERVICES, ServiceAddresses
-from v2v.coordinator.display import FleetDisplay, FleetMachineDisplay, to_dict
 from v2v.coordinator.pipeline import guest_name
-from v2v.coordinator.plan import plan_limits, read_plan
 from v2v.coordinator.scheduler import Limits, Worker
 from v2v.coordinator.servers import CoordinatorConfig, EmbeddedServices, PhaseWorkers, parse_worker
 from v2v.coordinator.state import FINAL, GuestRecord, State, state_name

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 import grpc
 
 from v2v.grpcserver import channel
+from v2v.services.servicers import PHASES
 from v2v.v1 import convert_pb2_grpc, copier_pb2_grpc, input_pb2_grpc, output_pb2_grpc
 
-SERVICES = ("input", "convert", "output", "copier")
+SERVICES = PHASES
 
 
 @dataclass(frozen=True)

@@ -1,39 +1,20 @@
-"""`v2v`: virt-v2v's command line on top of the coordinator.
-
-    v2v -i disk guest.img -o local -os out/          convert (embedded services unless configured)
-    v2v serve input --listen unix:/run/v2v/in.sock   run one service
-    v2v certs DIR                                    make mutual TLS certificates (--tls-dir DIR)
-"""
+"""The conversion command line (virt-v2v's options) and the typed GuestJob it means: the one
+parser every command borrows its input and conversion options from."""
 
 from __future__ import annotations
 
 import argparse
 import os
-import signal
-import sys
-from collections.abc import Sequence
-from pathlib import Path
 from types import FrameType
 
-import grpc
-from rich.console import Console
-
-from v2v.coordinator.display import HumanDisplay, MachineDisplay, print_source
-from v2v.coordinator.inputs import BUILDERS as INPUT_BUILDERS
-from v2v.coordinator.inputs import InputArgs, input_spec
-from v2v.coordinator.options import Options
-from v2v.coordinator.outputs import BUILDERS, DIRECTORY_OUTPUTS, output_spec
-from v2v.errors import V2VError, from_rpc_error
-from v2v.grpcserver import channel, wait_ready
+from v2v.cli.inputs import BUILDERS as INPUT_BUILDERS
+from v2v.cli.inputs import InputArgs, input_spec
+from v2v.cli.options import Options
+from v2v.cli.outputs import BUILDERS, DIRECTORY_OUTPUTS, output_spec
+from v2v.errors import V2VError
 from v2v.networks import parse_mac, parse_network
-from v2v.tls import add_tls_argument, use_tls_dir
-from v2v.v1 import (
-    convert_pb2,
-    coordinator_pb2,
-    coordinator_pb2_grpc,
-    copier_pb2,
-    output_pb2,
-)
+from v2v.tls import add_tls_argument
+from v2v.v1 import convert_pb2, coordinator_pb2, copier_pb2, output_pb2
 from v2v.v1 import types_pb2 as pb
 
 ACCELERATORS = {"auto": convert_pb2.ACCELERATOR_AUTO, "kvm": convert_pb2.ACCELERATOR_KVM,
@@ -144,126 +125,5 @@ def build_job(a: argparse.Namespace) -> coordinator_pb2.GuestJob:
     return job
 
 
-def run_job(address: str, job: coordinator_pb2.GuestJob, display: HumanDisplay | MachineDisplay) -> \
-        coordinator_pb2.GuestStatus:
-    """Submits the guest, shows its events until it ends; Ctrl-C / SIGTERM cancel it cleanly."""
-    ch = channel(address)
-    wait_ready(ch, "coordinator")
-    stub = coordinator_pb2_grpc.CoordinatorStub(ch)
-    gid = stub.Submit(coordinator_pb2.SubmitRequest(job=job)).id
-    ref = coordinator_pb2.GuestRef(id=gid)
-    try:
-        for ev in stub.Watch(ref):
-            display.event(ev)
-    except KeyboardInterrupt:
-        stub.Cancel(ref)
-        for _ in stub.Watch(ref):  # wait until its cleanup is done
-            pass
-    status = stub.Status(ref)
-    ch.close()
-    return status
-
-
-def _terminate(signum: int, frame: FrameType | None) -> None:
+def terminate(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
-
-
-def convert_main(argv: Sequence[str]) -> int:
-    parser = conversion_parser()
-    a = parser.parse_intermixed_args(argv)
-    display: HumanDisplay | MachineDisplay = MachineDisplay() if a.machine_readable else \
-        HumanDisplay(quiet=a.quiet or a.print_source)
-    err_console = Console(stderr=True, highlight=False, soft_wrap=True)
-    signal.signal(signal.SIGTERM, _terminate)
-    try:
-        use_tls_dir(a.tls_dir, "client")
-        job = build_job(a)
-        if a.coordinator:
-            status = run_job(a.coordinator, job, display)
-        else:
-            from v2v.coordinator.servers import EmbeddedServices
-
-            with EmbeddedServices() as address:
-                status = run_job(address, job, display)
-    except V2VError as err:
-        status = coordinator_pb2.GuestStatus(state=coordinator_pb2.GUEST_STATE_FAILED, error=err.to_proto())
-    except grpc.RpcError as exc:
-        err = from_rpc_error(exc, step="coordinator")
-        status = coordinator_pb2.GuestStatus(state=coordinator_pb2.GUEST_STATE_FAILED, error=err.to_proto())
-    display.status(status)
-    if status.state != coordinator_pb2.GUEST_STATE_SUCCEEDED:
-        err_console.print(f"v2v: error: {V2VError.from_proto(status.error).one_line()}", markup=False)
-        return 1
-    if a.print_source and not a.machine_readable:
-        print_source(status.source)
-    return 0
-
-
-def serve_main(argv: Sequence[str]) -> int:
-    from v2v.coordinator.clients import SERVICES
-    from v2v.coordinator.servers import RunningService, coordinator_servicer, phase_servicer
-
-    p = argparse.ArgumentParser(prog="v2v serve", description="Run one v2v service until SIGTERM/SIGINT.")
-    p.add_argument("service", choices=(*SERVICES, "coordinator", "warm"))
-    p.add_argument("--listen", required=True, action="append", metavar="ADDR",
-                   help="unix:PATH or HOST:PORT (mutual TLS with --tls-dir); repeat to listen on several")
-    add_tls_argument(p, "server")
-    for s in SERVICES:
-        p.add_argument(f"--{s}", metavar="ADDR", help=f"coordinator only: the {s} service (default $V2V_{s.upper()})")
-    p.add_argument("--workdir-root", type=Path, default=None,
-                   help="coordinator only: where its workers create work directories (default: each worker's "
-                        "$V2V_WORKDIR_ROOT, else /var/tmp/v2v)")
-    from v2v.coordinator.fleet_cmd import add_coordinator_arguments, coordinator_config
-
-    add_coordinator_arguments(p)
-    a = p.parse_args(argv)
-    try:
-        use_tls_dir(a.tls_dir, "server")
-    except V2VError as err:
-        p.error(err.message)
-    if a.service == "coordinator":
-        try:
-            config = coordinator_config(a)
-        except ValueError as exc:
-            p.error(str(exc))
-        spec = coordinator_servicer(config)
-    else:
-        spec = phase_servicer(a.service)
-    svc = RunningService(a.listen, spec)
-    print(f"v2v {a.service} service listening on {', '.join(a.listen)}", file=sys.stderr, flush=True)
-    signal.signal(signal.SIGTERM, _terminate)
-    try:
-        svc.server.wait_for_termination()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        svc.stop()
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["serve"]:
-        return serve_main(args[1:])
-    if args[:1] in (["fleet"], ["status"], ["logs"]):
-        from v2v.coordinator import fleet_cmd
-
-        return {"fleet": fleet_cmd.fleet_main, "status": fleet_cmd.status_main, "logs": fleet_cmd.logs_main}[
-            args[0]](args[1:])
-    if args[:1] == ["certs"]:
-        from v2v.coordinator.certs_cmd import certs_main
-
-        return certs_main(args[1:])
-    if args[:1] == ["warm"]:
-        from v2v.coordinator.warm_cmd import warm_main  # it imports this module
-
-        return warm_main(args[1:])
-    if args[:1] in (["open"], ["inspect"]) or "--in-place" in args:
-        from v2v.coordinator.commands import standalone_main  # it imports this module
-
-        return standalone_main(args)
-    return convert_main(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,6 +12,7 @@ state after every disk, so the state always names the checkpoints that exist."""
 from __future__ import annotations
 
 import fcntl
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
@@ -22,9 +23,7 @@ import grpc
 from google.protobuf import duration_pb2
 
 from v2v.changed_blocks import FIRST_CHECKPOINT, ChangedBlockSource, Changes, next_checkpoint, open_source
-from v2v.coordinator.commands import OpenedGuest, PhaseServices
-from v2v.coordinator.inputs import InputArgs, input_spec
-from v2v.coordinator.inspect_cmd import convert
+from v2v.coordinator.phases import OpenedGuest, PhaseServices, convert_guest
 from v2v.delta_copy import copy_changes
 from v2v.drives import block_bus, device_name
 from v2v.errors import V2VError, from_rpc_error
@@ -33,7 +32,7 @@ from v2v.grpcserver import channel, rpc, stream_rpc
 from v2v.naming import name_from_path
 from v2v.services.output.files import disk_server
 from v2v.streaming import stream_events
-from v2v.v1 import output_pb2, output_pb2_grpc, warm_pb2, warm_pb2_grpc
+from v2v.v1 import input_pb2, output_pb2, output_pb2_grpc, warm_pb2, warm_pb2_grpc
 from v2v.v1 import types_pb2 as pb
 from v2v.workdir import WorkDir
 
@@ -219,7 +218,7 @@ class Migration:
         st.phase = warm_pb2.WARM_PHASE_CUTOVER
         self.save()
         paths = [d.target.path for d in st.disks]
-        spec = input_spec(InputArgs("disk", paths, st.disks[0].target.format))
+        spec = input_pb2.InputSpec(disk=input_pb2.DiskInput(paths=paths, format=st.disks[0].target.format))
         afterwards: list[str] = []
 
         def relay(ev: pb.Event) -> None:
@@ -229,7 +228,7 @@ class Migration:
         try:
             with PhaseServices({"input": self.addresses["input"], "convert": self.addresses["convert"]}) as addrs, \
                     OpenedGuest(addrs["input"], spec, relay, afterwards, in_place=True) as guest:
-                result = convert(guest, addrs["convert"], st.convert)
+                result = convert_guest(guest, addrs["convert"], st.convert)
         except V2VError as err:
             err.message = f"{err.message}\n{INCONSISTENT}"
             err.detail = "\n".join([*afterwards, err.detail])
@@ -330,3 +329,19 @@ class WarmService(warm_pb2_grpc.WarmServicer):
     @rpc
     def Status(self, request: warm_pb2.StatusRequest, context: grpc.ServicerContext) -> warm_pb2.WarmState:
         return load(request.workdir)
+
+
+WARM_PHASES = ("input", "convert", "output")
+
+
+def warm_servicer(addresses: dict[str, str]) -> tuple[WarmService, Callable[..., None], str]:
+    """The Warm service as RunningService takes it, using the phase services at `addresses`."""
+    return WarmService(addresses), warm_pb2_grpc.add_WarmServicer_to_server, "v2v.v1.Warm"
+
+
+def serve_warm() -> tuple[WarmService, Callable[..., None], str]:
+    """`v2v serve warm`: the phase services from $V2V_INPUT, $V2V_CONVERT, $V2V_OUTPUT."""
+    addresses = {s: os.environ.get(f"V2V_{s.upper()}", "") for s in WARM_PHASES}
+    if missing := [s for s, a in addresses.items() if not a]:
+        raise ValueError(f"v2v serve warm: set {', '.join(f'V2V_{s.upper()}' for s in missing)}")
+    return warm_servicer(addresses)

@@ -17,12 +17,13 @@ from google.protobuf import timestamp_pb2
 from v2v.coordinator.clients import PhaseClients
 from v2v.coordinator.metrics import FleetMetrics
 from v2v.coordinator.pipeline import RESUMABLE_STEPS, Converted, GuestRun, guest_name
-from v2v.coordinator.scheduler import Scheduler, Ticket, TicketGates, source_host
+from v2v.coordinator.scheduler import Scheduler, Ticket, TicketGates
 from v2v.coordinator.state import FINAL, GuestRecord, State
 from v2v.coordinator.steplogs import StepLogs
 from v2v.errors import V2VError, from_rpc_error
 from v2v.events import step_event
 from v2v.grpcserver import rpc
+from v2v.services.input.locations import source_host
 from v2v.v1 import coordinator_pb2, coordinator_pb2_grpc, input_pb2, output_pb2
 from v2v.v1 import types_pb2 as pb
 
