@@ -13,6 +13,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.conftest import V2V
+from v2v.errors import V2VError
 from v2v.grpcserver import channel, serve
 from v2v.tls import TLSFiles
 
@@ -112,6 +113,32 @@ def test_missing_tls_files_stop_serve_at_once(tmp_path):
                        capture_output=True, text=True, timeout=60, check=False)
     assert p.returncode == 2
     assert f"TLS directory {tmp_path}: missing" in p.stderr and "v2v certs" in p.stderr
+
+
+def test_plaintext_tcp_is_refused_unless_asked_for(monkeypatch):
+    # A TCP port without TLS lets anyone who reaches it submit guests or remove their work.
+    monkeypatch.delenv("V2V_TLS_DIR", raising=False)
+    p = subprocess.run([V2V, "serve", "copier", "--listen", f"127.0.0.1:{free_port()}"],
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert p.returncode == 2
+    assert "without TLS" in p.stderr and "--tls-dir" in p.stderr and "--insecure" in p.stderr
+    with pytest.raises(V2VError, match="without TLS"):
+        serve(f"127.0.0.1:{free_port()}", [])
+
+
+def test_insecure_serves_plaintext_tcp_and_says_so(monkeypatch):
+    monkeypatch.delenv("V2V_TLS_DIR", raising=False)
+    address = f"127.0.0.1:{free_port()}"
+    proc = subprocess.Popen([V2V, "serve", "copier", "--listen", address, "--insecure"],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        warning = proc.stderr.readline()
+        assert "WARNING: plaintext TCP on " + address in warning and "--insecure" in warning
+        assert "listening on" in proc.stderr.readline()
+        assert health_check(grpc.insecure_channel(address)) == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def test_unix_socket_is_private_in_a_private_directory(tmp_path):

@@ -64,10 +64,11 @@ def _listen_unix(server: grpc.Server, path: str) -> None:
 
 
 def serve(address: str | Sequence[str], services: list[tuple[Any, Callable[[Any, grpc.Server], None], str]],
-          max_workers: int = 32, tls: TLSFiles | None = None) -> grpc.Server:
+          max_workers: int = 32, tls: TLSFiles | None = None, insecure: bool = False) -> grpc.Server:
     """Starts a server on one or more addresses for (servicer, add_fn, full service name) triples,
     with grpc.health.v1 and server reflection. Unix sockets are made 0600; TCP listeners take mutual
-    TLS from `tls` (else $V2V_TLS_DIR), plaintext only when neither is given."""
+    TLS from `tls` (else $V2V_TLS_DIR). Plaintext TCP only when asked for (`insecure`): anyone who
+    reaches such a port can submit guests or delete their work, so it is never a silent default."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=_SERVER_OPTIONS)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -86,6 +87,9 @@ def serve(address: str | Sequence[str], services: list[tuple[Any, Callable[[Any,
             sockets.append(sock_path)
             continue
         creds = tls or TLSFiles.from_env("server")
+        if not creds and not insecure:
+            raise V2VError(f"refusing to serve {addr} without TLS: give --tls-dir DIR (made by `v2v certs DIR`) "
+                           "or, on a network you trust, --insecure", pb.ERROR_CODE_BAD_INPUT)
         port = (server.add_secure_port(addr, creds.server_credentials()) if creds
                 else server.add_insecure_port(target(addr)))
         if port == 0:
@@ -145,10 +149,10 @@ class RunningService:
     """A started gRPC server and its servicer; stopping it also stops what the servicer owns."""
 
     def __init__(self, address: str | Sequence[str], spec: tuple[Any, Callable[[Any, grpc.Server], None], str],
-                 tls: TLSFiles | None = None) -> None:
+                 tls: TLSFiles | None = None, insecure: bool = False) -> None:
         self.address = address
         self.servicer = spec[0]
-        self.server = serve(address, [spec], tls=tls)
+        self.server = serve(address, [spec], tls=tls, insecure=insecure)
 
     def stop(self) -> None:
         self.server.stop(SHUTDOWN_GRACE).wait()

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -19,8 +20,8 @@ from rich.console import Console
 from v2v.cli.args import build_job, conversion_parser, terminate
 from v2v.cli.display import HumanDisplay, MachineDisplay, print_source
 from v2v.errors import V2VError, from_rpc_error
-from v2v.grpcserver import channel, wait_ready
-from v2v.tls import add_tls_argument, use_tls_dir
+from v2v.grpcserver import channel, unix_socket_path, wait_ready
+from v2v.tls import TLS_DIR_ENV, add_tls_argument, use_tls_dir
 from v2v.v1 import coordinator_pb2, coordinator_pb2_grpc
 
 
@@ -87,6 +88,8 @@ def serve_main(argv: Sequence[str]) -> int:
     p.add_argument("--listen", required=True, action="append", metavar="ADDR",
                    help="unix:PATH or HOST:PORT (mutual TLS with --tls-dir); repeat to listen on several")
     add_tls_argument(p, "server")
+    p.add_argument("--insecure", action="store_true",
+                   help="serve TCP addresses in plaintext, without TLS: only on a network you trust")
     for s in SERVICES:
         p.add_argument(f"--{s}", metavar="ADDR", help=f"coordinator only: the {s} service (default $V2V_{s.upper()})")
     p.add_argument("--workdir-root", type=Path, default=None,
@@ -113,7 +116,14 @@ def serve_main(argv: Sequence[str]) -> int:
             p.error(str(exc))
     else:
         spec = phase_servicer(a.service)
-    svc = RunningService(a.listen, spec)
+    try:
+        svc = RunningService(a.listen, spec, insecure=a.insecure)
+    except V2VError as err:
+        p.error(err.message)
+    plain = [addr for addr in a.listen if unix_socket_path(addr) is None and not os.environ.get(TLS_DIR_ENV)]
+    if plain:
+        print(f"v2v {a.service}: WARNING: plaintext TCP on {', '.join(plain)} (--insecure): no TLS, no client "
+              "certificate; anyone who reaches the port can call the service", file=sys.stderr, flush=True)
     print(f"v2v {a.service} service listening on {', '.join(a.listen)}", file=sys.stderr, flush=True)
     signal.signal(signal.SIGTERM, terminate)
     try:
