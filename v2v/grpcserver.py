@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -63,8 +65,35 @@ def _listen_unix(server: grpc.Server, path: str) -> None:
         os.umask(old_umask)
 
 
+# A sync gRPC server gives each call a thread for its whole life. Watchers (Watch, Follow) may stay
+# for days, so they get at most MAX_STREAMS threads between them and the rest always has
+# UNARY_THREADS: with one pool for all, 32 dashboards once locked out Status, Submit and Cancel.
+MAX_STREAMS = 128
+UNARY_THREADS = 32
+
+
+class StreamSlots:
+    """The watchers' share of a server's threads: a watcher beyond it is refused at once
+    (RESOURCE_EXHAUSTED) rather than queued behind the others."""
+
+    def __init__(self, limit: int = MAX_STREAMS) -> None:
+        self.limit = limit
+        self._free = threading.BoundedSemaphore(limit)
+
+    @contextmanager
+    def slot(self, context: grpc.ServicerContext, what: str) -> Iterator[None]:
+        if not self._free.acquire(blocking=False):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"{what}: {self.limit} streams are open already; close one, or use List/Status")
+        try:
+            yield
+        finally:
+            self._free.release()
+
+
 def serve(address: str | Sequence[str], services: list[tuple[Any, Callable[[Any, grpc.Server], None], str]],
-          max_workers: int = 32, tls: TLSFiles | None = None, insecure: bool = False) -> grpc.Server:
+          max_workers: int = UNARY_THREADS + MAX_STREAMS, tls: TLSFiles | None = None,
+          insecure: bool = False) -> grpc.Server:
     """Starts a server on one or more addresses for (servicer, add_fn, full service name) triples,
     with grpc.health.v1 and server reflection. Unix sockets are made 0600; TCP listeners take mutual
     TLS from `tls` (else $V2V_TLS_DIR). Plaintext TCP only when asked for (`insecure`): anyone who

@@ -22,7 +22,7 @@ from v2v.coordinator.state import FINAL, GuestRecord, State
 from v2v.coordinator.steplogs import StepLogs
 from v2v.errors import V2VError, from_rpc_error
 from v2v.events import step_event
-from v2v.grpcserver import rpc
+from v2v.grpcserver import StreamSlots, rpc
 from v2v.services.input.locations import source_host
 from v2v.v1 import coordinator_pb2, coordinator_pb2_grpc, input_pb2, output_pb2
 from v2v.v1 import types_pb2 as pb
@@ -119,6 +119,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         self.guests: dict[str, Guest] = {}
         self._log = EventLog()  # Watch and Follow replay it, then follow it live
         self._changed = threading.Condition()
+        self._streams = StreamSlots()  # Watch and Follow: the server keeps threads for the other calls
         self._stopping = False
         self._recover()
 
@@ -365,13 +366,15 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
     def Follow(self, request: coordinator_pb2.GuestRef,
                context: grpc.ServicerContext) -> Iterator[coordinator_pb2.FleetEvent]:
         try:
-            yield from self.follow(request.id, context)
+            with self._streams.slot(context, "Follow"):
+                yield from self.follow(request.id, context)
         except V2VError as err:
             context.abort(grpc.StatusCode.NOT_FOUND, err.message)
 
     def Watch(self, request: coordinator_pb2.GuestRef, context: grpc.ServicerContext) -> Iterator[pb.Event]:
         try:
-            yield from (fe.event for fe in self.follow(request.id, context) if fe.HasField("event"))
+            with self._streams.slot(context, "Watch"):
+                yield from (fe.event for fe in self.follow(request.id, context) if fe.HasField("event"))
         except V2VError as err:
             context.abort(grpc.StatusCode.NOT_FOUND, err.message)
 
