@@ -56,7 +56,7 @@ docker:
 
 test: setup docker
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -v -rs $(PYTEST_ARGS)
+	$(PY) -m pytest -v -rs --durations=40 $(PYTEST_ARGS)
 
 # The pure tests: no appliance, no guest, no service process; seconds.
 unit: setup

@@ -87,10 +87,12 @@ class Run:
 
 
 @pytest.fixture
-def workroot() -> Iterator[Path]:
-    """A private V2V_WORKDIR_ROOT; after the test, no process or socket of it may remain.
-    Not under tmp_path: its long names would overflow the 107 bytes of a socket path."""
+def workroot(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private V2V_WORKDIR_ROOT, set for the test: services made without a root resolve work
+    directory names under it. After the test, no process or socket of it may remain. Not under
+    tmp_path: its long names would overflow the 107 bytes of a socket path."""
     root = Path(tempfile.mkdtemp(prefix="v2v-t.", dir="/tmp"))
+    monkeypatch.setenv("V2V_WORKDIR_ROOT", str(root))
     yield root
     try:
         assert children_mentioning(str(root)) == [], "processes left behind"
@@ -184,7 +186,7 @@ def write_target(target: pb.TargetMeta, disks: list[Path], spec: output_pb2.Outp
     inputs, outputs, copier = InputService(), OutputService(), CopierService()
     wd = WorkDir.create(target.name, workroot)
     try:
-        opened = inputs.open(input_pb2.OpenRequest(workdir=str(wd.path), guest=target.name,
+        opened = inputs.open(input_pb2.OpenRequest(workdir=wd.name, guest=target.name,
                                                    input=input_pb2.InputSpec(disk=input_pb2.DiskInput(
                                                        paths=[str(d) for d in disks]))))
         t = pb.TargetMeta()
@@ -192,18 +194,18 @@ def write_target(target: pb.TargetMeta, disks: list[Path], spec: output_pb2.Outp
         del t.source.disks[:], t.disks[:]
         t.source.disks.extend(opened.source.disks)  # the same sizes; locations are the converted files now
         outputs.check(output_pb2.CheckRequest(guest=t.name, output=spec, source=t.source))
-        setup = outputs.setup(output_pb2.SetupRequest(workdir=str(wd.path), guest=t.name, output=spec, target=t))
+        setup = outputs.setup(output_pb2.SetupRequest(workdir=wd.name, guest=t.name, output=spec, target=t))
         del t.disks[:]
         t.disks.extend(setup.disks)
         for _ in copier.copy(copier_pb2.CopyRequest(
-                workdir=str(wd.path), guest=t.name, options=copier_pb2.CopyOptions(target_is_zero=True, flush=True),
+                workdir=wd.name, guest=t.name, options=copier_pb2.CopyOptions(target_is_zero=True, flush=True),
                 disks=[copier_pb2.DiskCopy(disk=i, source=opened.sockets[i], target=setup.sockets[i])
                        for i in range(len(disks))])):
             pass
-        return list(outputs.finalize(output_pb2.FinalizeRequest(workdir=str(wd.path), guest=t.name, output=spec,
+        return list(outputs.finalize(output_pb2.FinalizeRequest(workdir=wd.name, guest=t.name, output=spec,
                                                                 target=t)).files)
     except BaseException:
         outputs.shutdown()
         raise
     finally:
-        inputs.close(str(wd.path))
+        inputs.close(wd.name)

@@ -101,7 +101,7 @@ def disks(workdir, tmp_path):
 
 
 def request(workdir, copies, **options) -> copier_pb2.CopyRequest:
-    return copier_pb2.CopyRequest(workdir=str(workdir.path), guest="guest", disks=copies,
+    return copier_pb2.CopyRequest(workdir=workdir.name, guest="guest", disks=copies,
                                   options=copier_pb2.CopyOptions(**options))
 
 
@@ -262,7 +262,7 @@ def test_cancel_stops_every_copy(service, workdir, disks):
             if event.HasField("progress"):
                 reporting.add(event.progress.disk)
             if reporting == {0, 1} and stopped is None:  # both copies are running
-                stopped = service.cancel(str(workdir.path))
+                stopped = service.cancel(workdir.name)
     assert time.monotonic() - started < 10
     assert stopped == 2
     assert (exc.value.code, exc.value.step, exc.value.guest) == (pb.ERROR_CODE_CANCELLED, "copy", "guest")
@@ -323,7 +323,7 @@ def test_cancel_rpc_ends_the_stream_as_cancelled(stub, workdir, disks):
     copies = [disks.add(64 * MiB, [(0, 64 * MiB)], read_delay="50ms")]
     call = stub.Copy(request(workdir, copies, **SLOW))
     next(e for e in call if e.HasField("progress"))
-    assert stub.Cancel(copier_pb2.CancelRequest(workdir=str(workdir.path))).stopped == 1
+    assert stub.Cancel(copier_pb2.CancelRequest(workdir=workdir.name)).stopped == 1
     with pytest.raises(grpc.RpcError) as exc:
         list(call)
     assert exc.value.code() == grpc.StatusCode.CANCELLED

@@ -190,6 +190,6 @@ def test_cancel_during_verify(service, workdir, disks):
         for event in service.copy(request(workdir, copies, verify=True)):
             events.append(event)
             if event.step.step == "verify" and event.step.state == pb.STEP_STATE_STARTED:
-                stopped = service.cancel(str(workdir.path))
+                stopped = service.cancel(workdir.name)
     assert stopped == 1 and exc.value.code == pb.ERROR_CODE_CANCELLED
     assert steps_of(events, 0)[-2:] == [("verify", pb.STEP_STATE_CANCELLED), ("copy", pb.STEP_STATE_CANCELLED)]

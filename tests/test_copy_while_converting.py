@@ -77,7 +77,7 @@ class Guest:
 
     def request(self, **options: bool) -> copier_pb2.CopyRequest:
         return copier_pb2.CopyRequest(
-            workdir=str(self.workdir.path), guest="g",
+            workdir=self.workdir.name, guest="g",
             disks=[copier_pb2.DiskCopy(disk=0, source=str(self.workdir.in_sock(0)),
                                        target=str(self.workdir.out_sock(0)), size=SIZE)],
             options=copier_pb2.CopyOptions(flush=True, **options))
@@ -181,7 +181,7 @@ def test_open_says_which_disks_track_writes(workroot: Path, tmp_path: Path) -> N
              (input_pb2.InputSpec(ova=input_pb2.OvaInput(path=str(ova))), True, [False, True], [False, True])]
     try:
         for n, (spec, track, tracked, offered) in enumerate(cases):
-            resp = service.open(input_pb2.OpenRequest(workdir=str(workroot / f"g{n}"), guest="g", input=spec,
+            resp = service.open(input_pb2.OpenRequest(workdir=f"g{n}", guest="g", input=spec,
                                                       track_writes=track))
             assert list(resp.writes_tracked) == tracked
             assert [tracks_writes(sock) for sock in resp.sockets] == offered
@@ -199,7 +199,7 @@ def test_written_only_refuses_a_source_that_does_not_track_writes(workdir: WorkD
         stack.enter_context(Nbdkit(workdir.out_sock(0), workdir.log("output-disk0.log"), "target", "memory",
                                    [str(16 * MiB)]))
         request = copier_pb2.CopyRequest(
-            workdir=str(workdir.path), guest="g",
+            workdir=workdir.name, guest="g",
             disks=[copier_pb2.DiskCopy(disk=0, source=str(workdir.in_sock(0)), target=str(workdir.out_sock(0)))],
             options=copier_pb2.CopyOptions(written_only=True))
         with pytest.raises(V2VError) as err:
@@ -269,14 +269,14 @@ def test_cancel_stops_a_written_only_copy(workdir: WorkDir, tmp_path: Path, copi
         stack.enter_context(Nbdkit(workdir.out_sock(0), workdir.log("output-disk0.log"), "target", "memory",
                                    [str(64 * MiB), "delay-write=200ms"], filters=["delay"]))
         request = copier_pb2.CopyRequest(
-            workdir=str(workdir.path), guest="g",
+            workdir=workdir.name, guest="g",
             disks=[copier_pb2.DiskCopy(disk=0, source=str(workdir.in_sock(0)), target=str(workdir.out_sock(0)))],
             options=copier_pb2.CopyOptions(written_only=True))
         events = copier.copy(request)
         assert next(events).step.state == pb.STEP_STATE_STARTED
         time.sleep(0.5)
         started = time.monotonic()
-        assert copier.cancel(str(workdir.path)) == 1
+        assert copier.cancel(workdir.name) == 1
         with pytest.raises(V2VError) as err:
             list(events)
         assert time.monotonic() - started < 1.0

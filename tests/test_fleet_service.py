@@ -111,16 +111,16 @@ def test_restart_takes_up_the_state(phony, workroot, tmp_path):
         state.add(rec)
         records[name] = rec
     state.update("id-done", state=GS.GUEST_STATE_SUCCEEDED, step="finalize")
-    old_wd = WorkDir(workroot / "converting.old").ensure().path
-    state.update("id-converting", step="convert", workdir=str(old_wd))
+    old_wd = WorkDir("converting.old", workroot).ensure().path
+    state.update("id-converting", step="convert", workdir=old_wd.name)
     for step in ("open", "check"):
         state.step_started("id-converting", 1, step, "", None, 1.0)
         state.step_ended("id-converting", 1, step, "", None, "succeeded", 2.0, 1.0)
     half = out / "writing-sda"
     half.write_bytes(b"\0" * 4096)
-    wd = WorkDir(workroot / "writing.old").ensure().path
+    wd = WorkDir("writing.old", workroot).ensure().path
     (wd / "target.json").write_text(json.dumps({"name": "writing", "disks": [{"index": 0, "path": str(half)}]}))
-    state.update("id-writing", step="copy", workdir=str(wd), target_open=True)
+    state.update("id-writing", step="copy", workdir=wd.name, target_open=True)
     state.close()
 
     with EmbeddedServices(workroot, state=tmp_path / "s.db") as address, FleetClient(address) as fleet:

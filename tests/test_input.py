@@ -18,7 +18,7 @@ from v2v.workdir import WorkDir
 
 def open_disks(svc, workroot, *paths, fmt=""):
     wd = WorkDir.create("t", workroot)
-    req = input_pb2.OpenRequest(workdir=str(wd.path), guest="t",
+    req = input_pb2.OpenRequest(workdir=wd.name, guest="t",
                                 input=input_pb2.InputSpec(disk=input_pb2.DiskInput(paths=[str(p) for p in paths],
                                                                                    format=fmt)))
     return wd, svc.open(req)
@@ -35,7 +35,7 @@ def test_raw_and_qcow2_served_writable_source_untouched(phony, workroot, tmp_pat
         assert [d.format for d in resp.source.disks] == ["raw", "qcow2"]
         assert resp.source.name == "debian-single" and resp.source.memory == 2 * 1024**3
         assert resp.source.vcpus == 1 and resp.source.nics[0].network == "default"
-        assert WorkDir(wd.path).read(WorkDir.SOURCE, pb.Source()) == resp.source
+        assert wd.read(WorkDir.SOURCE, pb.Source()) == resp.source
         for sock in resp.sockets:
             h = nbd.NBD()
             h.connect_uri(f"nbd+unix:///?socket={sock}")
@@ -44,7 +44,7 @@ def test_raw_and_qcow2_served_writable_source_untouched(phony, workroot, tmp_pat
             assert h.pread(4, 0) == b"\xde\xad\xde\xad"
             h.shutdown()
     finally:
-        svc.close(str(wd.path))
+        svc.close(wd.name)
     assert {p: sha256(p) for p in before} == before
     assert not list(wd.path.glob("*.sock"))
 
@@ -67,7 +67,7 @@ def test_bad_input_is_one_line_naming_the_file(phony, workroot, name, expect):
 def test_forced_format_overrides_detection(phony, workroot):
     svc = InputService()
     wd, resp = open_disks(svc, workroot, phony / "garbage.img", fmt="raw")  # the user says so: allowed
-    svc.close(str(wd.path))
+    svc.close(wd.name)
     assert resp.source.disks[0].format == "raw"
 
 
@@ -120,7 +120,7 @@ def test_existing_nbd_endpoints_are_sources(phony, workroot, tmp_path):
                 h.pwrite(b"\xff" * 4096, 0)
                 h.shutdown()
         finally:
-            svc.close(str(wd.path))
+            svc.close(wd.name)
     finally:
         server.terminate()
         tcp.terminate()
@@ -153,7 +153,7 @@ def test_every_format_qemu_reads(phony, workroot, tmp_path, fmt, options):
             assert h.pread(65536, 1024 * 1024) == f.read(65536)
         h.shutdown()
     finally:
-        svc.close(str(wd.path))
+        svc.close(wd.name)
 
 
 def test_truncated_vmdk_is_refused(phony, workroot, tmp_path):
@@ -165,7 +165,7 @@ def test_truncated_vmdk_is_refused(phony, workroot, tmp_path):
     svc = InputService()
     with pytest.raises(V2VError) as info:
         wd, resp = open_disks(svc, workroot, image)
-        svc.close(str(wd.path))
+        svc.close(wd.name)
     assert info.value.code in (pb.ERROR_CODE_BAD_INPUT, pb.ERROR_CODE_PROCESS_FAILED)
     assert "cut.vmdk" in info.value.one_line() and "\n" not in info.value.one_line()
 
@@ -182,25 +182,29 @@ def test_open_creates_a_named_work_directory_that_describe_reports_and_close_rem
         disk=input_pb2.DiskInput(paths=[str(phony / "debian-single.img")]))))
     wd = workroot / name
     try:
-        assert resp.workdir == str(wd) and resp.sockets == [str(wd / "in0.sock")]
+        assert (resp.workdir, resp.path, list(resp.sockets)) == (name, str(wd), [str(wd / "in0.sock")])
         assert (wd.stat().st_mode & 0o777) == 0o700
         described = svc.describe(name)
-        assert (described.workdir, described.exists, described.open) == (str(wd), True, True)
+        assert (described.workdir, described.path, described.exists, described.open) == (name, str(wd), True, True)
+        assert list(described.sockets) == list(resp.sockets)
         assert list(described.done) == ["open"] and described.source == resp.source
         assert not described.HasField("target")
-        marker = WorkDir(wd).read("open.done", pb.StepEvent())
+        marker = WorkDir(name).read("open.done", pb.StepEvent())
         assert (marker.guest, marker.state) == ("g", pb.STEP_STATE_SUCCEEDED) and marker.HasField("duration")
     finally:
         svc.close(name)
-    assert wd.is_dir() and not svc.describe(str(wd)).open  # closed, kept for its logs
+    assert wd.is_dir() and not svc.describe(name).open  # closed, kept for its logs
     svc.close(name, remove=True)
     assert not wd.exists() and not svc.describe(name).exists
 
 
 def test_close_removes_only_work_directories(tmp_path):
-    """Close(remove) deletes a tree on a client's word: never one v2v did not make."""
+    """Close(remove) deletes a tree on a client's word: never one v2v did not make, and never one
+    named by a path."""
     other = tmp_path / "precious"
     (other / "logs").mkdir(parents=True)
     with pytest.raises(V2VError, match="not a v2v work directory"):
-        InputService().close(str(other), remove=True)
+        InputService(tmp_path).close("precious", remove=True)
+    with pytest.raises(V2VError, match="is not a name"):
+        InputService(tmp_path).close(str(other), remove=True)
     assert (other / "logs").is_dir()

@@ -46,7 +46,7 @@ def open_input(workroot, **spec):
     """InputService.open of one InputSpec field; returns (workdir, response)."""
     svc = InputService()
     wd = WorkDir.create("in", workroot)
-    resp = svc.open(input_pb2.OpenRequest(workdir=str(wd.path), guest="in", input=input_pb2.InputSpec(**spec)))
+    resp = svc.open(input_pb2.OpenRequest(workdir=wd.name, guest="in", input=input_pb2.InputSpec(**spec)))
     return svc, wd, resp
 
 
@@ -56,7 +56,7 @@ def opened(workroot, **spec):
     try:
         yield wd, resp
     finally:
-        svc.close(str(wd.path))
+        svc.close(wd.name)
     assert child_servers() == []
 
 

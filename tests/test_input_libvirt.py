@@ -17,7 +17,7 @@ from v2v.workdir import WorkDir
 def open_guest(workroot, uri, domain):
     svc = InputService()
     wd = WorkDir.create("t", workroot)
-    resp = svc.open(input_pb2.OpenRequest(workdir=str(wd.path), guest="t", input=input_pb2.InputSpec(
+    resp = svc.open(input_pb2.OpenRequest(workdir=wd.name, guest="t", input=input_pb2.InputSpec(
         libvirt=input_pb2.LibvirtInput(uri=uri, domain=domain))))
     return svc, wd, resp
 
@@ -60,7 +60,7 @@ def test_a_defined_guest_opens(defined, phony, workroot):
         h.pwrite(b"\0" * 512, 0)
         h.shutdown()
     finally:
-        svc.close(str(wd.path))
+        svc.close(wd.name)
     assert sha256(disk) == before
 
 

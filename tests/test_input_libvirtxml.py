@@ -269,7 +269,7 @@ def test_entities_refused(data):
 
 def open_xml(svc, workroot, xml):
     wd = WorkDir.create("t", workroot)
-    req = input_pb2.OpenRequest(workdir=str(wd.path), guest="t", input=input_pb2.InputSpec(
+    req = input_pb2.OpenRequest(workdir=wd.name, guest="t", input=input_pb2.InputSpec(
         libvirtxml=input_pb2.LibvirtXmlInput(path=str(xml))))
     return wd, svc.open(req)
 
@@ -334,7 +334,7 @@ def test_real_guest_raw_and_qcow2(real_guest, workroot, tmp_path):
             ("52:54:00:12:34:56", "br0", pb.NETWORK_TYPE_BRIDGE, pb.NIC_MODEL_E1000)]
         assert [(r.type, r.controller, r.slot) for r in s.removables] == [
             (pb.REMOVABLE_TYPE_CDROM, pb.CONTROLLER_SATA, 2)]
-        assert WorkDir(wd.path).read(WorkDir.SOURCE, pb.Source()) == s
+        assert wd.read(WorkDir.SOURCE, pb.Source()) == s
         assert resp.sockets == [str(wd.in_sock(0)), str(wd.in_sock(1))]
         size = raw.stat().st_size
         offsets = [0, 512, MiB + 7, 300 * MiB, size // 2 + 12345, size - 4096]
@@ -344,7 +344,7 @@ def test_real_guest_raw_and_qcow2(real_guest, workroot, tmp_path):
             assert read_at(sock, offsets) == expect
             write_through(sock)
     finally:
-        svc.close(str(wd.path))
+        svc.close(wd.name)
     assert {p: sha256(p) for p in before} == before
     assert not list(wd.path.glob("*.sock"))
 
@@ -416,7 +416,7 @@ def test_nbd_disks_served_through_overlays(workroot, tmp_path):
                 write_through(sock)
                 assert read_at(sock, [4096]) == [data[4096:8192]]
         finally:
-            svc.close(str(wd.path))
+            svc.close(wd.name)
     assert {p: sha256(p) for p in before} == before
 
 
@@ -464,7 +464,7 @@ def test_block_device_disk(workroot, tmp_path):
             assert read_at(resp.sockets[0], [0, MiB + 1]) == [bytes(data[0:4096]), bytes(data[MiB + 1:MiB + 4097])]
             write_through(resp.sockets[0])
         finally:
-            svc.close(str(wd.path))
+            svc.close(wd.name)
     assert sha256(img) == before
 
 
@@ -531,7 +531,7 @@ def test_raw_file_that_is_no_disk_names_the_xml_fix(workroot, tmp_path):
     try:
         assert read_at(resp.sockets[0], [0], 10) == [b"just text\n"]
     finally:
-        svc.close(str(wd.path))
+        svc.close(wd.name)
 
 
 def test_no_path_given(workroot):

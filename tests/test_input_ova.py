@@ -37,7 +37,7 @@ from v2v.workdir import WorkDir
 
 def open_ova(svc, workroot, path, skip_checksums=False):
     wd = WorkDir.create("t", workroot)
-    req = input_pb2.OpenRequest(workdir=str(wd.path), guest="t", input=input_pb2.InputSpec(
+    req = input_pb2.OpenRequest(workdir=wd.name, guest="t", input=input_pb2.InputSpec(
         ova=input_pb2.OvaInput(path=str(path), skip_checksums=skip_checksums)))
     return wd, svc.open(req)
 
@@ -49,7 +49,7 @@ def opened(workroot, path, **kw):
     try:
         yield wd, resp
     finally:
-        svc.close(str(wd.path))
+        svc.close(wd.name)
         assert child_servers() == []
         assert not (wd.path / UNPACK_DIR).exists(), "unpacked files outlived Close"
 
@@ -144,7 +144,7 @@ def test_multi_disk_order_controllers_and_metadata(multi, workroot):
             ("00:50:56:01:02:03", pb.NIC_MODEL_VMXNET3, "VM Network")]
         assert [(r.type, r.controller, r.slot) for r in s.removables] == [
             (pb.REMOVABLE_TYPE_CDROM, pb.CONTROLLER_IDE, 2), (pb.REMOVABLE_TYPE_FLOPPY, pb.CONTROLLER_UNSPECIFIED, 0)]
-        assert WorkDir(wd.path).read(WorkDir.SOURCE, pb.Source()) == s
+        assert wd.read(WorkDir.SOURCE, pb.Source()) == s
         for i, sock in enumerate(resp.sockets):
             assert_serves_disk(sock, i)
         assert unpacked(wd) == []

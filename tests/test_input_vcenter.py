@@ -127,7 +127,7 @@ def esx_answers(monkeypatch):
 def open_input(workroot, opts: input_pb2.VCenterInput):
     svc = InputService()
     wd = WorkDir.create("vc", workroot)
-    resp = svc.open(input_pb2.OpenRequest(workdir=str(wd.path), guest="vc", input=input_pb2.InputSpec(vcenter=opts)))
+    resp = svc.open(input_pb2.OpenRequest(workdir=wd.name, guest="vc", input=input_pb2.InputSpec(vcenter=opts)))
     return svc, wd, resp
 
 
@@ -137,7 +137,7 @@ def opened(workroot, opts):
     try:
         yield wd, resp
     finally:
-        svc.close(str(wd.path))
+        svc.close(wd.name)
     assert child_servers() == []
 
 
@@ -320,7 +320,7 @@ def test_libvirt_input_points_vmware_uris_at_the_vcenter_input(workroot):
     svc = InputService()
     wd = WorkDir.create("lv", workroot)
     with pytest.raises(V2VError, match=r"a VMware URI: its guests are read by the vcenter input") as info:
-        svc.open(input_pb2.OpenRequest(workdir=str(wd.path), guest="lv", input=input_pb2.InputSpec(
+        svc.open(input_pb2.OpenRequest(workdir=wd.name, guest="lv", input=input_pb2.InputSpec(
             libvirt=input_pb2.LibvirtInput(uri="vpx://root@vc/DC/esx1", domain="g"))))
     assert info.value.code == pb.ERROR_CODE_BAD_INPUT
 

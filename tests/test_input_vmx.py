@@ -172,7 +172,7 @@ def test_vmdk_descriptors():
 
 def open_vmx(svc, workroot, location, **options):
     wd = WorkDir.create("vmx", workroot)
-    req = input_pb2.OpenRequest(workdir=str(wd.path), guest="vmx", input=input_pb2.InputSpec(
+    req = input_pb2.OpenRequest(workdir=wd.name, guest="vmx", input=input_pb2.InputSpec(
         vmx=input_pb2.VmxInput(location=str(location), **options)))
     return wd, svc.open(req)
 
@@ -221,12 +221,12 @@ def test_local_vmx_serves_the_guest_and_never_writes_it(real_guest, vmx_file, wo
         check_real_source(resp.source)
         assert resp.source.disks[0].format == "vmdk"
         assert resp.source.disks[0].location == str(vmx_file.parent / "debian12-vmware.vmdk")
-        assert WorkDir(wd.path).read(WorkDir.SOURCE, pb.Source()) == resp.source
+        assert wd.read(WorkDir.SOURCE, pb.Source()) == resp.source
         size, got = read_at(resp.sockets[0], OFFSETS)
         assert size == real_guest.stat().st_size and got == raw_at(real_guest, OFFSETS)
         write_reads_back(resp.sockets[0])  # lands in the overlay, never in the source
     finally:
-        svc.close(str(wd.path))
+        svc.close(wd.name)
     assert sha256(flat) == before
     assert not list(wd.path.glob("*.sock"))
 
@@ -290,7 +290,7 @@ def test_snapshot_chain_opens_relative_to_the_vmx(workroot, tmp_path, monkeypatc
         h.pwrite(b"\x11" * 4096, 0)
         h.shutdown()
     finally:
-        svc.close(str(wd.path))
+        svc.close(wd.name)
     assert [sha256(f) for f in files] == before
 
 
@@ -331,7 +331,7 @@ def test_ssh_serves_the_flat_extent(real_guest, vmx_file, sshd, workroot):
         assert size == 4 * GiB and got == raw_at(real_guest, OFFSETS)
         write_reads_back(resp.sockets[0])  # lands in the overlay, never in the source
     finally:
-        svc.close(str(wd.path))
+        svc.close(wd.name)
     flat = vmx_file.parent / "debian12-vmware-flat.vmdk"
     assert raw_at(flat, [0]) == raw_at(real_guest, [0])
     assert child_servers() == []

@@ -130,7 +130,7 @@ def test_in_place_input_serves_the_disks_themselves(phony, workroot, tmp_path, k
 
     def open_(in_place):
         wd = WorkDir.create("g", workroot)
-        return wd, svc.open(input_pb2.OpenRequest(workdir=str(wd.path), guest="g", input=spec, in_place=in_place))
+        return wd, svc.open(input_pb2.OpenRequest(workdir=wd.name, guest="g", input=spec, in_place=in_place))
 
     wd, resp = open_(True)
     try:
@@ -141,7 +141,7 @@ def test_in_place_input_serves_the_disks_themselves(phony, workroot, tmp_path, k
             h.flush()
             h.shutdown()
     finally:
-        svc.close(str(wd.path))
+        svc.close(wd.name)
     wd, resp = open_(False)  # read back through a fresh server: the bytes are in the files now
     try:
         for sock in resp.sockets:
@@ -150,7 +150,7 @@ def test_in_place_input_serves_the_disks_themselves(phony, workroot, tmp_path, k
             assert h.pread(8, 4096) == b"in-place"
             h.shutdown()
     finally:
-        svc.close(str(wd.path))
+        svc.close(wd.name)
 
 
 def test_in_place_refuses_inputs_it_cannot_write(workroot, tmp_path):

@@ -42,12 +42,12 @@ def spec(directory: Path, fmt: str = "", allocation: int = output_pb2.ALLOCATION
 
 
 def setup(service, workdir, output, target) -> output_pb2.SetupResponse:
-    return service.setup(output_pb2.SetupRequest(workdir=str(workdir.path), guest="guest", output=output,
+    return service.setup(output_pb2.SetupRequest(workdir=workdir.name, guest="guest", output=output,
                                                  target=target))
 
 
 def finalize(service, workdir, output) -> output_pb2.FinalizeResponse:
-    return service.finalize(output_pb2.FinalizeRequest(workdir=str(workdir.path), guest="guest", output=output))
+    return service.finalize(output_pb2.FinalizeRequest(workdir=workdir.name, guest="guest", output=output))
 
 
 def write_through_nbd(sockets: list[str], writes: list[tuple[int, int, bytes]] = WRITES) -> None:
@@ -124,9 +124,19 @@ def test_name_from_spec_and_finalize_with_listed_disks(service, workdir, tmp_pat
     assert resp.disks[0].path == str(tmp_path / "renamed-sda")
     target = make_target(MiB)
     target.disks.extend(resp.disks)
-    files = service.finalize(output_pb2.FinalizeRequest(workdir=str(workdir.path), output=output, target=target))
+    files = service.finalize(output_pb2.FinalizeRequest(workdir=workdir.name, output=output, target=target))
     assert list(files.files) == [str(tmp_path / "renamed-sda"), str(tmp_path / "renamed.xml")]
     assert "<name>renamed</name>" in (tmp_path / "renamed.xml").read_text()
+
+
+def test_finalize_without_setup_is_refused(service, workdir, tmp_path):
+    """Finding 6 of the reliability probe: Finalize succeeded without Setup, describing disks that
+    were never made."""
+    target = make_target(MiB)
+    target.disks.append(pb.TargetDisk(index=0, path=str(tmp_path / "guest-sda")))
+    with pytest.raises(V2VError, match=f"nothing to finalize in {workdir.name}: Setup has not made"):
+        service.finalize(output_pb2.FinalizeRequest(workdir=workdir.name, output=spec(tmp_path), target=target))
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("existing", ["guest-sdb", "guest.xml"])
@@ -161,11 +171,11 @@ def test_abort_removes_disks_sockets_and_servers(service, workdir, tmp_path):
     assert len(child_servers()) == 2
     with pytest.raises(V2VError, match="already set up"):
         setup(service, workdir, spec(tmp_path, "qcow2", name="other"), make_target(MiB))
-    service.abort(str(workdir.path))
+    service.abort(workdir.name)
     assert child_servers() == []
     assert list(tmp_path.iterdir()) == []
     assert not any(Path(s).exists() for s in resp.sockets)
-    service.abort(str(workdir.path))  # nothing left to abort: no error
+    service.abort(workdir.name)  # nothing left to abort: no error
 
 
 def test_failed_finalize_leaves_the_disks_to_abort(service, workdir, tmp_path):
@@ -174,7 +184,7 @@ def test_failed_finalize_leaves_the_disks_to_abort(service, workdir, tmp_path):
         finalize(service, workdir, spec(tmp_path / "gone"))
     assert (exc.value.code, exc.value.step) == (pb.ERROR_CODE_BAD_INPUT, "finalize")
     assert child_servers() == [] and [p.name for p in tmp_path.iterdir()] == ["guest-sda"]
-    service.abort(str(workdir.path))
+    service.abort(workdir.name)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -209,10 +219,10 @@ def test_over_grpc(service, workdir, tmp_path):
         with grpcserver.channel(str(tmp_path / "output.sock")) as ch:
             stub = output_pb2_grpc.OutputStub(ch)
             output = spec(tmp_path, "raw")
-            request = output_pb2.SetupRequest(workdir=str(workdir.path), guest="guest", output=output,
+            request = output_pb2.SetupRequest(workdir=workdir.name, guest="guest", output=output,
                                               target=make_target(MiB))
             assert stub.Setup(request).disks[0].path == str(tmp_path / "guest-sda")
-            stub.Abort(output_pb2.AbortRequest(workdir=str(workdir.path)))
+            stub.Abort(output_pb2.AbortRequest(workdir=workdir.name))
             (tmp_path / "guest-sda").write_text("")
             with pytest.raises(grpc.RpcError) as exc:
                 stub.Setup(request)

@@ -338,10 +338,10 @@ def test_service_setup_and_finalize(service, workdir, tmp_path):
                                                             machine=pb.MACHINE_Q35, arch="x86_64"))
     output = kubevirt_spec(tmp_path)
     service.check(output_pb2.CheckRequest(guest="guest", output=output, source=source))
-    resp = service.setup(output_pb2.SetupRequest(workdir=str(workdir.path), guest="guest", output=output,
+    resp = service.setup(output_pb2.SetupRequest(workdir=workdir.name, guest="guest", output=output,
                                                  target=target))
     assert resp.target_is_zero and len(resp.sockets) == 2
-    files = service.finalize(output_pb2.FinalizeRequest(workdir=str(workdir.path), guest="guest",
+    files = service.finalize(output_pb2.FinalizeRequest(workdir=workdir.name, guest="guest",
                                                         output=output)).files
     assert list(files) == [str(tmp_path / "Guest One-sda"), str(tmp_path / "Guest One-sdb"),
                            str(tmp_path / "Guest One.yaml")]

@@ -71,12 +71,12 @@ def check(service, output, target) -> None:
 
 
 def setup(service, workdir, output, target) -> output_pb2.SetupResponse:
-    return service.setup(output_pb2.SetupRequest(workdir=str(workdir.path), guest=target.name, output=output,
+    return service.setup(output_pb2.SetupRequest(workdir=workdir.name, guest=target.name, output=output,
                                                  target=target))
 
 
 def finalize(service, workdir, output) -> list[str]:
-    return list(service.finalize(output_pb2.FinalizeRequest(workdir=str(workdir.path), output=output)).files)
+    return list(service.finalize(output_pb2.FinalizeRequest(workdir=workdir.name, output=output)).files)
 
 
 def volumes(conn, pool_name: str) -> set[str]:
@@ -220,7 +220,7 @@ def test_abort_after_setup(service, workdir, pool, conn, name):
     output = spec(pool_name, "qcow2")
     setup(service, workdir, output, make_target(name, MiB, MiB))
     assert {f"{name}-sda", f"{name}-sdb"} <= volumes(conn, pool_name)
-    service.abort(str(workdir.path))
+    service.abort(workdir.name)
     assert not (directory / f"{name}-sda").exists() and not (directory / f"{name}-sdb").exists()
     assert not {f"{name}-sda", f"{name}-sdb"} & volumes(conn, pool_name)
     assert virsh("domstate", name, check=False).returncode != 0

@@ -50,25 +50,22 @@ def test_input_alone_opens_a_guest_for_nbd_tools(input_service, phony, workroot)
     disk = phony / "debian-single.img"
     before = sha256(disk)
     wd = workroot / "g1"
-    wd.mkdir(mode=0o700)
     opened = grpcurl(input_service, "v2v.v1.Input/Open",
-                     data={"workdir": str(wd), "guest": "g1", "input": {"disk": {"paths": [str(disk)]}}})
+                     data={"workdir": "g1", "guest": "g1", "input": {"disk": {"paths": [str(disk)]}}})
     assert opened.returncode == 0, opened.stderr
     resp = json.loads(opened.stdout)
     assert resp["source"]["name"] == "debian-single" and resp["sockets"] == [str(wd / "in0.sock")]
     info = subprocess.run(["nbdinfo", "--json", f"nbd+unix:///?socket={wd}/in0.sock"], capture_output=True,
                           text=True, check=True)
     assert json.loads(info.stdout)["exports"][0]["export-size"] == disk.stat().st_size
-    closed = grpcurl(input_service, "v2v.v1.Input/Close", data={"workdir": str(wd)})
+    closed = grpcurl(input_service, "v2v.v1.Input/Close", data={"workdir": "g1"})
     assert closed.returncode == 0, closed.stderr
     assert not (wd / "in0.sock").exists()
     assert sha256(disk) == before
 
 
 def test_structured_error_over_the_wire(input_service, workroot):
-    wd = workroot / "g2"
-    wd.mkdir(mode=0o700)
     r = grpcurl(input_service, "v2v.v1.Input/Open",
-                data={"workdir": str(wd), "guest": "g2", "input": {"disk": {"paths": ["/nonexistent.img"]}}})
+                data={"workdir": "g2", "guest": "g2", "input": {"disk": {"paths": ["/nonexistent.img"]}}})
     assert r.returncode != 0
     assert "InvalidArgument" in r.stderr and "guest g2: step open: /nonexistent.img: no such file" in r.stderr

@@ -8,13 +8,15 @@
         <step>.done             phase markers: each service's SUCCEEDED StepEvent of its phase
         logs/                   stderr of every process a service started, one file each
 
-A work directory is named by its absolute path or by a bare name (`<guest>.<id>`) that each
-service resolves under its own root: the four services of a worker share that root, while a
-coordinator on another host never needs to see it. The input service creates it at Open."""
+A request names a work directory by a bare name (`<guest>.<id>`), never by a path: each service
+resolves it under its own root, so no request can reach a directory outside it (an absolute path or
+`..` once let a client tag and then delete any directory). The four services of a worker share that
+root, while a coordinator on another host never needs to see it. The input service creates it at Open."""
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import time
@@ -34,6 +36,17 @@ M = TypeVar("M", bound=Message)
 
 # sockaddr_un.sun_path is 108 bytes with its NUL; a longer socket path cannot be bound.
 _MAX_SOCKET_PATH = 107
+# A name, not a path: no "/", no leading "." (so neither "." nor ".."), nothing a log line could hide.
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}")
+
+
+def check_name(name: str) -> str:
+    """`name` if it can name a work directory under a root; else a BAD_INPUT error saying why."""
+    if not _NAME.fullmatch(name):
+        shown = repr(name[:100]) + ("..." if len(name) > 100 else "")
+        raise V2VError(f"work directory {shown} is not a name: give the name Open made (letters, digits, "
+                       "'_', '.', '-'; at most 80; not a path)", pb.ERROR_CODE_BAD_INPUT)
+    return name
 
 
 def default_root() -> Path:
@@ -52,35 +65,52 @@ class WorkDir:
     DONE = ".done"
     TAG = ".v2v-workdir"  # made with the directory: what may be removed on a client's word
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        """`path`: absolute, or a name under this process's root (default_root())."""
-        path = Path(path)
-        self.path = path if path.is_absolute() else default_root() / path
+    def __init__(self, name: str, root: Path | None = None) -> None:
+        """The work directory `name` under `root` (default: default_root()); `name` is checked."""
+        self.name = check_name(name)
+        self.root = root or default_root()
+        self.path = self.root / name
 
     @staticmethod
     def new_name(guest: str) -> str:
         """A fresh name for a guest's work directory, made without touching any file system: a
         coordinator names the directory, the worker's input service creates it."""
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in guest)[:40] or "guest"
+        safe = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in guest)[:40]
+        safe = safe.lstrip(".-") or "guest"
         return f"{safe}.{secrets.token_hex(4)}"
 
     @classmethod
     def create(cls, guest: str, root: Path | None = None) -> WorkDir:
         """A new work directory for `guest` under `root` (default: default_root())."""
         while True:
-            wd = cls((root or default_root()) / cls.new_name(guest))
+            wd = cls(cls.new_name(guest), root)
             if not wd.path.exists():
                 return wd.ensure()
 
     def ensure(self) -> WorkDir:
-        """Creates the directory (0700: only its owner may reach the sockets) unless it exists."""
+        """Creates the directory (0700: only its owner may reach the sockets) unless it exists. One
+        that exists must be v2v's (tagged): a request never gets a directory of anyone else's."""
         if len(str(self.in_sock(99))) > _MAX_SOCKET_PATH:
             raise V2VError(f"work directory {self.path} is too long for NBD socket paths; "
                            "set V2V_WORKDIR_ROOT to a shorter path", pb.ERROR_CODE_BAD_INPUT)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.mkdir(mode=0o700, exist_ok=True)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(mode=0o700)
+        except FileExistsError:
+            if not self.is_workdir():
+                raise V2VError(f"{self.path} exists and is not a v2v work directory (no {self.TAG}): not used",
+                               pb.ERROR_CODE_BAD_INPUT) from None
+        else:
+            (self.path / self.TAG).touch()
         (self.path / "logs").mkdir(mode=0o700, exist_ok=True)
-        (self.path / self.TAG).touch()
+        return self
+
+    def existing(self) -> WorkDir:
+        """This work directory, which Open made; a BAD_INPUT error if there is none: the other
+        phases write only into a directory of v2v's."""
+        if not self.is_workdir():
+            raise V2VError(f"no work directory {self.name} under {self.root}: the input's Open makes it",
+                           pb.ERROR_CODE_BAD_INPUT)
         return self
 
     def in_sock(self, disk: int) -> Path:

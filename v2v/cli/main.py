@@ -93,8 +93,8 @@ def serve_main(argv: Sequence[str]) -> int:
     for s in SERVICES:
         p.add_argument(f"--{s}", metavar="ADDR", help=f"coordinator only: the {s} service (default $V2V_{s.upper()})")
     p.add_argument("--workdir-root", type=Path, default=None,
-                   help="coordinator only: where its workers create work directories (default: each worker's "
-                        "$V2V_WORKDIR_ROOT, else /var/tmp/v2v)")
+                   help="where the work directories are: a phase service's own, a coordinator's embedded "
+                        "workers' (default $V2V_WORKDIR_ROOT, else /var/tmp/v2v)")
     add_coordinator_arguments(p)
     a = p.parse_args(argv)
     try:
@@ -111,11 +111,11 @@ def serve_main(argv: Sequence[str]) -> int:
         from v2v.coordinator.warm.service import serve_warm
 
         try:
-            spec = serve_warm()
+            spec = serve_warm(a.workdir_root)
         except ValueError as exc:
             p.error(str(exc))
     else:
-        spec = phase_servicer(a.service)
+        spec = phase_servicer(a.service, a.workdir_root)
     try:
         svc = RunningService(a.listen, spec, insecure=a.insecure)
     except V2VError as err:

@@ -56,9 +56,10 @@ def warm_stub(a: argparse.Namespace) -> Iterator[warm_pb2_grpc.WarmStub]:
             ch.close()
         return
     given = {s: getattr(a, f"{s}_service") for s in WARM_PHASES}
-    with PhaseServices(given) as addresses, tempfile.TemporaryDirectory(prefix="v2v-warm.") as d:
+    root = Path(a.workdir_root).resolve() if a.workdir_root else None
+    with PhaseServices(given, root) as addresses, tempfile.TemporaryDirectory(prefix="v2v-warm.") as d:
         address = f"unix:{Path(d) / 'warm.sock'}"
-        svc = RunningService(address, warm_servicer(addresses))
+        svc = RunningService(address, warm_servicer(addresses, root))
         ch = channel(address)
         try:
             yield warm_pb2_grpc.WarmStub(ch)
@@ -94,8 +95,9 @@ class WarmDisplay:
 
     @staticmethod
     def summary(st: warm_pb2.WarmState) -> None:
-        print(f"{st.guest}: {warm_pb2.WarmPhase.Name(st.phase)}, {len(st.rounds)} round(s); work directory:")
-        print(f"    {st.workdir}")
+        print(f"{st.guest}: {warm_pb2.WarmPhase.Name(st.phase)}, {len(st.rounds)} round(s); work directory "
+              f"{st.workdir}:")
+        print(f"    {st.path}")
         if st.phase == warm_pb2.WARM_PHASE_DONE:
             print(f"downtime (cutover start to finish): {seconds(st.downtime):.1f} s; the output is in:")
             for f in st.files:
@@ -112,8 +114,7 @@ def start_request(a: argparse.Namespace) -> warm_pb2.StartRequest:
     return warm_pb2.StartRequest(
         name=a.name, disks=disks, convert=convert_options(a),
         output=output_spec(a.output, storage, a.output_uri, a.output_options, name=a.output_name,
-                           format=a.output_format, allocation=alloc, overwrite=a.overwrite),
-        workdir_root=os.path.abspath(a.workdir_root) if a.workdir_root else "")
+                           format=a.output_format, allocation=alloc, overwrite=a.overwrite))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -123,6 +124,9 @@ def parser() -> argparse.ArgumentParser:
                    help="use this Warm service ($V2V_WARM) instead of starting one in this process")
     add_service_flags(p, WARM_PHASES)
     p.add_argument("--machine-readable", action="store_true", help="one WarmEvent as JSON per line on stdout")
+    p.add_argument("--workdir-root", default="", metavar="DIR",
+                   help="where the services started here keep work directories (default $V2V_WORKDIR_ROOT, "
+                        "else /var/tmp/v2v); a --warm service has its own")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = p.add_subparsers(dest="command", required=True)
     start = sub.add_parser("start", help="start tracking changes and copy every disk whole")
@@ -131,7 +135,6 @@ def parser() -> argparse.ArgumentParser:
     start.add_argument("--qmp", default="", metavar="SOCKET", help="a running qemu's QMP socket (with --node)")
     start.add_argument("--node", dest="nodes", action="append", default=[], metavar="NODE",
                        help="a block node of the --qmp qemu to migrate, once per disk")
-    start.add_argument("--workdir-root", default="", metavar="DIR", help="where the work directory goes")
     start.add_argument("files", nargs="*", metavar="QCOW2", help="qcow2 disks stopped between rounds")
     precopy = sub.add_parser("precopy", help="copy what changed since the last round")
     precopy.add_argument("--rounds", type=int, default=1, metavar="N", help="rounds to run (default 1)")
@@ -141,12 +144,16 @@ def parser() -> argparse.ArgumentParser:
                          help="pause a running qemu source first (crash-consistent, as pulling the plug)")
     sub.add_parser("status", help="print the migration's state (v2v.v1.WarmState, protobuf JSON)")
     for s in (precopy, cutover, sub.choices["status"]):
-        s.add_argument("workdir", help="the work directory `v2v warm start` printed")
+        s.add_argument("workdir", help="the work directory `v2v warm start` printed: its name, or its path "
+                                       "(whose parent is then the --workdir-root)")
     return p
 
 
 def warm_main(argv: Sequence[str]) -> int:
     a = parser().parse_args(argv)
+    if "/" in getattr(a, "workdir", ""):  # the path `start` printed: the services take its name
+        path = Path(a.workdir).resolve()
+        a.workdir, a.workdir_root = path.name, a.workdir_root or str(path.parent)
     if a.command == "start":
         if bool(a.qmp) != bool(a.nodes):
             parser().error("start: --qmp and --node go together")

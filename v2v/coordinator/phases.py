@@ -30,8 +30,9 @@ class PhaseServices:
     Entering gives every address; leaving stops what was started and with it every NBD server and
     appliance it still owns, so nothing outlives the command."""
 
-    def __init__(self, given: dict[str, str]) -> None:
+    def __init__(self, given: dict[str, str], root: Path | None = None) -> None:
         self.given = given
+        self.root = root  # the work-directory root of the services started here
         self._dir: tempfile.TemporaryDirectory[str] | None = None
         self._started: list[RunningService] = []
 
@@ -44,7 +45,7 @@ class PhaseServices:
                 if self._dir is None:
                     self._dir = tempfile.TemporaryDirectory(prefix="v2v-svc.")
                 addresses[name] = f"unix:{Path(self._dir.name) / name}.sock"
-                self._started.append(RunningService(addresses[name], phase_servicer(name)))
+                self._started.append(RunningService(addresses[name], phase_servicer(name, self.root)))
         except BaseException:
             self.stop()
             raise
@@ -77,7 +78,7 @@ class OpenedGuest:
         self.afterwards = afterwards
         self._channel = channel(input_address)
         self._input = input_pb2_grpc.InputStub(self._channel)
-        self.workdir = WorkDir.create(self.name)
+        self.workdir = WorkDir(WorkDir.new_name(self.name))  # the input's Open makes it
         self.opened = input_pb2.OpenResponse()
 
     @contextmanager
@@ -98,24 +99,24 @@ class OpenedGuest:
         try:
             with self.phase("open"):
                 self.opened = self._input.Open(input_pb2.OpenRequest(
-                    workdir=str(self.workdir.path), guest=self.name, input=self.spec, in_place=self.in_place))
+                    workdir=self.workdir.name, guest=self.name, input=self.spec, in_place=self.in_place))
         except BaseException as exc:
             self.__exit__(type(exc), exc, exc.__traceback__)
             raise
         return self
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
-        # Close even after a failed Open: the service may have started servers before failing.
+        # Close even after a failed Open: the service may have started servers before failing. A
+        # refused request leaves no log worth keeping (seen where the service's root is visible here).
+        logs = Path(self.opened.path or self.workdir.path) / "logs"
+        remove = et is None or (logs.is_dir() and not any(logs.iterdir()))
         try:
-            self._input.Close(input_pb2.CloseRequest(workdir=str(self.workdir.path)))
+            self._input.Close(input_pb2.CloseRequest(workdir=self.workdir.name, remove=remove))
         except grpc.RpcError as exc:
             self.report.warn(f"close: {from_rpc_error(exc, step='close').message}", step="close")
         finally:
             self._channel.close()
-        logs = self.workdir.path / "logs"
-        if et is None or not any(logs.iterdir()):  # a refused request leaves no log worth keeping
-            self.workdir.remove()
-        else:
+        if not remove:
             self.afterwards.append(f"logs of the failed run kept in {logs}")
 
 
@@ -126,7 +127,7 @@ def convert_guest(guest: OpenedGuest, address: str, options: convert_pb2.Convert
     try:
         with guest.phase("convert"):
             call = convert_pb2_grpc.ConvertStub(ch).Convert(convert_pb2.ConvertRequest(
-                workdir=str(guest.workdir.path), guest=guest.name, options=options))
+                workdir=guest.workdir.name, guest=guest.name, options=options))
             result = None
             try:
                 for ev in call:

@@ -56,9 +56,10 @@ class Converted:
     """A conversion that outlived its run (keep_converted, or a coordinator restart): the worker's
     input still serves the converted overlays, so a later run starts from setup with it."""
 
-    workdir: str  # absolute, on the worker
+    workdir: str  # its name on the worker
     source: pb.Source
     target: pb.TargetMeta
+    sockets: list[str]  # the input's NBD sockets of the converted overlays, index = disk index
 
 
 def on_converted_bus(target: pb.TargetMeta) -> None:
@@ -107,7 +108,9 @@ class GuestRun:
         self._calls_lock = threading.Lock()  # a precopy's thread adds calls too
         self._calls_cancelled = False  # calls made from now on are cancelled at once
         self._cancelled = threading.Event()
-        self._workdir: WorkDir | None = None  # once the worker created it: its path there
+        self._workdir: WorkDir | None = None  # once the worker created it: its name (and its path if local)
+        self._path = ""  # the work directory's path on its worker, for people: where its logs are
+        self._sockets: list[str] = []  # the input's NBD sockets, index = disk index, as Open said
         self._converted: Converted | None = None
         self._opened = False
         self._writes_tracked: list[bool] = []  # per disk, from Open with track_writes
@@ -135,8 +138,8 @@ class GuestRun:
 
     @property
     def workdir(self) -> WorkDir | None:
-        """The guest's work directory on its worker, once the worker's input service created it.
-        Only its path is of use here: the coordinator may run on another host."""
+        """The guest's work directory on its worker, once the worker's input service created it: its
+        name is what the services take; its path is of use only where the worker's root is visible."""
         return self._workdir
 
     @property
@@ -153,11 +156,10 @@ class GuestRun:
         self._converted = resume
         self._opened = resume is not None
         if resume is not None:
-            self._workdir = WorkDir(resume.workdir)
+            self._workdir = WorkDir(resume.workdir, self.workdir_root)
             self.source = resume.source
+            self._sockets = list(resume.sockets)
         workdir = resume.workdir if resume else WorkDir.new_name(self.name)
-        if resume is None and self.workdir_root is not None:
-            workdir = str(self.workdir_root / workdir)
         set_up = ok = False
         setup: output_pb2.SetupResponse | None = None  # made before the conversion: precopied
         try:
@@ -195,14 +197,14 @@ class GuestRun:
                 self._copy(setup, streams, written_only=precopied)
             with self.phase("finalize"):
                 fin = self.clients.output.Finalize(output_pb2.FinalizeRequest(
-                    workdir=str(wd.path), guest=self.name, output=self.job.output, target=target))
+                    workdir=wd.name, guest=self.name, output=self.job.output, target=target))
                 self.files = list(fin.files)
                 set_up = False
             ok = True
         finally:
             self.kept = self._converted is not None and not ok and self.keep_converted and \
                 not self._cancelled.is_set()
-            self._cleanup(str(self._workdir.path) if self._workdir else workdir, self._opened and not self.kept,
+            self._cleanup(self._workdir.name if self._workdir else workdir, self._opened and not self.kept,
                           set_up, ok)
 
     def _open(self, workdir: str) -> bool:
@@ -211,12 +213,14 @@ class GuestRun:
             self._opened = True
             resp = self.clients.input.Open(input_pb2.OpenRequest(
                 workdir=workdir, guest=self.name, input=self.job.input, track_writes=self.job.copy.while_converting))
-            self._workdir = WorkDir(resp.workdir)
+            self._workdir = WorkDir(resp.workdir, self.workdir_root)
+            self._path = resp.path
+            self._sockets = list(resp.sockets)
             self.source = resp.source
             self._writes_tracked = list(resp.writes_tracked)
             size = sum(d.virtual_size for d in resp.source.disks)
             self.report.note(f"{resp.source.name}: {len(resp.source.disks)} disk(s), {human_size(size)} "
-                             f"({', '.join(d.format for d in resp.source.disks)}); work directory {resp.workdir}",
+                             f"({', '.join(d.format for d in resp.source.disks)}); work directory {resp.path}",
                              step="open")
         return not self.job.print_source
 
@@ -235,11 +239,11 @@ class GuestRun:
     def _setup(self, target: pb.TargetMeta) -> output_pb2.SetupResponse:
         assert self._workdir is not None
         return self.clients.output.Setup(output_pb2.SetupRequest(
-            workdir=str(self._workdir.path), guest=self.name, output=self.job.output, target=target))
+            workdir=self._workdir.name, guest=self.name, output=self.job.output, target=target))
 
     def _converted_by(self, result: convert_pb2.ConvertResult) -> Converted:
         assert self._workdir is not None and self.source is not None
-        self._converted = Converted(str(self._workdir.path), self.source, result.target)
+        self._converted = Converted(self._workdir.name, self.source, result.target, self._sockets)
         return self._converted
 
     def _convert_and_precopy(self, setup: output_pb2.SetupResponse) -> Converted:
@@ -278,7 +282,7 @@ class GuestRun:
     def _convert(self) -> convert_pb2.ConvertResult:
         assert self._workdir is not None
         call = self.clients.convert.Convert(convert_pb2.ConvertRequest(
-            workdir=str(self._workdir.path), guest=self.name, options=self.job.convert,
+            workdir=self._workdir.name, guest=self.name, options=self.job.convert,
             target_name=self.job.output.name, networks=self.job.networks))
         self._track(call)
         result = None
@@ -308,9 +312,9 @@ class GuestRun:
         opts.verify = opts.verify and not precopy  # a precopy's target is not final: it would race the conversion
         if streams:
             opts.parallel = min(opts.parallel or streams, streams)
-        disks = [copier_pb2.DiskCopy(disk=d.index, source=str(wd.in_sock(d.index)), target=setup.sockets[d.index],
+        disks = [copier_pb2.DiskCopy(disk=d.index, source=self._sockets[d.index], target=setup.sockets[d.index],
                                      size=d.virtual_size) for d in self.source.disks if only is None or d.index in only]
-        call = self.clients.copier.Copy(copier_pb2.CopyRequest(workdir=str(wd.path), guest=self.name,
+        call = self.clients.copier.Copy(copier_pb2.CopyRequest(workdir=wd.name, guest=self.name,
                                                                disks=disks, options=opts))
         self._track(call)
         pending = {d.disk for d in disks}
@@ -341,17 +345,18 @@ class GuestRun:
                                                                                           remove=ok)))
         if ok:
             return
+        where = self._path or workdir
         if self.kept:
-            self.report.note(f"the conversion is kept in {workdir} for a retry from setup", step="close")
+            self.report.note(f"the conversion is kept in {where} for a retry from setup", step="close")
         else:
-            self.report.note(f"logs of the failed run kept in {workdir}/logs on its worker", step="close")
+            self.report.note(f"logs of the failed run kept in {where}/logs on its worker", step="close")
 
     def release(self) -> None:
         """Closes the input a failed run kept open (its converted overlays go with it)."""
         if self.kept and self._workdir is not None:
             self.kept = False
             self._quietly("close", lambda: self.clients.input.Close(input_pb2.CloseRequest(
-                workdir=str(self._workdir.path))))
+                workdir=self._workdir.name)))
 
     def _quietly(self, what: str, fn: Callable[[], object]) -> None:
         try:
@@ -380,6 +385,6 @@ class GuestRun:
         self._cancel_calls()
         if self._workdir is not None:
             try:
-                self.clients.copier.Cancel(copier_pb2.CancelRequest(workdir=str(self._workdir.path)))
+                self.clients.copier.Cancel(copier_pb2.CancelRequest(workdir=self._workdir.name))
             except grpc.RpcError:
                 pass

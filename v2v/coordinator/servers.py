@@ -98,11 +98,11 @@ class PhaseWorkers:
         for n in range(self.count):
             name = f"local{n}" if self.count > 1 else "local"
             addresses = ServiceAddresses(**{s: f"unix:{self.dir / name}-{s}.sock" for s in SERVICES})
-            for s in SERVICES:
-                self.services.append(RunningService(getattr(addresses, s), phase_servicer(s)))
             template = self.template or Worker(name, addresses)
-            workers.append(replace(template, name=name, addresses=addresses,
-                                   workdir_root=template.workdir_root or self.workdir_root))
+            root = template.workdir_root or self.workdir_root
+            for s in SERVICES:
+                self.services.append(RunningService(getattr(addresses, s), phase_servicer(s, root)))
+            workers.append(replace(template, name=name, addresses=addresses, workdir_root=root))
         return workers
 
     def stop(self) -> None:

@@ -9,7 +9,6 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -26,6 +25,7 @@ from v2v.grpcserver import StreamSlots, rpc
 from v2v.services.input.locations import source_host
 from v2v.v1 import coordinator_pb2, coordinator_pb2_grpc, input_pb2, output_pb2
 from v2v.v1 import types_pb2 as pb
+from v2v.workdir import WorkDir
 
 GS = coordinator_pb2
 _STEP_STATES = {pb.STEP_STATE_SUCCEEDED: "succeeded", pb.STEP_STATE_FAILED: "failed"}
@@ -156,7 +156,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         if guest.logs is not None:
             if guest.logs.workdir_logs is None and guest.run is not None and guest.run.workdir is not None:
                 guest.logs.workdir_logs = guest.run.workdir.path / "logs"
-                self._set(guest, workdir=str(guest.run.workdir.path))
+                self._set(guest, workdir=guest.run.workdir.name)
             guest.logs.event(s)
         if s.state == pb.STEP_STATE_STARTED:
             self.state.step_started(rec.id, rec.attempt, s.step, s.parent, disk, at)
@@ -217,12 +217,12 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
                 self._set(guest, state=GS.GUEST_STATE_RUNNING, worker=worker.name, started=time.time(),
                           error=None)
                 if resume is not None:
-                    guest.logs.workdir_logs = Path(resume.workdir) / "logs"
+                    guest.logs.workdir_logs = WorkDir(resume.workdir, worker.workdir_root).path / "logs"
                 try:
                     run.run(resume)
                 finally:
                     self._set(guest, target_open=False,  # finalized, or aborted by the run's cleanup
-                              workdir=str(run.workdir.path) if run.kept and run.workdir else "")
+                              workdir=run.workdir.name if run.kept and run.workdir else "")
             self._set(guest, state=GS.GUEST_STATE_SUCCEEDED, files=run.files, ended=time.time())
         except V2VError as err:
             cancelled = err.code == pb.ERROR_CODE_CANCELLED
@@ -274,13 +274,13 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         if rec.target_open:
             self._abort_target(guest, clients, found.target if found and found.HasField("target") else None)
         if found and found.open and "convert" in found.done and found.HasField("target"):
-            self._note(guest, f"resuming from setup: the conversion in {found.workdir} survived")
-            return Converted(found.workdir, found.source, found.target)
+            self._note(guest, f"resuming from setup: the conversion in {found.path} survived")
+            return Converted(found.workdir, found.source, found.target, list(found.sockets))
         if found and found.exists:
             try:
                 clients.input.Close(input_pb2.CloseRequest(workdir=found.workdir, remove=True))
             except grpc.RpcError as exc:
-                self._note(guest, f"removing {found.workdir}: {from_rpc_error(exc, step='close').message}",
+                self._note(guest, f"removing {found.path}: {from_rpc_error(exc, step='close').message}",
                            pb.SEVERITY_WARNING)
         guest.ticket.worker = None  # nothing binds it to its old worker now
         return None

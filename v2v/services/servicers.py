@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -10,27 +11,28 @@ import grpc
 PHASES = ("input", "convert", "output", "copier")
 
 
-def phase_servicer(name: str) -> tuple[Any, Callable[[Any, grpc.Server], None], str]:
-    """(servicer, add-to-server function, full service name) of a phase service. Imported here,
-    so a process serving only `copier` never loads libguestfs."""
+def phase_servicer(name: str, root: Path | None = None) -> tuple[Any, Callable[[Any, grpc.Server], None], str]:
+    """(servicer, add-to-server function, full service name) of a phase service whose work
+    directories are under `root` (default: default_root()). Imported here, so a process serving
+    only `copier` never loads libguestfs."""
     if name == "input":
         from v2v.services.input.service import InputService
         from v2v.v1 import input_pb2_grpc as m
 
-        return InputService(), m.add_InputServicer_to_server, "v2v.v1.Input"
+        return InputService(root), m.add_InputServicer_to_server, "v2v.v1.Input"
     if name == "convert":
         from v2v.services.convert.service import ConvertService
         from v2v.v1 import convert_pb2_grpc as m
 
-        return ConvertService(), m.add_ConvertServicer_to_server, "v2v.v1.Convert"
+        return ConvertService(root), m.add_ConvertServicer_to_server, "v2v.v1.Convert"
     if name == "output":
         from v2v.services.output.service import OutputService
         from v2v.v1 import output_pb2_grpc as m
 
-        return OutputService(), m.add_OutputServicer_to_server, "v2v.v1.Output"
+        return OutputService(root), m.add_OutputServicer_to_server, "v2v.v1.Output"
     if name == "copier":
         from v2v.services.copier.service import CopierService
         from v2v.v1 import copier_pb2_grpc as m
 
-        return CopierService(), m.add_CopierServicer_to_server, "v2v.v1.Copier"
+        return CopierService(root), m.add_CopierServicer_to_server, "v2v.v1.Copier"
     raise ValueError(f"unknown service {name!r} (services: {', '.join(PHASES)}, coordinator, warm)")

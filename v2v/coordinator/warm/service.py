@@ -51,12 +51,13 @@ def duration(s: float) -> duration_pb2.Duration:
     return duration_pb2.Duration(seconds=int(s), nanos=int((s % 1) * 1e9))
 
 
-def load(workdir: str) -> warm_pb2.WarmState:
+def load(workdir: str, root: Path | None) -> warm_pb2.WarmState:
     if not workdir:
         raise V2VError("no work directory given: pass the one `v2v warm start` printed", pb.ERROR_CODE_BAD_INPUT)
-    if not (Path(workdir) / STATE).exists():
-        raise V2VError(f"{workdir} holds no warm migration ({STATE} is missing)", pb.ERROR_CODE_BAD_INPUT)
-    return WorkDir(workdir).read(STATE, warm_pb2.WarmState())
+    wd = WorkDir(workdir, root)
+    if not (wd.path / STATE).exists():
+        raise V2VError(f"{wd.path} holds no warm migration ({STATE} is missing)", pb.ERROR_CODE_BAD_INPUT)
+    return wd.read(STATE, warm_pb2.WarmState())
 
 
 @contextmanager
@@ -80,9 +81,10 @@ def guest_name(request: warm_pb2.StartRequest) -> str:
 class Migration:
     """One warm migration's state and the services it uses; every change is saved at once."""
 
-    def __init__(self, state: warm_pb2.WarmState, addresses: dict[str, str], sink: WarmSink) -> None:
+    def __init__(self, state: warm_pb2.WarmState, addresses: dict[str, str], sink: WarmSink,
+                 root: Path | None = None) -> None:
         self.state = state
-        self.workdir = WorkDir(state.workdir)
+        self.workdir = WorkDir(state.workdir, root)
         self.addresses = addresses
         self.sink = sink
         self.report = StepReporter(state.guest, lambda ev: sink(warm_pb2.WarmEvent(step=ev)))
@@ -255,14 +257,16 @@ class Migration:
 
 
 class WarmService(warm_pb2_grpc.WarmServicer):
-    """`addresses`: the input, convert and output services (name -> address)."""
+    """`addresses`: the input, convert and output services (name -> address); `root`: where the
+    work directories are, the same as theirs (default: default_root())."""
 
-    def __init__(self, addresses: dict[str, str]) -> None:
+    def __init__(self, addresses: dict[str, str], root: Path | None = None) -> None:
         self.addresses = addresses
+        self.root = root
 
     @contextmanager
     def _migration(self, state: warm_pb2.WarmState, sink: WarmSink) -> Iterator[Migration]:
-        m = Migration(state, self.addresses, sink)
+        m = Migration(state, self.addresses, sink, self.root)
         try:
             with locked(m.workdir):
                 yield m
@@ -277,9 +281,9 @@ class WarmService(warm_pb2_grpc.WarmServicer):
             raise V2VError("a warm migration needs an output whose disks can be reopened between rounds "
                            "(-o local, qemu, json, kubevirt, libvirt)", pb.ERROR_CODE_BAD_INPUT, step="start")
         name = guest_name(request)
-        workdir = WorkDir.create(name, Path(request.workdir_root) if request.workdir_root else None)
-        state = warm_pb2.WarmState(guest=name, workdir=str(workdir.path), source=pb.Source(name=name),
-                                   output=request.output, convert=request.convert,
+        workdir = WorkDir.create(name, self.root)
+        state = warm_pb2.WarmState(guest=name, workdir=workdir.name, path=str(workdir.path),
+                                   source=pb.Source(name=name), output=request.output, convert=request.convert,
                                    disks=[warm_pb2.WarmDisk(index=i, source=d) for i, d in enumerate(request.disks)])
         try:
             with self._migration(state, sink) as m:
@@ -290,13 +294,13 @@ class WarmService(warm_pb2_grpc.WarmServicer):
         return state
 
     def precopy(self, request: warm_pb2.PrecopyRequest, sink: WarmSink) -> warm_pb2.WarmState:
-        state = self.expect(load(request.workdir), warm_pb2.WARM_PHASE_PRECOPY, "precopy")
+        state = self.expect(load(request.workdir, self.root), warm_pb2.WARM_PHASE_PRECOPY, "precopy")
         with self._migration(state, sink) as m:
             m.delta_round("precopy")
         return state
 
     def cutover(self, request: warm_pb2.CutoverRequest, sink: WarmSink) -> warm_pb2.WarmState:
-        state = self.expect(load(request.workdir), warm_pb2.WARM_PHASE_PRECOPY, "cutover")
+        state = self.expect(load(request.workdir, self.root), warm_pb2.WARM_PHASE_PRECOPY, "cutover")
         with self._migration(state, sink) as m:
             m.cutover(request.stop_source)
         return state
@@ -304,9 +308,9 @@ class WarmService(warm_pb2_grpc.WarmServicer):
     @staticmethod
     def expect(state: warm_pb2.WarmState, phase: int, step: str) -> warm_pb2.WarmState:
         if state.phase != phase:
-            raise V2VError(f"the migration in {state.workdir} is in phase {warm_pb2.WarmPhase.Name(state.phase)}, "
-                           f"not {warm_pb2.WarmPhase.Name(phase)}", pb.ERROR_CODE_BAD_INPUT, step=step,
-                           guest=state.guest)
+            raise V2VError(f"the migration in {state.path or state.workdir} is in phase "
+                           f"{warm_pb2.WarmPhase.Name(state.phase)}, not {warm_pb2.WarmPhase.Name(phase)}",
+                           pb.ERROR_CODE_BAD_INPUT, step=step, guest=state.guest)
         return state
 
     @staticmethod
@@ -328,20 +332,20 @@ class WarmService(warm_pb2_grpc.WarmServicer):
 
     @rpc
     def Status(self, request: warm_pb2.StatusRequest, context: grpc.ServicerContext) -> warm_pb2.WarmState:
-        return load(request.workdir)
+        return load(request.workdir, self.root)
 
 
 WARM_PHASES = ("input", "convert", "output")
 
 
-def warm_servicer(addresses: dict[str, str]) -> tuple[WarmService, Callable[..., None], str]:
+def warm_servicer(addresses: dict[str, str], root: Path | None = None) -> tuple[WarmService, Callable[..., None], str]:
     """The Warm service as RunningService takes it, using the phase services at `addresses`."""
-    return WarmService(addresses), warm_pb2_grpc.add_WarmServicer_to_server, "v2v.v1.Warm"
+    return WarmService(addresses, root), warm_pb2_grpc.add_WarmServicer_to_server, "v2v.v1.Warm"
 
 
-def serve_warm() -> tuple[WarmService, Callable[..., None], str]:
+def serve_warm(root: Path | None = None) -> tuple[WarmService, Callable[..., None], str]:
     """`v2v serve warm`: the phase services from $V2V_INPUT, $V2V_CONVERT, $V2V_OUTPUT."""
     addresses = {s: os.environ.get(f"V2V_{s.upper()}", "") for s in WARM_PHASES}
     if missing := [s for s, a in addresses.items() if not a]:
         raise ValueError(f"v2v serve warm: set {', '.join(f'V2V_{s.upper()}' for s in missing)}")
-    return warm_servicer(addresses)
+    return warm_servicer(addresses, root)

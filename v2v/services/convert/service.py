@@ -37,13 +37,19 @@ def target_nics(source: pb.Source, caps: pb.GuestCaps, networks: pb.NetworkMap, 
 
 
 class ConvertService(convert_pb2_grpc.ConvertServicer):
-    def __init__(self) -> None:
+    """`root`: where the work directories of its requests are (default_root())."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root
         self._running: dict[str, Appliance] = {}
         self._lock = threading.Lock()
 
     def convert(self, request: convert_pb2.ConvertRequest, report: StepReporter) -> convert_pb2.ConvertResult:
         """The whole conversion, without gRPC. Sub-step events go to `report`."""
-        workdir = WorkDir(request.workdir)
+        try:
+            workdir = WorkDir(request.workdir, self.root).existing()
+        except V2VError as err:
+            raise err.fill(step="convert", guest=request.guest) from None
         with workdir.phase("inspect" if request.options.inspect_only else "convert", request.guest):
             return self._convert(request, workdir, report)
 

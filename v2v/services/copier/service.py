@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 
 import grpc
 
@@ -35,12 +36,15 @@ class CopyJob:
     """The disks of one Copy request. Worker threads copy one disk each (nbdcopy, or libnbd for
     written_only), `options.parallel` at once, and put their events on a queue that `events()` yields from."""
 
-    def __init__(self, request: copier_pb2.CopyRequest) -> None:
+    def __init__(self, request: copier_pb2.CopyRequest, root: Path | None = None) -> None:
         if not request.workdir:
             raise V2VError("no work directory given", pb.ERROR_CODE_BAD_INPUT, step=STEP, guest=request.guest)
         self.request = request
         self.guest = request.guest
-        self.workdir = WorkDir(request.workdir)
+        try:
+            self.workdir = WorkDir(request.workdir, root).existing()
+        except V2VError as err:
+            raise err.fill(step=STEP, guest=request.guest) from None
         opts = request.options
         # The whole copy that runs beside a conversion is not the guest's copy yet: its marker says so.
         self.marker = "precopy" if opts.while_converting and not opts.written_only else STEP
@@ -211,13 +215,16 @@ class CopyJob:
 
 
 class CopierService(copier_pb2_grpc.CopierServicer):
-    def __init__(self) -> None:
+    """`root`: where the work directories of its requests are (default_root())."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root
         self._jobs: dict[str, list[CopyJob]] = {}
         self._lock = threading.Lock()
 
     def copy(self, request: copier_pb2.CopyRequest) -> Iterator[pb.Event]:
         """Copy without gRPC: the same code the RPC runs. Closing the iterator stops the copies."""
-        return self._run(CopyJob(request))
+        return self._run(CopyJob(request, self.root))
 
     def _run(self, job: CopyJob) -> Iterator[pb.Event]:
         workdir = job.request.workdir
@@ -244,7 +251,7 @@ class CopierService(copier_pb2_grpc.CopierServicer):
 
     @stream_rpc
     def Copy(self, request: copier_pb2.CopyRequest, context: grpc.ServicerContext) -> Iterator[pb.Event]:
-        job = CopyJob(request)
+        job = CopyJob(request, self.root)
         context.add_callback(job.stop)  # runs when the RPC ends: a client gone mid-copy stops its copies
         yield from self._run(job)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from contextlib import ExitStack
+from pathlib import Path
 
 import grpc
 from google.protobuf.message import Message
@@ -40,18 +41,21 @@ def open_in_place(plugin: InputPlugin, options: Message, request: input_pb2.Open
 
 
 class InputService(input_pb2_grpc.InputServicer):
-    def __init__(self) -> None:
-        self._open: dict[str, ExitStack] = {}
+    """`root`: where the work directories this service creates and serves go (default_root())."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root
+        self._open: dict[str, tuple[ExitStack, list[str]]] = {}  # name -> what Close stops, the sockets
         self._lock = threading.Lock()
 
     def open(self, request: input_pb2.OpenRequest) -> input_pb2.OpenResponse:
         """Open without gRPC: the same code the RPC runs."""
         if not request.workdir:
             raise V2VError("no work directory given", pb.ERROR_CODE_BAD_INPUT, step="open", guest=request.guest)
-        plugin, options = INPUTS.lookup(request.input)
         stack = ExitStack()
         try:
-            workdir = WorkDir(request.workdir).ensure()
+            plugin, options = INPUTS.lookup(request.input)
+            workdir = WorkDir(request.workdir, self.root).ensure()
             with workdir.phase("open", request.guest):
                 if request.in_place:
                     source = open_in_place(plugin, options, request, workdir, stack)
@@ -69,21 +73,21 @@ class InputService(input_pb2_grpc.InputServicer):
         except BaseException:
             stack.close()
             raise
-        key = str(workdir.path)
+        sockets = [str(workdir.in_sock(d.index)) for d in source.disks]
         with self._lock:
-            old = self._open.pop(key, None)
-            self._open[key] = stack
+            old = self._open.pop(workdir.name, None)
+            self._open[workdir.name] = (stack, sockets)
         if old:
-            old.close()
-        return input_pb2.OpenResponse(source=source, workdir=key, writes_tracked=tracked,
-                                      sockets=[str(workdir.in_sock(d.index)) for d in source.disks])
+            old[0].close()
+        return input_pb2.OpenResponse(source=source, workdir=workdir.name, writes_tracked=tracked,
+                                      sockets=sockets, path=str(workdir.path))
 
     def close(self, workdir: str, remove: bool = False) -> None:
-        wd = WorkDir(workdir)
+        wd = WorkDir(workdir, self.root)
         with self._lock:
-            stack = self._open.pop(str(wd.path), None)
-        if stack:
-            stack.close()
+            opened = self._open.pop(wd.name, None)
+        if opened:
+            opened[0].close()
         if remove and wd.path.exists():
             if not wd.is_workdir():
                 raise V2VError(f"{wd.path} is not a v2v work directory (no {WorkDir.TAG}): not removed",
@@ -91,12 +95,14 @@ class InputService(input_pb2_grpc.InputServicer):
             wd.remove()
 
     def describe(self, workdir: str) -> input_pb2.DescribeResponse:
-        wd = WorkDir(workdir)
-        resp = input_pb2.DescribeResponse(workdir=str(wd.path), exists=wd.path.is_dir())
+        wd = WorkDir(workdir, self.root)
+        resp = input_pb2.DescribeResponse(workdir=wd.name, path=str(wd.path), exists=wd.is_workdir())
         if not resp.exists:
             return resp
         with self._lock:
-            resp.open = str(wd.path) in self._open
+            opened = self._open.get(wd.name)
+        resp.open = opened is not None
+        resp.sockets.extend(opened[1] if opened else [])
         resp.done.extend(wd.done())
         for name, field in ((WorkDir.SOURCE, resp.source), (WorkDir.TARGET, resp.target)):
             if (wd.path / name).exists():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
@@ -21,7 +22,7 @@ from v2v.grpcserver import rpc
 from v2v.services.output.base import OUTPUTS, OutputPlugin, target_name
 from v2v.v1 import output_pb2, output_pb2_grpc
 from v2v.v1 import types_pb2 as pb
-from v2v.workdir import WorkDir
+from v2v.workdir import WorkDir, check_name
 
 
 @dataclass
@@ -46,7 +47,10 @@ def request_target(request: output_pb2.SetupRequest | output_pb2.FinalizeRequest
 
 
 class OutputService(output_pb2_grpc.OutputServicer):
-    def __init__(self) -> None:
+    """`root`: where the work directories of its requests are (default_root())."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root
         self._open: dict[str, _Output] = {}
         self._lock = threading.Lock()
 
@@ -72,7 +76,7 @@ class OutputService(output_pb2_grpc.OutputServicer):
     def _setup(self, request: output_pb2.SetupRequest) -> output_pb2.SetupResponse:
         if not request.workdir:
             raise V2VError("no work directory given", pb.ERROR_CODE_BAD_INPUT)
-        workdir = WorkDir(request.workdir)
+        workdir = WorkDir(request.workdir, self.root).existing()
         plugin, _ = OUTPUTS.lookup(request.output)
         target = request_target(request, workdir)
         if not target.source.disks:
@@ -106,8 +110,11 @@ class OutputService(output_pb2_grpc.OutputServicer):
             raise
 
     def _finalize(self, request: output_pb2.FinalizeRequest) -> output_pb2.FinalizeResponse:
-        workdir = WorkDir(request.workdir)
+        workdir = WorkDir(request.workdir, self.root).existing()
         opened = self.release(request.workdir)  # the servers flush as they stop: describe only complete data
+        if opened is None and "setup" not in workdir.done():  # a Setup before a restart left its marker
+            raise V2VError(f"nothing to finalize in {workdir.name}: Setup has not made its target disks",
+                           pb.ERROR_CODE_BAD_INPUT)
         try:
             plugin, _ = OUTPUTS.lookup(request.output)
             target = request_target(request, workdir)
@@ -125,7 +132,7 @@ class OutputService(output_pb2_grpc.OutputServicer):
     def release(self, workdir: str) -> _Output | None:
         """Stops the servers of a work directory's output (they flush the disks as they stop)."""
         with self._lock:
-            opened = self._open.pop(workdir, None)
+            opened = self._open.pop(check_name(workdir), None)
         if opened:
             opened.stack.close()
         return opened
@@ -134,7 +141,7 @@ class OutputService(output_pb2_grpc.OutputServicer):
         """Stops the servers and removes the disks of a work directory's output, if it has one here."""
         opened = self.release(workdir)
         if opened:
-            opened.plugin.abort(opened.spec, opened.target, WorkDir(workdir))
+            opened.plugin.abort(opened.spec, opened.target, WorkDir(workdir, self.root))
         return opened is not None
 
     def shutdown(self) -> None:
