@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from v2v.errors import V2VError, to_status
+from v2v.requests import check_request
 from v2v.tls import TLSFiles
 from v2v.v1 import types_pb2 as pb
 
@@ -151,6 +152,7 @@ def rpc(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
+            check_request(request)
             return fn(self, request, context)
         except V2VError as err:
             context.abort_with_status(to_status(err))
@@ -164,6 +166,7 @@ def stream_rpc(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         try:
+            check_request(request)
             yield from fn(self, request, context)
         except V2VError as err:
             context.abort_with_status(to_status(err))

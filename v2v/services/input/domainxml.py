@@ -16,6 +16,7 @@ import defusedxml.ElementTree as SafeET
 
 from v2v.drives import drive_index
 from v2v.errors import V2VError
+from v2v.services.input.limits import memory_problem, vcpus_problem
 from v2v.v1 import types_pb2 as pb
 
 NBD_PORT = 10809
@@ -266,21 +267,26 @@ def parse_domain(data: bytes, where: str) -> Domain:
     name = (root.findtext("name") or "").strip()
     if not name:
         raise _bad(where, "<domain> has no <name>")
+    topology = _topology(where, root)
+    if (vcpu := root.find("vcpu")) is not None:
+        vcpus = _int(where, "<vcpu>", vcpu.text)
+    elif topology is not None:
+        vcpus = topology.sockets * topology.cores * topology.threads
+    else:
+        vcpus = 1
+    memory = _memory(where, root)
+    for problem in (vcpus_problem(vcpus), memory_problem(memory)):
+        if problem:
+            raise _bad(where, problem)
     source = pb.Source(
         name=name,
         hypervisor=_HYPERVISORS.get(root.get("type", ""), pb.HYPERVISOR_UNSPECIFIED),
-        memory=_memory(where, root),
+        memory=memory,
+        vcpus=vcpus,
         firmware=_firmware(root),
     )
-    topology = _topology(where, root)
     if topology is not None:
         source.cpu_topology.CopyFrom(topology)
-    if (vcpu := root.find("vcpu")) is not None:
-        source.vcpus = _int(where, "<vcpu>", vcpu.text)
-    elif topology is not None:
-        source.vcpus = topology.sockets * topology.cores * topology.threads
-    else:
-        source.vcpus = 1
 
     domain = Domain(source)
     virtio_scsi = _virtio_scsi_controllers(root)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 from xml.etree.ElementTree import Element, ParseError
@@ -16,6 +17,7 @@ import defusedxml
 import defusedxml.ElementTree as SafeET
 
 from v2v.errors import V2VError
+from v2v.services.input.limits import memory_problem, vcpus_problem
 from v2v.v1 import types_pb2 as pb
 
 MiB = 1024**2
@@ -77,6 +79,12 @@ def _int(value: str, what: str, where: str) -> int:
         return int(value)
     except ValueError:
         raise V2VError(f"{where}: {what} is {value!r}, not a whole number", pb.ERROR_CODE_BAD_INPUT) from None
+
+
+def _bounded(value: int, problem: Callable[[int], str | None], where: str) -> int:
+    if why := problem(value):
+        raise V2VError(f"{where}: {why}", pb.ERROR_CODE_BAD_INPUT)
+    return value
 
 
 def allocation_units(units: str, where: str, default: int = MiB) -> int:
@@ -257,14 +265,16 @@ def parse_ovf(data: bytes, where: str) -> Ovf:
     for item in items:
         t = rtype(item)
         if t == RT_CPU:
-            source.vcpus = _int(_text(item, "VirtualQuantity") or "1", "the vCPU count", where)
+            source.vcpus = _bounded(_int(_text(item, "VirtualQuantity") or "1", "the vCPU count", where),
+                                    vcpus_problem, where)
             cores = _text(item, "CoresPerSocket")
             if cores:
                 c = max(1, _int(cores, "CoresPerSocket", where))
                 source.cpu_topology.CopyFrom(pb.CpuTopology(sockets=max(1, source.vcpus // c), cores=c, threads=1))
         elif t == RT_MEMORY:
             qty = _int(_text(item, "VirtualQuantity"), "the memory size", where)
-            source.memory = qty * allocation_units(_text(item, "AllocationUnits"), where)
+            source.memory = _bounded(qty * allocation_units(_text(item, "AllocationUnits"), where), memory_problem,
+                                     where)
         elif t == RT_DISK:
             ovf.files.append(_disk_file(item, root, where))
             source.disks.append(pb.SourceDisk(index=len(source.disks), format=ovf.files[-1].format,

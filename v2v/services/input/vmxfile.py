@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from v2v.services.input.limits import memory_problem, vcpus_problem
 from v2v.v1 import types_pb2 as pb
 
 MiB = 1024**2
@@ -114,6 +115,10 @@ class Vmx:
 def describe(values: dict[str, str], fallback_name: str) -> Vmx:
     """What the parsed keys say. Defaults are VMware's (32 MiB, 1 vCPU, BIOS), as in virt-v2v."""
     vcpus = _int(values, "numvcpus") or 1
+    memory = (_int(values, "memsize") or 32) * MiB
+    for problem in (vcpus_problem(vcpus), memory_problem(memory)):
+        if problem:
+            raise VmxError(f"numvcpus/memsize: {problem}")
     cores = _int(values, "cpuid.corespersocket")
     topology = None
     if cores and vcpus // cores > 0:
@@ -121,7 +126,7 @@ def describe(values: dict[str, str], fallback_name: str) -> Vmx:
     fw = values.get("firmware", "bios").strip().lower()
     return Vmx(
         name=values.get("displayname") or fallback_name,
-        memory=(_int(values, "memsize") or 32) * MiB,
+        memory=memory,
         vcpus=vcpus,
         topology=topology,
         firmware=pb.FIRMWARE_UEFI if fw == "efi" else pb.FIRMWARE_BIOS,
