@@ -22,7 +22,7 @@ DISK = input_pb2.InputSpec(disk=input_pb2.DiskInput(paths=["/images/g.img"]))
     (input_pb2.OpenRequest(workdir="g.1", guest="g\0", input=DISK), "guest: contains a NUL byte"),
     (input_pb2.OpenRequest(workdir="g.1", guest="g", input=input_pb2.InputSpec(
         disk=input_pb2.DiskInput(paths=["/ok", "/g.img\0/etc/passwd"]))), "input.disk.paths[1]: contains a NUL"),
-    (input_pb2.OpenRequest(workdir="g.1", guest="g\nstep open: forged line"), "guest 'g\\nstep open: forged line': not"),
+    (input_pb2.OpenRequest(workdir="g.1", guest="g\nstep open: forged"), "guest 'g\\nstep open: forged': not"),
     (input_pb2.OpenRequest(workdir="g.1", guest="tab\there"), "guest 'tab\\there': not one printable line"),
     (input_pb2.OpenRequest(workdir="g.1", guest="n" * 256), "guest: 256 characters, at most 255"),
     (coordinator_pb2.SubmitRequest(job=coordinator_pb2.GuestJob(name="a\rb", input=DISK)), "job.name 'a\\rb'"),
