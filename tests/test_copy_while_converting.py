@@ -25,7 +25,7 @@ from tests.conftest import children_mentioning, sha256
 from tests.ova_fixtures import RAW_URL, Disk, Spec, make_image, make_ova, make_raw
 from tests.test_cli_errors import error_lines
 from tests.test_fleet import convertible  # noqa: F401  (a fixture: the phony Debian that converts)
-from v2v.coordinator.pipeline import on_converted_bus, precopy_order
+from v2v.coordinator.pipeline import precopy_order
 from v2v.errors import V2VError
 from v2v.extents import tracks_writes, written_ranges
 from v2v.nbdserver import Nbdkit
@@ -206,15 +206,6 @@ def test_written_only_refuses_a_source_that_does_not_track_writes(workdir: WorkD
             list(copier.copy(request))
     assert err.value.code == pb.ERROR_CODE_BAD_INPUT and err.value.disk == 0
     assert "does not track writes" in err.value.message
-
-
-def test_disks_set_up_before_the_conversion_get_its_bus() -> None:
-    target = pb.TargetMeta(caps=pb.GuestCaps(block_bus=pb.BLOCK_BUS_VIRTIO_SCSI),
-                           disks=[pb.TargetDisk(index=0, device="vda", bus=pb.BLOCK_BUS_VIRTIO_BLK),
-                                  pb.TargetDisk(index=1, device="vdb", bus=pb.BLOCK_BUS_VIRTIO_BLK)])
-    on_converted_bus(target)
-    assert [(d.device, d.bus) for d in target.disks] == [("sda", pb.BLOCK_BUS_VIRTIO_SCSI),
-                                                         ("sdb", pb.BLOCK_BUS_VIRTIO_SCSI)]
 
 
 def step_times(events: list[dict], step: str) -> tuple[int, int]:

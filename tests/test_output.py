@@ -129,6 +129,22 @@ def test_name_from_spec_and_finalize_with_listed_disks(service, workdir, tmp_pat
     assert "<name>renamed</name>" in (tmp_path / "renamed.xml").read_text()
 
 
+def test_disks_set_up_before_the_conversion_get_its_bus(service, workdir, tmp_path):
+    """Setup before the conversion (copy while converting, warm) gives the disks the default bus;
+    Finalize gives them the one the conversion chose, from the caps it receives: no caller patches
+    bus and device names."""
+    output = spec(tmp_path)
+    before = make_target(MiB, MiB)
+    before.ClearField("caps")
+    resp = setup(service, workdir, output, before)
+    assert [(d.device, d.bus) for d in resp.disks] == [("vda", pb.BLOCK_BUS_VIRTIO_BLK), ("vdb", pb.BLOCK_BUS_VIRTIO_BLK)]
+    target = make_target(MiB, MiB)  # converted: virtio-scsi
+    target.disks.extend(resp.disks)
+    files = service.finalize(output_pb2.FinalizeRequest(workdir=workdir.name, output=output, target=target)).files
+    xml = Path(files[-1]).read_text().replace('"', "'")
+    assert "<target dev='sda' bus='scsi'" in xml and "<target dev='sdb' bus='scsi'" in xml
+
+
 def test_finalize_without_setup_is_refused(service, workdir, tmp_path):
     """Finding 6 of the reliability probe: Finalize succeeded without Setup, describing disks that
     were never made."""

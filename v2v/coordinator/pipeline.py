@@ -19,7 +19,6 @@ from typing import Any, Protocol
 import grpc
 
 from v2v.coordinator.clients import PhaseClients
-from v2v.drives import block_bus, device_name
 from v2v.errors import V2VError, from_rpc_error
 from v2v.events import StepReporter
 from v2v.naming import name_from_path
@@ -60,14 +59,6 @@ class Converted:
     source: pb.Source
     target: pb.TargetMeta
     sockets: list[str]  # the input's NBD sockets of the converted overlays, index = disk index
-
-
-def on_converted_bus(target: pb.TargetMeta) -> None:
-    """Target disks made by a Setup that ran before the conversion get the bus and device names the
-    conversion chose (what Setup would have given them): the one thing of Setup that depends on it."""
-    for disk in target.disks:
-        disk.bus = block_bus(target.caps)
-        disk.device = device_name(disk.bus, disk.index)
 
 
 def precopy_order(source: pb.Source) -> list[set[int]]:
@@ -191,8 +182,6 @@ class GuestRun:
             target.CopyFrom(converted.target)
             del target.disks[:]
             target.disks.extend(setup.disks)
-            if precopied:
-                on_converted_bus(target)
             with self.gates.copying(len(setup.disks)) as streams, self.phase("copy"):
                 self._copy(setup, streams, written_only=precopied)
             with self.phase("finalize"):

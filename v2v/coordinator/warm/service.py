@@ -25,7 +25,6 @@ from google.protobuf import duration_pb2
 from v2v.changed_blocks import FIRST_CHECKPOINT, ChangedBlockSource, Changes, next_checkpoint, open_source
 from v2v.coordinator.phases import OpenedGuest, PhaseServices, convert_guest
 from v2v.delta_copy import copy_changes
-from v2v.drives import block_bus, device_name
 from v2v.errors import V2VError, from_rpc_error
 from v2v.events import StepReporter, now
 from v2v.grpcserver import channel, rpc, stream_rpc
@@ -238,11 +237,7 @@ class Migration:
         target = result.target
         target.name = st.output.name or st.guest
         target.source.name = st.guest
-        bus = block_bus(target.caps)
-        for disk in st.disks:
-            converted = target.disks.add()
-            converted.CopyFrom(disk.target)
-            converted.bus, converted.device = bus, device_name(bus, disk.index)
+        target.disks.extend(disk.target for disk in st.disks)  # Finalize gives them the converted bus
         with self.phase("finalize"):
             files = self.output().Finalize(output_pb2.FinalizeRequest(workdir=st.workdir, guest=st.guest,
                                                                       output=st.output, target=target)).files

@@ -17,6 +17,7 @@ import v2v.services.output.local  # noqa: F401
 import v2v.services.output.null  # noqa: F401
 import v2v.services.output.qemu  # noqa: F401
 import v2v.services.output.target_json  # noqa: F401
+from v2v.drives import block_bus, device_name
 from v2v.errors import V2VError
 from v2v.grpcserver import rpc
 from v2v.services.output.base import OUTPUTS, OutputPlugin, target_name
@@ -33,6 +34,14 @@ class _Output:
     spec: output_pb2.OutputSpec
     target: pb.TargetMeta
     stack: ExitStack  # the disks' NBD servers
+
+
+def on_converted_bus(target: pb.TargetMeta) -> None:
+    """Each disk's bus and device name from the guest's capabilities as the conversion left them:
+    a Setup that ran before the conversion (copy while converting, warm) could not know them."""
+    bus = block_bus(target.caps)
+    for disk in target.disks:
+        disk.bus, disk.device = bus, device_name(bus, disk.index)
 
 
 def request_target(request: output_pb2.SetupRequest | output_pb2.FinalizeRequest, workdir: WorkDir) -> pb.TargetMeta:
@@ -120,6 +129,7 @@ class OutputService(output_pb2_grpc.OutputServicer):
             target = request_target(request, workdir)
             if not target.disks:  # the request did not list them: those Setup created
                 target.disks.extend(workdir.read(WorkDir.TARGET, pb.TargetMeta()).disks)
+            on_converted_bus(target)
             with workdir.phase("finalize", request.guest):
                 files = plugin.finalize(request.output, target, workdir)
         except BaseException:
