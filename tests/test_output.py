@@ -137,7 +137,8 @@ def test_disks_set_up_before_the_conversion_get_its_bus(service, workdir, tmp_pa
     before = make_target(MiB, MiB)
     before.ClearField("caps")
     resp = setup(service, workdir, output, before)
-    assert [(d.device, d.bus) for d in resp.disks] == [("vda", pb.BLOCK_BUS_VIRTIO_BLK), ("vdb", pb.BLOCK_BUS_VIRTIO_BLK)]
+    blk = pb.BLOCK_BUS_VIRTIO_BLK
+    assert [(d.device, d.bus) for d in resp.disks] == [("vda", blk), ("vdb", blk)]
     target = make_target(MiB, MiB)  # converted: virtio-scsi
     target.disks.extend(resp.disks)
     files = service.finalize(output_pb2.FinalizeRequest(workdir=workdir.name, output=output, target=target)).files
