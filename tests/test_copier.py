@@ -4,6 +4,7 @@ import os
 import re
 import signal
 import subprocess
+import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -360,3 +361,16 @@ def test_allocated_keeps_a_preallocated_target_allocated(service, workdir, tmp_p
     assert dst.read_bytes() == src.read_bytes()
     allocated_bytes = os.stat(dst).st_blocks * 512
     assert (allocated_bytes >= size) if allocated else (allocated_bytes < size // 2), allocated_bytes
+
+
+def test_the_copier_alone_copies_nbd_exports_without_a_work_directory(stub, workdir, disks):
+    """Useful alone: any NBD exports, no work directory, no file of another service; nothing of
+    the call is left behind (its logs lived as long as the call)."""
+    copies = [disks.add(32 * MiB, [(0, MiB), (20 * MiB, 3 * MiB)])]
+    copies[0].source = nbd_uri(Path(copies[0].source))
+    events = list(stub.Copy(copier_pb2.CopyRequest(guest="alone", disks=copies,
+                                                   options=copier_pb2.CopyOptions(flush=True))))
+    done = [e.step for e in events if e.HasField("step") and e.step.state == pb.STEP_STATE_SUCCEEDED]
+    assert [(s.disk, s.guest) for s in done] == [(0, "alone")]
+    subprocess.run(["cmp", *map(str, disks.pairs[0])], check=True)
+    assert not (workdir.path / "copy.done").exists() and not list(Path(tempfile.gettempdir()).glob("v2v-copy.*"))

@@ -6,11 +6,12 @@ disk, Cancel, or the client going away stops every copy."""
 from __future__ import annotations
 
 import queue
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
 import grpc
@@ -26,7 +27,7 @@ from v2v.services.copier.verify import verify
 from v2v.units import human_size
 from v2v.v1 import copier_pb2, copier_pb2_grpc
 from v2v.v1 import types_pb2 as pb
-from v2v.workdir import WorkDir
+from v2v.workdir import WorkDir, check_name
 
 STEP = "copy"
 VERIFY = "verify"  # a sub-step of each disk's copy
@@ -37,17 +38,20 @@ class CopyJob:
     written_only), `options.parallel` at once, and put their events on a queue that `events()` yields from."""
 
     def __init__(self, request: copier_pb2.CopyRequest, root: Path | None = None) -> None:
-        if not request.workdir:
-            raise V2VError("no work directory given", pb.ERROR_CODE_BAD_INPUT, step=STEP, guest=request.guest)
         self.request = request
         self.guest = request.guest
+        self.workdir: WorkDir | None = None  # none: the logs go to a directory of the call's own
+        self._scratch: tempfile.TemporaryDirectory[str] | None = None
         try:
-            self.workdir = WorkDir(request.workdir, root).existing()
+            if request.workdir:
+                self.workdir = WorkDir(request.workdir, root).existing()
+            else:
+                self._scratch = tempfile.TemporaryDirectory(prefix="v2v-copy.")
         except V2VError as err:
             raise err.fill(step=STEP, guest=request.guest) from None
         opts = request.options
         # The whole copy that runs beside a conversion is not the guest's copy yet: its marker says so.
-        self.marker = "precopy" if opts.while_converting and not opts.written_only else STEP
+        self.marker_step = "precopy" if opts.while_converting and not opts.written_only else STEP
         self._events: queue.Queue[pb.Event | None] = queue.Queue()  # None: a worker has ended
         self._lock = threading.Lock()
         self._copies: list[Nbdcopy] = []
@@ -55,6 +59,17 @@ class CopyJob:
         self._stopping = threading.Event()  # set: no copy may start any more, libnbd work ends
         self._succeeded = 0
         self._failure: V2VError | None = None
+
+    def log(self, name: str) -> Path:
+        return self.workdir.log(name) if self.workdir else Path(self._scratch.name) / name  # type: ignore[union-attr]
+
+    def marker(self) -> AbstractContextManager[None]:
+        """The copy's phase marker in the work directory, if there is one."""
+        return self.workdir.phase(self.marker_step, self.guest) if self.workdir else nullcontext()
+
+    def close(self) -> None:
+        if self._scratch is not None:
+            self._scratch.cleanup()
 
     def events(self) -> Iterator[pb.Event]:
         """Runs the copies; once every worker ended, raises the first disk's failure, or CANCELLED if
@@ -132,7 +147,7 @@ class CopyJob:
         opts = self.request.options
         copied = CopiedBytes(source.extents, nbdcopy_workers(opts, source.multi_conn), in_flight_bytes(opts))
         progress = ProgressThrottle(self.guest, disk.disk, copied.total, source.size, self._events.put)
-        copy = Nbdcopy(disk, opts, self.workdir.log(f"copy-disk{disk.disk}.log"),
+        copy = Nbdcopy(disk, opts, self.log(f"copy-disk{disk.disk}.log"),
                        lambda percent: progress.update(copied.at(percent)))
         if not self._start(copy):
             raise V2VError("copy cancelled before it started", pb.ERROR_CODE_CANCELLED)
@@ -231,9 +246,10 @@ class CopierService(copier_pb2_grpc.CopierServicer):
         with self._lock:
             self._jobs.setdefault(workdir, []).append(job)
         try:
-            with job.workdir.phase(job.marker, job.guest):
+            with job.marker():
                 yield from job.events()
         finally:
+            job.close()
             with self._lock:
                 self._jobs[workdir].remove(job)
                 if not self._jobs[workdir]:
@@ -242,12 +258,14 @@ class CopierService(copier_pb2_grpc.CopierServicer):
     def cancel(self, workdir: str) -> int:
         """Stops every copy of a work directory; returns how many were running."""
         with self._lock:
-            jobs = list(self._jobs.get(workdir, ()))
+            jobs = list(self._jobs.get(check_name(workdir), ()))
         return sum(job.stop() for job in jobs)
 
     def shutdown(self) -> None:
-        for workdir in list(self._jobs):
-            self.cancel(workdir)
+        with self._lock:
+            jobs = [job for jobs in self._jobs.values() for job in jobs]
+        for job in jobs:
+            job.stop()
 
     @stream_rpc
     def Copy(self, request: copier_pb2.CopyRequest, context: grpc.ServicerContext) -> Iterator[pb.Event]:
