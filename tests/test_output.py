@@ -248,3 +248,10 @@ def test_over_grpc(service, workdir, tmp_path):
             assert (err.code, err.step, err.guest) == (pb.ERROR_CODE_TARGET_EXISTS, "setup", "guest")
     finally:
         server.stop(None)
+
+
+def test_setup_needs_its_target_in_the_request(service, workdir, tmp_path):
+    """One road: Setup does not go looking for another service's file."""
+    with pytest.raises(V2VError, match="SetupRequest.target is required"):
+        service.setup(output_pb2.SetupRequest(workdir=workdir.name, guest="guest", output=spec(tmp_path)))
+    assert list(tmp_path.iterdir()) == []

@@ -87,6 +87,9 @@ class OutputService(output_pb2_grpc.OutputServicer):
             raise V2VError("no work directory given", pb.ERROR_CODE_BAD_INPUT)
         workdir = WorkDir(request.workdir, self.root).existing()
         plugin, _ = OUTPUTS.lookup(request.output)
+        if not request.HasField("target"):
+            raise V2VError("SetupRequest.target is required: the guest to make target disks for (its source "
+                           "disks, and the conversion's caps when it ran first)", pb.ERROR_CODE_BAD_INPUT)
         target = request_target(request, workdir)
         if not target.source.disks:
             raise V2VError(f"guest {target.name} has no disks to create", pb.ERROR_CODE_BAD_INPUT)
