@@ -4,7 +4,8 @@
         in0.sock, in1.sock ...  NBD sockets of the source overlays (input)
         out0.sock ...           NBD sockets of the target disks (output)
         source.json             v2v.v1.Source, protobuf JSON (input)
-        target.json             v2v.v1.TargetMeta, protobuf JSON (convert, then output)
+        converted.json          v2v.v1.TargetMeta, protobuf JSON (convert)
+        target.json             v2v.v1.TargetMeta with the target disks (output)
         <step>.done             phase markers: each service's SUCCEEDED StepEvent of its phase
         logs/                   stderr of every process a service started, one file each
 
@@ -61,7 +62,8 @@ class WorkDir:
     """One guest's work directory. Any service, or a shell script, can pick up from it."""
 
     SOURCE = "source.json"
-    TARGET = "target.json"
+    TARGET = "target.json"  # the output's: the target disks Setup made
+    CONVERTED = "converted.json"  # the convert service's: the converted guest, before Setup
     DONE = ".done"
     TAG = ".v2v-workdir"  # made with the directory: what may be removed on a client's word
 

@@ -127,7 +127,8 @@ def convert_guest(guest: OpenedGuest, address: str, options: convert_pb2.Convert
     try:
         with guest.phase("convert"):
             call = convert_pb2_grpc.ConvertStub(ch).Convert(convert_pb2.ConvertRequest(
-                workdir=guest.workdir.name, guest=guest.name, options=options))
+                workdir=guest.workdir.name, guest=guest.name, options=options, source=guest.opened.source,
+                disks=guest.opened.sockets))
             result = None
             try:
                 for ev in call:

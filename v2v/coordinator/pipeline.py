@@ -271,7 +271,8 @@ class GuestRun:
     def _convert(self) -> convert_pb2.ConvertResult:
         assert self._workdir is not None
         call = self.clients.convert.Convert(convert_pb2.ConvertRequest(
-            workdir=self._workdir.name, guest=self.name, options=self.job.convert,
+            workdir=self._workdir.name, guest=self.name, options=self.job.convert, source=self.source,
+            disks=self._sockets,
             target_name=self.job.output.name, networks=self.job.networks))
         self._track(call)
         result = None

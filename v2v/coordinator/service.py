@@ -273,9 +273,9 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
                 pass  # that input service is gone, and its overlays with it
         if rec.target_open:
             self._abort_target(guest, clients, found.target if found and found.HasField("target") else None)
-        if found and found.open and "convert" in found.done and found.HasField("target"):
+        if found and found.open and "convert" in found.done and found.HasField("converted"):
             self._note(guest, f"resuming from setup: the conversion in {found.path} survived")
-            return Converted(found.workdir, found.source, found.target, list(found.sockets))
+            return Converted(found.workdir, found.source, found.converted, list(found.sockets))
         if found and found.exists:
             try:
                 clients.input.Close(input_pb2.CloseRequest(workdir=found.workdir, remove=True))

@@ -1,4 +1,4 @@
-"""The libguestfs appliance on the input's NBD sockets, owned by a context manager."""
+"""The libguestfs appliance on NBD exports (the input's overlays, or any), owned by a context manager."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import signal
 from pathlib import Path
 from types import TracebackType
 from typing import IO
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import guestfs
 
@@ -31,11 +32,29 @@ def backend_settings(accel: int) -> list[str] | None:
     return None
 
 
+def nbd_drive(location: str) -> tuple[str, str]:
+    """(libguestfs server string, export name) of an NBD endpoint: a Unix socket path,
+    nbd+unix:///EXPORT?socket=PATH or nbd://HOST[:PORT]/EXPORT. TLS (nbds) the appliance cannot do."""
+    if "://" not in location:
+        return f"unix:{location}", ""
+    uri = urlsplit(location)
+    export = unquote(uri.path.lstrip("/"))
+    if uri.scheme == "nbd+unix":
+        sock = parse_qs(uri.query).get("socket", [""])[0]
+        if sock:
+            return f"unix:{sock}", export
+    elif uri.scheme == "nbd" and uri.hostname:
+        return f"tcp:{uri.hostname}:{uri.port or 10809}", export
+    raise V2VError(f"{location}: not an NBD endpoint the appliance can open (a socket path, nbd+unix:///?socket=PATH "
+                   "or nbd://HOST:PORT/EXPORT)", pb.ERROR_CODE_BAD_INPUT)
+
+
 class Appliance:
     """A launched libguestfs handle with one drive per socket. Closing it always shuts the
     appliance down, and `kill()` stops it from another thread (cancellation)."""
 
-    def __init__(self, sockets: list[Path], options: convert_pb2.ConvertOptions, log: Path) -> None:
+    def __init__(self, disks: list[str], options: convert_pb2.ConvertOptions, log: Path) -> None:
+        drives = [nbd_drive(location) for location in disks]  # refused before anything is made
         self.g = guestfs.GuestFS(python_return_dict=True)
         self._log: IO[str] = open(log, "a", buffering=1)  # noqa: SIM115  (closed in close())
         self.g.set_event_callback(self._on_event, _LOGGED_EVENTS)
@@ -46,9 +65,9 @@ class Appliance:
         settings = backend_settings(options.accelerator)
         if settings is not None:
             self.g.set_backend_settings(settings)
-        for sock in sockets:
+        for server, export in drives:
             # cachemode=unsafe: the overlay is thrown away or copied whole, never crash-recovered.
-            self.g.add_drive_opts("", format="raw", protocol="nbd", server=[f"unix:{sock}"],
+            self.g.add_drive_opts(export, format="raw", protocol="nbd", server=[server],
                                   cachemode="unsafe", discard="besteffort")
 
     def _on_event(self, event: int, event_handle: int, buf: bytes | str, array: list[int]) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import secrets
+import tempfile
 import threading
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import grpc
@@ -44,28 +47,40 @@ class ConvertService(convert_pb2_grpc.ConvertServicer):
         self._running: dict[str, Appliance] = {}
         self._lock = threading.Lock()
 
-    def convert(self, request: convert_pb2.ConvertRequest, report: StepReporter) -> convert_pb2.ConvertResult:
-        """The whole conversion, without gRPC. Sub-step events go to `report`."""
+    def convert(self, request: convert_pb2.ConvertRequest, report: StepReporter,
+                key: str = "") -> convert_pb2.ConvertResult:
+        """The whole conversion, without gRPC. Sub-step events go to `report`; `cancel(key)` stops it
+        (default key: the work directory's name)."""
+        step = "inspect" if request.options.inspect_only else "convert"
         try:
-            workdir = WorkDir(request.workdir, self.root).existing()
+            if not request.HasField("source") or len(request.disks) != len(request.source.disks):
+                raise V2VError("ConvertRequest needs the guest's source and one NBD endpoint per disk in disks "
+                               f"(given {len(request.disks)} for {len(request.source.disks)} disks): what Open "
+                               "answered", pb.ERROR_CODE_BAD_INPUT)
+            workdir = WorkDir(request.workdir, self.root).existing() if request.workdir else None
         except V2VError as err:
             raise err.fill(step="convert", guest=request.guest) from None
-        with workdir.phase("inspect" if request.options.inspect_only else "convert", request.guest):
-            return self._convert(request, workdir, report)
+        with ExitStack() as stack:
+            if workdir is not None:
+                stack.enter_context(workdir.phase(step, request.guest))
+                log = workdir.log("convert-appliance.log")
+            else:  # a call on bare NBD exports: the log lives as long as the call
+                log = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="v2v-convert."))) / "appliance.log"
+            return self._convert(request, workdir, log, report, key or request.workdir)
 
-    def _convert(self, request: convert_pb2.ConvertRequest, workdir: WorkDir,
-                 report: StepReporter) -> convert_pb2.ConvertResult:
-        source = workdir.read(WorkDir.SOURCE, pb.Source())
-        sockets = [workdir.in_sock(d.index) for d in source.disks]
+    def _convert(self, request: convert_pb2.ConvertRequest, workdir: WorkDir | None, log: Path,
+                 report: StepReporter, key: str) -> convert_pb2.ConvertResult:
+        source = request.source
+        sockets = list(request.disks)
         opts = request.options
         with report.step("launch"):
-            appliance = Appliance(sockets, opts, workdir.log("convert-appliance.log"))
+            appliance = Appliance(sockets, opts, log)
             with self._lock:
-                self._running[request.workdir] = appliance
+                self._running[key] = appliance
             try:
                 appliance.launch()
             except BaseException:
-                self._forget(request.workdir)
+                self._forget(key)
                 appliance.close()
                 raise
         try:
@@ -96,7 +111,7 @@ class ConvertService(convert_pb2_grpc.ConvertServicer):
                 g.umount_all()
                 g.shutdown()
         finally:
-            self._forget(request.workdir)
+            self._forget(key)
             appliance.close()
         with report.step("measure"):
             measured = self.measure(source, sockets, report)
@@ -114,17 +129,18 @@ class ConvertService(convert_pb2_grpc.ConvertServicer):
             nics=target_nics(source, caps, request.networks, macs),
             static_ips=request.networks.static_ips,
         )
-        workdir.write(WorkDir.TARGET, target)
+        if workdir is not None:
+            workdir.write(WorkDir.CONVERTED, target)
         return convert_pb2.ConvertResult(inspection=insp, caps=caps, target=target, report=measured)
 
     @staticmethod
-    def measure(source: pb.Source, sockets: list[Path], report: StepReporter) -> convert_pb2.InspectorReport:
+    def measure(source: pb.Source, sockets: list[str], report: StepReporter) -> convert_pb2.InspectorReport:
         """Each disk's size and the bytes it holds now, through its in socket once the appliance is
         gone (so after fstrim): what a manager needs to create the target volumes. The flush first
         puts the conversion on stable storage when the disks are the source itself (--in-place)."""
         measured = convert_pb2.InspectorReport(source=source)
         for disk, sock in zip(source.disks, sockets, strict=True):
-            with connect(str(sock)) as h:
+            with connect(sock) as h:
                 if h.can_flush():
                     h.flush()
                 size = h.get_size()
@@ -161,9 +177,10 @@ class ConvertService(convert_pb2_grpc.ConvertServicer):
     @stream_rpc
     def Convert(self, request: convert_pb2.ConvertRequest,
                 context: grpc.ServicerContext) -> Iterator[convert_pb2.ConvertEvent]:
-        context.add_callback(lambda: self.cancel(request.workdir))
+        key = request.workdir or f"call.{secrets.token_hex(6)}"  # what this call's cancel stops
+        context.add_callback(lambda: self.cancel(key))
         for item in stream_events(lambda sink: self.convert(request, StepReporter(request.guest, sink,
-                                                                                  parent="convert"))):
+                                                                                  parent="convert"), key)):
             if isinstance(item, pb.StepEvent):
                 yield convert_pb2.ConvertEvent(step=item)
             else:

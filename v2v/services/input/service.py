@@ -104,7 +104,8 @@ class InputService(input_pb2_grpc.InputServicer):
         resp.open = opened is not None
         resp.sockets.extend(opened[1] if opened else [])
         resp.done.extend(wd.done())
-        for name, field in ((WorkDir.SOURCE, resp.source), (WorkDir.TARGET, resp.target)):
+        for name, field in ((WorkDir.SOURCE, resp.source), (WorkDir.TARGET, resp.target),
+                            (WorkDir.CONVERTED, resp.converted)):
             if (wd.path / name).exists():
                 wd.read(name, field)
         return resp
