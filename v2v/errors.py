@@ -1,10 +1,15 @@
-"""The one exception type of v2v, and its travel across gRPC as a google.rpc.Status detail."""
+"""The one exception type of v2v, and its travel across gRPC as a google.rpc.Status with details:
+the v2v.v1.Error itself, and a google.rpc.ErrorInfo (reason = the code's name, domain v2v.v1,
+metadata guest/step/disk) for clients that know only the standard details. An unexpected exception
+is INTERNAL with a google.rpc.DebugInfo holding its traceback, never UNKNOWN."""
 
 from __future__ import annotations
 
+import traceback
+
 import grpc
 from google.protobuf import any_pb2
-from google.rpc import code_pb2, status_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from v2v.v1 import types_pb2 as pb
@@ -15,7 +20,8 @@ Code = pb.ErrorCode
 _GRPC_CODES = {
     pb.ERROR_CODE_BAD_INPUT: code_pb2.INVALID_ARGUMENT,
     pb.ERROR_CODE_NO_OS: code_pb2.FAILED_PRECONDITION,
-    pb.ERROR_CODE_UNSUPPORTED: code_pb2.UNIMPLEMENTED,
+    pb.ERROR_CODE_UNSUPPORTED: code_pb2.FAILED_PRECONDITION,  # the guest cannot be converted as it is
+    pb.ERROR_CODE_NOT_FOUND: code_pb2.NOT_FOUND,
     pb.ERROR_CODE_MULTIPLE_ROOTS: code_pb2.FAILED_PRECONDITION,
     pb.ERROR_CODE_TARGET_EXISTS: code_pb2.ALREADY_EXISTS,
     pb.ERROR_CODE_NO_SPACE: code_pb2.RESOURCE_EXHAUSTED,
@@ -89,16 +95,37 @@ class V2VError(Exception):
         return self.one_line()
 
 
-def to_status(err: V2VError) -> grpc.Status:
-    """The gRPC status for an error: code, one-line message, and the Error as a detail."""
-    detail = any_pb2.Any()
-    detail.Pack(err.to_proto())
-    status = status_pb2.Status(
-        code=_GRPC_CODES.get(err.code, code_pb2.INTERNAL),
-        message=err.one_line(),
-        details=[detail],
-    )
+ERROR_DOMAIN = "v2v.v1"
+
+
+def error_info(err: V2VError) -> error_details_pb2.ErrorInfo:
+    metadata = {k: v for k, v in (("guest", err.guest), ("step", err.step)) if v}
+    if err.disk is not None:
+        metadata["disk"] = str(err.disk)
+    return error_details_pb2.ErrorInfo(reason=pb.ErrorCode.Name(err.code).removeprefix("ERROR_CODE_"),
+                                       domain=ERROR_DOMAIN, metadata=metadata)
+
+
+def to_status(err: V2VError, debug: error_details_pb2.DebugInfo | None = None) -> grpc.Status:
+    """The gRPC status for an error: code, one-line message, the Error and an ErrorInfo (and, for a
+    bug, DebugInfo) as details."""
+    details = []
+    for message in (err.to_proto(), error_info(err), *([debug] if debug else [])):
+        detail = any_pb2.Any()
+        detail.Pack(message)
+        details.append(detail)
+    status = status_pb2.Status(code=_GRPC_CODES.get(err.code, code_pb2.INTERNAL), message=err.one_line(),
+                               details=details)
     return rpc_status.to_status(status)
+
+
+def internal_status(exc: BaseException) -> grpc.Status:
+    """INTERNAL for an exception no code expected (a bug): its type and text as the message, its
+    traceback as DebugInfo, so the client's line says what broke rather than "Exception calling
+    application"."""
+    stack = traceback.format_exception(type(exc), exc, exc.__traceback__)
+    return to_status(V2VError(f"internal error: {exc!r}", pb.ERROR_CODE_INTERNAL),
+                     error_details_pb2.DebugInfo(stack_entries=[line.rstrip() for line in stack], detail=repr(exc)))
 
 
 def from_rpc_error(exc: grpc.RpcError, *, step: str, guest: str = "", disk: int | None = None) -> V2VError:

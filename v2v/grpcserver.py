@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -15,12 +16,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from v2v.errors import V2VError, to_status
+from v2v.errors import V2VError, internal_status, to_status
 from v2v.requests import check_request
 from v2v.tls import TLSFiles
 from v2v.v1 import types_pb2 as pb
 
 F = TypeVar("F", bound=Callable[..., Any])
+_LOG = logging.getLogger("v2v.grpc")
 
 # Disk copies and conversions are long; keepalives keep idle streams from being cut by proxies.
 _CHANNEL_OPTIONS = [
@@ -146,6 +148,15 @@ def wait_ready(ch: grpc.Channel, what: str, timeout: float = 10.0) -> None:
         raise V2VError(f"the {what} service is not reachable", pb.ERROR_CODE_SERVICE_UNAVAILABLE) from None
 
 
+def _abort_on_bug(context: grpc.ServicerContext, exc: Exception) -> None:
+    """An exception no code expected ends the call INTERNAL with its traceback, and is logged. One
+    raised by the handler's own context.abort() (its status is set already) goes on as it is."""
+    if context.code() is not None:  # type: ignore[attr-defined]
+        raise exc
+    _LOG.error("internal error: %r", exc, exc_info=exc)
+    context.abort_with_status(internal_status(exc))
+
+
 def rpc(fn: F) -> F:
     """Wraps a unary servicer method: a V2VError becomes a status carrying the Error detail."""
 
@@ -156,6 +167,8 @@ def rpc(fn: F) -> F:
             return fn(self, request, context)
         except V2VError as err:
             context.abort_with_status(to_status(err))
+        except Exception as exc:
+            _abort_on_bug(context, exc)
 
     return wrapper  # type: ignore[return-value]
 
@@ -170,6 +183,8 @@ def stream_rpc(fn: F) -> F:
             yield from fn(self, request, context)
         except V2VError as err:
             context.abort_with_status(to_status(err))
+        except Exception as exc:
+            _abort_on_bug(context, exc)
 
     return wrapper  # type: ignore[return-value]
 

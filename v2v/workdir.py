@@ -112,7 +112,7 @@ class WorkDir:
         phases write only into a directory of v2v's."""
         if not self.is_workdir():
             raise V2VError(f"no work directory {self.name} under {self.root}: the input's Open makes it",
-                           pb.ERROR_CODE_BAD_INPUT)
+                           pb.ERROR_CODE_NOT_FOUND)
         return self
 
     def in_sock(self, disk: int) -> Path:

@@ -19,7 +19,7 @@ from v2v.coordinator.pipeline import RESUMABLE_STEPS, Converted, GuestRun, guest
 from v2v.coordinator.scheduler import Scheduler, Ticket, TicketGates
 from v2v.coordinator.state import FINAL, GuestRecord, State
 from v2v.coordinator.steplogs import StepLogs
-from v2v.errors import V2VError, from_rpc_error
+from v2v.errors import V2VError, from_rpc_error, to_status
 from v2v.events import step_event
 from v2v.grpcserver import StreamSlots, rpc
 from v2v.services.input.locations import source_host
@@ -314,7 +314,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
     def _get(self, gid: str) -> Guest:
         guest = self.guests.get(gid)
         if guest is None:
-            raise V2VError(f"no guest with id {gid!r}", pb.ERROR_CODE_BAD_INPUT)
+            raise V2VError(f"no guest with id {gid!r}", pb.ERROR_CODE_NOT_FOUND)
         return guest
 
     def submit(self, jobs: list[coordinator_pb2.GuestJob]) -> list[str]:
@@ -369,14 +369,14 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
             with self._streams.slot(context, "Follow"):
                 yield from self.follow(request.id, context)
         except V2VError as err:
-            context.abort(grpc.StatusCode.NOT_FOUND, err.message)
+            context.abort_with_status(to_status(err))
 
     def Watch(self, request: coordinator_pb2.GuestRef, context: grpc.ServicerContext) -> Iterator[pb.Event]:
         try:
             with self._streams.slot(context, "Watch"):
                 yield from (fe.event for fe in self.follow(request.id, context) if fe.HasField("event"))
         except V2VError as err:
-            context.abort(grpc.StatusCode.NOT_FOUND, err.message)
+            context.abort_with_status(to_status(err))
 
     @rpc
     def Status(self, request: coordinator_pb2.GuestRef, context: grpc.ServicerContext) -> coordinator_pb2.GuestStatus:
