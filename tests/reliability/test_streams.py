@@ -4,61 +4,19 @@ their own share of the threads; one too many is refused at once, and the other c
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
 
-from v2v.coordinator.clients import ServiceAddresses
-from v2v.coordinator.scheduler import Worker
-from v2v.coordinator.servers import CoordinatorConfig, coordinator_servicer
-from v2v.grpcserver import MAX_STREAMS, RunningService, rpc
-from v2v.v1 import coordinator_pb2, coordinator_pb2_grpc, input_pb2, input_pb2_grpc
+from v2v.grpcserver import MAX_STREAMS
+from v2v.v1 import coordinator_pb2, coordinator_pb2_grpc, input_pb2
 
 GS = coordinator_pb2
 
 
-class HeldOpen(input_pb2_grpc.InputServicer):
-    """An input service whose Open waits until the test lets go: a guest that stays in "open" as
-    long as the streams must stay up. Its failure then ends the guest and every stream."""
-
-    def __init__(self) -> None:
-        self.release = threading.Event()
-
-    @rpc
-    def Open(self, request: input_pb2.OpenRequest, context: grpc.ServicerContext) -> input_pb2.OpenResponse:
-        self.release.wait(120)
-        context.abort(grpc.StatusCode.UNAVAILABLE, "held open by the test, now let go")
-
-    @rpc
-    def Close(self, request: input_pb2.CloseRequest, context: grpc.ServicerContext) -> input_pb2.CloseResponse:
-        return input_pb2.CloseResponse()
-
-
-@pytest.fixture
-def coordinator(tmp_path: Path) -> Iterator[tuple[grpc.Channel, HeldOpen]]:
-    held = HeldOpen()
-    inp = RunningService(f"unix:{tmp_path}/input.sock", (held, input_pb2_grpc.add_InputServicer_to_server,
-                                                          "v2v.v1.Input"))
-    nowhere = f"unix:{tmp_path}/none.sock"
-    worker = Worker("w", ServiceAddresses(input=inp.address, convert=nowhere, output=nowhere, copier=nowhere))
-    coord = RunningService(f"unix:{tmp_path}/coordinator.sock",
-                           coordinator_servicer(CoordinatorConfig([worker], state=tmp_path / "state.db")))
-    ch = grpc.insecure_channel(str(coord.address))
-    try:
-        yield ch, held
-    finally:
-        held.release.set()
-        ch.close()
-        coord.stop()
-        inp.stop()
-
-
-def test_watchers_beyond_their_share_are_refused_and_the_rest_still_answers(coordinator):
-    ch, held = coordinator
+def test_watchers_beyond_their_share_are_refused_and_the_rest_still_answers(held_coordinator):
+    ch, held = held_coordinator
     stub = coordinator_pb2_grpc.CoordinatorStub(ch)
     job = GS.GuestJob(name="held", input=input_pb2.InputSpec(disk=input_pb2.DiskInput(paths=["/nonexistent"])))
     gid = stub.Submit(GS.SubmitRequest(job=job), timeout=10).id

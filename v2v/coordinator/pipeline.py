@@ -200,8 +200,15 @@ class GuestRun:
         """The open step; False when only the source was asked for (--print-source)."""
         with self.phase("open"):
             self._opened = True
-            resp = self.clients.input.Open(input_pb2.OpenRequest(
+            # A future, so that Cancel can stop an open that waits on a source (the input stops its
+            # connects when the call is cancelled).
+            call = self.clients.input.Open.future(input_pb2.OpenRequest(
                 workdir=workdir, guest=self.name, input=self.job.input, track_writes=self.job.copy.while_converting))
+            self._track(call)
+            try:
+                resp = call.result()
+            except grpc.FutureCancelledError:
+                raise V2VError("cancelled", pb.ERROR_CODE_CANCELLED) from None
             self._workdir = WorkDir(resp.workdir, self.workdir_root)
             self._path = resp.path
             self._sockets = list(resp.sockets)

@@ -1,0 +1,56 @@
+"""Stand-ins shared by the reliability tests."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from v2v.coordinator.clients import ServiceAddresses
+from v2v.coordinator.scheduler import Worker
+from v2v.coordinator.servers import CoordinatorConfig, coordinator_servicer
+from v2v.grpcserver import RunningService, rpc
+from v2v.v1 import input_pb2, input_pb2_grpc
+
+
+class HeldOpen(input_pb2_grpc.InputServicer):
+    """An input service whose Open waits until the test lets go, or its caller gives up: a guest
+    that stays in "open" as long as a test needs. Its failure then ends the guest."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.caller_left = threading.Event()  # the Open call was cancelled (or timed out) by its client
+
+    @rpc
+    def Open(self, request: input_pb2.OpenRequest, context: grpc.ServicerContext) -> input_pb2.OpenResponse:
+        context.add_callback(self.caller_left.set)
+        while not self.release.wait(0.1) and context.is_active():
+            pass
+        context.abort(grpc.StatusCode.UNAVAILABLE, "held open by the test, now let go")
+
+    @rpc
+    def Close(self, request: input_pb2.CloseRequest, context: grpc.ServicerContext) -> input_pb2.CloseResponse:
+        return input_pb2.CloseResponse()
+
+
+@pytest.fixture
+def held_coordinator(tmp_path: Path) -> Iterator[tuple[grpc.Channel, HeldOpen]]:
+    """A real coordinator whose one worker's input is HeldOpen (its other services are never reached)."""
+    held = HeldOpen()
+    inp = RunningService(f"unix:{tmp_path}/input.sock", (held, input_pb2_grpc.add_InputServicer_to_server,
+                                                          "v2v.v1.Input"))
+    nowhere = f"unix:{tmp_path}/none.sock"
+    worker = Worker("w", ServiceAddresses(input=inp.address, convert=nowhere, output=nowhere, copier=nowhere))
+    coord = RunningService(f"unix:{tmp_path}/coordinator.sock",
+                           coordinator_servicer(CoordinatorConfig([worker], state=tmp_path / "state.db")))
+    ch = grpc.insecure_channel(str(coord.address))
+    try:
+        yield ch, held
+    finally:
+        held.release.set()
+        ch.close()
+        coord.stop()
+        inp.stop()

@@ -1,0 +1,32 @@
+"""Finding 5 of the reliability probe, the coordinator's half: a guest stuck in open (its input
+waits on a source that never answers) could not be cancelled: Cancel answered RUNNING and nothing
+changed. Now the coordinator's Open is a call it cancels, and the input sees its caller leave.
+(The input's half, timeouts and cancel of the NBD connects themselves: test_nbd_connect.py.)"""
+
+from __future__ import annotations
+
+import time
+
+from v2v.v1 import coordinator_pb2, coordinator_pb2_grpc, input_pb2
+
+GS = coordinator_pb2
+
+
+def test_cancel_stops_a_guest_stuck_in_open(held_coordinator):
+    ch, held = held_coordinator
+    stub = coordinator_pb2_grpc.CoordinatorStub(ch)
+    job = GS.GuestJob(name="stuck", input=input_pb2.InputSpec(disk=input_pb2.DiskInput(paths=["/nonexistent"])))
+    gid = stub.Submit(GS.SubmitRequest(job=job), timeout=10).id
+    deadline = time.monotonic() + 30
+    while stub.Status(GS.GuestRef(id=gid), timeout=5).step != "open":
+        assert time.monotonic() < deadline, "the guest never reached open"
+        time.sleep(0.1)
+
+    stub.Cancel(GS.GuestRef(id=gid), timeout=5)
+    assert held.caller_left.wait(10), "the input never saw its caller leave"
+    deadline = time.monotonic() + 10
+    while (status := stub.Status(GS.GuestRef(id=gid), timeout=5)).state == GS.GUEST_STATE_RUNNING:
+        assert time.monotonic() < deadline, "Cancel left the guest running"
+        time.sleep(0.1)
+    assert status.state == GS.GUEST_STATE_CANCELLED and status.error.step == "open"
+    assert not held.release.is_set()  # nobody let go: the cancel did it
