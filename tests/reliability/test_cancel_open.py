@@ -23,10 +23,10 @@ def test_cancel_stops_a_guest_stuck_in_open(held_coordinator):
         time.sleep(0.1)
 
     stub.Cancel(GS.GuestRef(id=gid), timeout=5)
-    assert held.caller_left.wait(10), "the input never saw its caller leave"
-    deadline = time.monotonic() + 10
+    assert held.caller_left.wait(30), "the input never saw its caller leave"
+    deadline = time.monotonic() + 30
     while (status := stub.Status(GS.GuestRef(id=gid), timeout=5)).state == GS.GUEST_STATE_RUNNING:
         assert time.monotonic() < deadline, "Cancel left the guest running"
         time.sleep(0.1)
-    assert status.state == GS.GUEST_STATE_CANCELLED and status.error.step == "open"
+    assert (status.state, status.error.step) == (GS.GUEST_STATE_CANCELLED, "open"), status
     assert not held.release.is_set()  # nobody let go: the cancel did it

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -103,7 +103,6 @@ class GuestRun:
         self._path = ""  # the work directory's path on its worker, for people: where its logs are
         self._sockets: list[str] = []  # the input's NBD sockets, index = disk index, as Open said
         self._converted: Converted | None = None
-        self._opened = False
         self._writes_tracked: list[bool] = []  # per disk, from Open with track_writes
 
     def sink(self, ev: pb.Event) -> None:
@@ -141,65 +140,44 @@ class GuestRun:
     def run(self, resume: Converted | None = None) -> None:
         """From the start, or (`resume`) from setup, reusing a conversion whose input is still open.
         The work directory is named here and created by the worker's input service: the services
-        resolve a bare name under their own root, so the coordinator never touches the worker's files."""
+        resolve a bare name under their own root, so the coordinator never touches the worker's files.
+        What was started is undone by one ExitStack, in reverse: Abort once Setup was asked for (unless
+        Finalize succeeded), Close once Open was (unless a failed run keeps its conversion)."""
         self.kept = False
         self._calls_cancelled = False
         self._converted = resume
-        self._opened = resume is not None
-        if resume is not None:
-            self._workdir = WorkDir(resume.workdir, self.workdir_root)
-            self.source = resume.source
-            self._sockets = list(resume.sockets)
         workdir = resume.workdir if resume else WorkDir.new_name(self.name)
-        set_up = ok = False
-        setup: output_pb2.SetupResponse | None = None  # made before the conversion: precopied
-        try:
+        with ExitStack() as undo:
+            undo.push(lambda et, ev, tb: self._close(workdir, ok=et is None))
             if resume is None:
                 if not self._open(workdir):
-                    ok = True
                     return
                 with self.phase("check"):
                     self.clients.output.Check(output_pb2.CheckRequest(guest=self.name, output=self.job.output,
                                                                       source=self.source))
-                if self._copies_while_converting():
-                    with self.phase("setup"):
-                        set_up = True
-                        setup = self._setup(pb.TargetMeta(source=self.source))
+            else:
+                self._workdir = WorkDir(resume.workdir, self.workdir_root)
+                self.source = resume.source
+                self._sockets = list(resume.sockets)
+            with ExitStack() as target:
+                precopied = resume is None and self._copies_while_converting()
+                if precopied:
+                    setup = self._setup(target, pb.TargetMeta(source=self.source))
                     converted = self._convert_and_precopy(setup)
                 else:
-                    with self.gates.converting(), self.phase("convert"):
-                        converted = self._converted_by(self._convert())
-            else:
-                converted = resume
-            precopied = setup is not None
-            if setup is None:
-                with self.phase("setup"):
-                    set_up = True
-                    setup = self._setup(converted.target)
-            wd = self._workdir
-            assert wd is not None
-            target = pb.TargetMeta()
-            target.CopyFrom(converted.target)
-            del target.disks[:]
-            target.disks.extend(setup.disks)
-            with self.gates.copying(len(setup.disks)) as streams, self.phase("copy"):
-                self._copy(setup, streams, written_only=precopied)
-            with self.phase("finalize"):
-                fin = self.clients.output.Finalize(output_pb2.FinalizeRequest(
-                    workdir=wd.name, guest=self.name, output=self.job.output, target=target))
-                self.files = list(fin.files)
-                set_up = False
-            ok = True
-        finally:
-            self.kept = self._converted is not None and not ok and self.keep_converted and \
-                not self._cancelled.is_set()
-            self._cleanup(self._workdir.name if self._workdir else workdir, self._opened and not self.kept,
-                          set_up, ok)
+                    if resume is None:
+                        with self.gates.converting(), self.phase("convert"):
+                            resume = self._converted_by(self._convert())
+                    converted = resume
+                    setup = self._setup(target, converted.target)
+                with self.gates.copying(len(setup.disks)) as streams, self.phase("copy"):
+                    self._copy(setup, streams, written_only=precopied)
+                self._finalize(converted.target, setup)
+                target.pop_all()  # finalized: nothing of the target to take back
 
     def _open(self, workdir: str) -> bool:
         """The open step; False when only the source was asked for (--print-source)."""
         with self.phase("open"):
-            self._opened = True
             # A future, so that Cancel can stop an open that waits on a source (the input stops its
             # connects when the call is cancelled).
             call = self.clients.input.Open.future(input_pb2.OpenRequest(
@@ -232,10 +210,34 @@ class GuestRun:
             return False
         return True
 
-    def _setup(self, target: pb.TargetMeta) -> output_pb2.SetupResponse:
+    def _setup(self, undo: ExitStack, target: pb.TargetMeta) -> output_pb2.SetupResponse:
+        """The setup step; from its start on, a failure aborts the output (Abort takes back whatever
+        part of the target Setup made)."""
         assert self._workdir is not None
-        return self.clients.output.Setup(output_pb2.SetupRequest(
-            workdir=self._workdir.name, guest=self.name, output=self.job.output, target=target))
+        name = self._workdir.name
+        undo.push(lambda et, ev, tb: self._abort(name, failed=et is not None))
+        with self.phase("setup"):
+            return self.clients.output.Setup(output_pb2.SetupRequest(
+                workdir=name, guest=self.name, output=self.job.output, target=target))
+
+    def _abort(self, workdir: str, failed: bool) -> bool:
+        """A failed run's target taken back; False: the run's exception goes on."""
+        if failed:
+            self._quietly("abort", lambda: self.clients.output.Abort(output_pb2.AbortRequest(workdir=workdir)))
+        return False
+
+    def _finalize(self, converted: pb.TargetMeta, setup: output_pb2.SetupResponse) -> None:
+        """The finalize step: the converted guest with the disks Setup made (Finalize gives them the
+        bus the caps say)."""
+        assert self._workdir is not None
+        target = pb.TargetMeta()
+        target.CopyFrom(converted)
+        del target.disks[:]
+        target.disks.extend(setup.disks)
+        with self.phase("finalize"):
+            fin = self.clients.output.Finalize(output_pb2.FinalizeRequest(
+                workdir=self._workdir.name, guest=self.name, output=self.job.output, target=target))
+            self.files = list(fin.files)
 
     def _converted_by(self, result: convert_pb2.ConvertResult) -> Converted:
         assert self._workdir is not None and self.source is not None
@@ -331,22 +333,22 @@ class GuestRun:
                 err.message += f" (disks not copied: {', '.join(map(str, sorted(pending)))})"
             raise err from None
 
-    def _cleanup(self, workdir: str, opened: bool, set_up: bool, ok: bool) -> None:
-        """Best effort, in reverse order; each failure is reported but does not hide the first.
-        A failed guest's work directory stays on its worker with its logs (its sockets and processes
-        do not); a finished one goes with the input's Close."""
-        if set_up:
-            self._quietly("abort", lambda: self.clients.output.Abort(output_pb2.AbortRequest(workdir=workdir)))
-        if opened:
-            self._quietly("close", lambda: self.clients.input.Close(input_pb2.CloseRequest(workdir=workdir,
-                                                                                          remove=ok)))
-        if ok:
-            return
-        where = self._path or workdir
-        if self.kept:
-            self.report.note(f"the conversion is kept in {where} for a retry from setup", step="close")
-        else:
-            self.report.note(f"logs of the failed run kept in {where}/logs on its worker", step="close")
+    def _close(self, workdir: str, ok: bool) -> bool:
+        """The run's last word, success or not: the input closed (and on success the work directory
+        removed), unless a failed run keeps its converted overlays for a retry from setup; a note says
+        where a failed run's logs are. Best effort: a failure here is reported, never raised over the
+        run's own. False: the run's exception, if any, goes on."""
+        self.kept = self._converted is not None and not ok and self.keep_converted and not self._cancelled.is_set()
+        name = self._workdir.name if self._workdir else workdir
+        if not self.kept:
+            self._quietly("close", lambda: self.clients.input.Close(input_pb2.CloseRequest(workdir=name, remove=ok)))
+        if not ok:
+            where = self._path or name
+            if self.kept:
+                self.report.note(f"the conversion is kept in {where} for a retry from setup", step="close")
+            else:
+                self.report.note(f"logs of the failed run kept in {where}/logs on its worker", step="close")
+        return False
 
     def release(self) -> None:
         """Closes the input a failed run kept open (its converted overlays go with it)."""
