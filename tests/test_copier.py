@@ -15,7 +15,8 @@ import pytest
 from v2v import grpcserver
 from v2v.errors import V2VError, from_rpc_error
 from v2v.extents import ExtentMap, probe
-from v2v.nbdserver import Nbdkit, nbd_uri
+from v2v.nbdclient import nbd_uri
+from v2v.nbdserver import Nbdkit
 from v2v.services.copier.nbdcopy import parse_progress
 from v2v.services.copier.progress import (
     WORK_RANGE,

@@ -14,7 +14,7 @@ import pytest
 from tests.test_copier import MiB, disks, request, service, stub  # noqa: F401
 from v2v.errors import V2VError, from_rpc_error
 from v2v.extents import ExtentMap
-from v2v.nbdserver import location_uri
+from v2v.nbdclient import location_uri
 from v2v.services.copier import service as service_module
 from v2v.services.copier.verify import BLOCK, blocks_to_check, first_difference, verify
 from v2v.v1 import types_pb2 as pb

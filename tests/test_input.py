@@ -131,7 +131,7 @@ def test_existing_nbd_endpoints_are_sources(phony, workroot, tmp_path):
 
 def test_nbd_endpoint_that_does_not_answer(workroot, tmp_path):
     svc = InputService()
-    with pytest.raises(V2VError, match="cannot read the size of nbd\\+unix"):
+    with pytest.raises(V2VError, match="cannot connect to nbd\\+unix"):
         open_disks(svc, workroot, f"nbd+unix:///?socket={tmp_path}/nobody.sock")
 
 

@@ -31,6 +31,7 @@ import nbd
 
 from v2v.errors import V2VError
 from v2v.extents import ExtentMap, status_ranges
+from v2v.nbdclient import connect
 from v2v.nbdserver import QemuNbd
 from v2v.process import run
 from v2v.v1 import types_pb2 as pb
@@ -115,20 +116,13 @@ class ChangedBlockSource(ABC):
 def dirty_ranges(uri: str, bitmap: str) -> ExtentMap:
     """What the export's dirty bitmap `bitmap` marks as written."""
     context = DIRTY_BITMAP + bitmap
-    h = nbd.NBD()
-    h.add_meta_context(context)
     try:
-        h.connect_uri(uri)
-        if not h.can_meta_context(context):
-            raise V2VError(f"{uri} does not export the dirty bitmap {bitmap}", pb.ERROR_CODE_BAD_INPUT)
-        return status_ranges(h, h.get_size(), context, lambda flags: bool(flags & _STATE_DIRTY))
+        with connect(uri, (context,)) as h:
+            if not h.can_meta_context(context):
+                raise V2VError(f"{uri} does not export the dirty bitmap {bitmap}", pb.ERROR_CODE_BAD_INPUT)
+            return status_ranges(h, h.get_size(), context, lambda flags: bool(flags & _STATE_DIRTY))
     except nbd.Error as exc:
         raise V2VError(f"cannot read the dirty bitmap {bitmap} of {uri}: {exc}", pb.ERROR_CODE_PROCESS_FAILED) from exc
-    finally:
-        try:
-            h.shutdown()
-        except nbd.Error:
-            pass  # never connected, or the server went away
 
 
 class BitmapQemuNbd(QemuNbd):

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import nbd
 
 from v2v.errors import V2VError
-from v2v.extents import ExtentMap, connect, read_extents
+from v2v.extents import ALLOCATION, ExtentMap, read_extents
+from v2v.nbdclient import connect
 from v2v.v1 import types_pb2 as pb
 
 _REQUEST = 4 << 20  # bytes per read/write: what nbdcopy uses by default with qemu-nbd
@@ -59,7 +60,7 @@ def copy_changes(source: str, target: str, changed: ExtentMap, target_is_zero: b
     stats = CopyStats(changed=changed.data)
     last = time.monotonic()
     try:
-        with connect(source) as src, connect(target) as dst:
+        with connect(source, (ALLOCATION,)) as src, connect(target, (ALLOCATION,)) as dst:
             if dst.get_size() < changed.size:
                 raise V2VError(f"the target {target} is smaller than the source ({dst.get_size()} < {changed.size} "
                                "bytes)", pb.ERROR_CODE_BAD_INPUT)

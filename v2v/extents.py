@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import nbd
 
 from v2v.errors import V2VError
-from v2v.nbdserver import location_uri
+from v2v.nbdclient import connect, location_uri
 from v2v.v1 import types_pb2 as pb
 
 ALLOCATION = "base:allocation"
@@ -77,26 +76,6 @@ class Probe:
     multi_conn: bool  # nbdcopy opens several connections (and threads) only if both ends allow it
 
 
-@contextmanager
-def connect(location: str, context: str = ALLOCATION) -> Iterator[nbd.NBD]:
-    """A libnbd handle on an NBD URI or Unix socket path, asking for block status in `context`, shut
-    down on exit."""
-    uri = location_uri(location)
-    h = nbd.NBD()
-    h.add_meta_context(context)
-    try:
-        h.connect_uri(uri)
-    except nbd.Error as exc:
-        raise V2VError(f"cannot connect to {uri}: {exc}", pb.ERROR_CODE_BAD_INPUT) from exc
-    try:
-        yield h
-    finally:
-        try:
-            h.shutdown()
-        except nbd.Error:
-            pass  # the server went away: nothing left to close cleanly
-
-
 def status_ranges(h: nbd.NBD, size: int, context: str, selected: Callable[[int], bool]) -> ExtentMap:
     """The ranges of the first `size` bytes of a connected export whose block status flags in
     `context` are `selected`. A server that stops answering is an error: guessing is the caller's call."""
@@ -137,7 +116,7 @@ def read_extents(h: nbd.NBD, size: int) -> ExtentMap:
 def probe(location: str, size: int = 0) -> Probe:
     """The size (unless given), data map and multi-conn of the export at `location`."""
     try:
-        with connect(location) as h:
+        with connect(location, (ALLOCATION,)) as h:
             size = size or h.get_size()
             return Probe(size, read_extents(h, size), h.can_multi_conn())
     except nbd.Error as exc:
@@ -148,7 +127,7 @@ def probe(location: str, size: int = 0) -> Probe:
 def tracks_writes(location: str) -> bool:
     """Whether the export lists what was written through it since it started (ALLOCATION_DEPTH)."""
     try:
-        with connect(location, ALLOCATION_DEPTH) as h:
+        with connect(location, (ALLOCATION_DEPTH,)) as h:
             return bool(h.can_meta_context(ALLOCATION_DEPTH))
     except nbd.Error as exc:
         raise V2VError(f"cannot ask {location_uri(location)} whether it tracks writes: {exc}",
@@ -160,7 +139,7 @@ def written_ranges(location: str) -> ExtentMap:
     does not track writes (OpenRequest.track_writes) is an error: every block would have to be copied."""
     uri = location_uri(location)
     try:
-        with connect(location, ALLOCATION_DEPTH) as h:
+        with connect(location, (ALLOCATION_DEPTH,)) as h:
             if not h.can_meta_context(ALLOCATION_DEPTH):
                 raise V2VError(f"{uri} does not track writes (no {ALLOCATION_DEPTH} context): its input was "
                                "not opened with track_writes", pb.ERROR_CODE_BAD_INPUT)

@@ -9,33 +9,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-import nbd
-
 from v2v.errors import V2VError
+from v2v.nbdclient import check_cancelled, connect, nbd_uri
 from v2v.process import Process, tail
 from v2v.v1 import types_pb2 as pb
 
-
-def nbd_uri(sock: Path) -> str:
-    return f"nbd+unix:///?socket={sock}"
-
-
-def location_uri(location: str) -> str:
-    """Where an export is, as an NBD URI: given a URI or a Unix socket path."""
-    return location if "://" in location else nbd_uri(Path(location))
-
-
-def export_size(location: str) -> int:
-    """The size of the export at an NBD URI or Unix socket path."""
-    uri = location_uri(location)
-    h = nbd.NBD()
-    try:
-        h.connect_uri(uri)
-        size = h.get_size()
-        h.shutdown()
-    except nbd.Error as exc:
-        raise V2VError(f"cannot read the size of {uri}: {exc}", pb.ERROR_CODE_BAD_INPUT) from exc
-    return size
+_UNSERVED_GRACE = 1.0  # seconds a server that never answered a handshake gets to exit
 
 
 class NbdServer:
@@ -50,35 +29,48 @@ class NbdServer:
         raise NotImplementedError
 
     def start(self, timeout: float = 30.0) -> NbdServer:
+        """Starts the server and waits for a handshake; whatever ends the wait (failure, timeout,
+        cancellation) stops the server again."""
         self.sock.unlink(missing_ok=True)
         self.process.start()
-        deadline = time.monotonic() + timeout
+        try:
+            self._await_ready(time.monotonic() + timeout, timeout)
+        except BaseException:
+            # No client was served, so nothing waits to be flushed; and a server stuck in its own
+            # connect (nbdkit nbd in front of a mute endpoint) ignores SIGTERM until killed.
+            self.stop(grace=_UNSERVED_GRACE)
+            raise
+        return self
+
+    def _await_ready(self, deadline: float, timeout: float) -> None:
         while True:
+            check_cancelled(f"starting the server for {self.what}")
             if not self.process.running():
                 raise self.process.failure(f"cannot serve {self.what}")
-            if self.sock.exists() and self._handshake():
-                return self
+            if self.sock.exists() and self._handshake(deadline - time.monotonic()):
+                return
             if time.monotonic() > deadline:
-                self.stop()
                 raise V2VError(f"cannot serve {self.what}: {self.process.name} did not answer on {self.sock} "
                                f"within {timeout:.0f} s", pb.ERROR_CODE_PROCESS_FAILED)
             time.sleep(0.05)
 
-    def _handshake(self) -> bool:
-        h = nbd.NBD()
+    def _handshake(self, timeout: float) -> bool:
+        """Whether the server completes a handshake within `timeout` s; a cancellation propagates."""
         try:
-            h.connect_uri(nbd_uri(self.sock))
-        except nbd.Error:
+            with connect(str(self.sock), timeout=max(timeout, 0.1)):
+                return True
+        except V2VError as err:
+            if err.code == pb.ERROR_CODE_CANCELLED:
+                raise
             return False
-        h.shutdown()
-        return True
 
     @property
     def uri(self) -> str:
         return nbd_uri(self.sock)
 
-    def stop(self) -> None:
-        self.process.stop()
+    def stop(self, grace: float = 10.0) -> None:
+        """Stops the server, killing it if it has not exited `grace` s after SIGTERM."""
+        self.process.stop(grace)
         self.sock.unlink(missing_ok=True)
 
     def __enter__(self) -> NbdServer:
@@ -148,11 +140,10 @@ class FailFastNbdkit(Nbdkit):
         return V2VError(f"cannot serve {self.what}: {error}", pb.ERROR_CODE_PROCESS_FAILED,
                         detail=tail(self.process.log, 20))
 
-    def _handshake(self) -> bool:
-        if super()._handshake():
+    def _handshake(self, timeout: float) -> bool:
+        if super()._handshake(timeout):
             return True
         errors = [line for line in tail(self.process.log, 20).splitlines() if ": error: " in line]
         if not errors:
             return False
-        self.stop()
         raise self.refusal(errors[-1])

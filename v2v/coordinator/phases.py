@@ -17,7 +17,7 @@ from v2v.coordinator.pipeline import guest_name
 from v2v.errors import V2VError, from_rpc_error
 from v2v.events import StepReporter
 from v2v.grpcserver import RunningService, channel
-from v2v.nbdserver import nbd_uri
+from v2v.nbdclient import nbd_uri
 from v2v.services.servicers import phase_servicer
 from v2v.v1 import convert_pb2, convert_pb2_grpc, coordinator_pb2, input_pb2, input_pb2_grpc
 from v2v.v1 import types_pb2 as pb

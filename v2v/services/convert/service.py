@@ -14,8 +14,9 @@ import guestfs
 
 from v2v.errors import V2VError
 from v2v.events import StepReporter
-from v2v.extents import connect, read_extents
+from v2v.extents import ALLOCATION, read_extents
 from v2v.grpcserver import stream_rpc
+from v2v.nbdclient import connect
 from v2v.networks import map_nics
 from v2v.services.convert.appliance import Appliance
 from v2v.services.convert.checks import fsck
@@ -140,7 +141,7 @@ class ConvertService(convert_pb2_grpc.ConvertServicer):
         puts the conversion on stable storage when the disks are the source itself (--in-place)."""
         measured = convert_pb2.InspectorReport(source=source)
         for disk, sock in zip(source.disks, sockets, strict=True):
-            with connect(sock) as h:
+            with connect(sock, (ALLOCATION,)) as h:
                 if h.can_flush():
                     h.flush()
                 size = h.get_size()

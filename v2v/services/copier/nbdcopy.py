@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from v2v.nbdserver import location_uri
+from v2v.nbdclient import location_uri
 from v2v.process import Process
 from v2v.v1 import copier_pb2
 

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 import nbd
 
 from v2v.errors import V2VError
-from v2v.extents import ExtentMap, connect, read_extents
+from v2v.extents import ALLOCATION, ExtentMap, read_extents
+from v2v.nbdclient import connect
 from v2v.v1 import types_pb2 as pb
 
 MiB = 1024**2
@@ -89,7 +90,7 @@ def verify(source: str, target: str, size: int, cancel: threading.Event, source_
     VERIFY_FAILED naming the first differing offset, CANCELLED once `cancel` is set. Returns the bytes
     compared (the skipped zero blocks left out)."""
     try:
-        with connect(source) as hs, connect(target) as ht:
+        with connect(source, (ALLOCATION,)) as hs, connect(target, (ALLOCATION,)) as ht:
             if (target_size := ht.get_size()) < size:
                 raise V2VError(f"target is smaller than the source ({target_size} < {size} bytes)",
                                pb.ERROR_CODE_VERIFY_FAILED)

@@ -17,7 +17,8 @@ from contextvars import ContextVar
 from pathlib import Path
 
 from v2v.errors import V2VError
-from v2v.nbdserver import Nbdkit, NbdServer, QemuNbd, export_size
+from v2v.nbdclient import export_size
+from v2v.nbdserver import Nbdkit, NbdServer, QemuNbd
 from v2v.process import run
 from v2v.v1 import types_pb2 as pb
 from v2v.workdir import WorkDir

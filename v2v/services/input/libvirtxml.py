@@ -59,6 +59,8 @@ def _describe(base: Path, ref: DiskRef) -> pb.SourceDisk:
         try:
             disk = probe_nbd(ref.nbd.uri(socket), ref.format)
         except V2VError as err:
+            if err.code == pb.ERROR_CODE_CANCELLED:
+                raise  # the Open was cancelled: the source did nothing wrong
             raise V2VError(f"cannot reach the nbd source: {err.message}", pb.ERROR_CODE_BAD_INPUT) from None
     disk.index = ref.index
     disk.controller = ref.controller

@@ -21,6 +21,7 @@ import v2v.services.input.xen  # noqa: F401
 from v2v.errors import V2VError
 from v2v.extents import tracks_writes
 from v2v.grpcserver import rpc
+from v2v.nbdclient import cancellable
 from v2v.services.input.base import INPUTS, InPlaceInput, InputPlugin
 from v2v.services.input.diskfile import tracking_writes
 from v2v.v1 import input_pb2, input_pb2_grpc
@@ -116,7 +117,20 @@ class InputService(input_pb2_grpc.InputServicer):
 
     @rpc
     def Open(self, request: input_pb2.OpenRequest, context: grpc.ServicerContext) -> input_pb2.OpenResponse:
-        return self.open(request)
+        """A client that cancels, or whose deadline passes, stops the connects and server starts of
+        the open (nbdclient.cancellable); whatever it had started is closed again."""
+        cancel = threading.Event()
+        context.add_callback(cancel.set)
+        with cancellable(cancel):
+            response = self.open(request)
+        self._drop_if_cancelled(response, cancel, request.guest)
+        return response
+
+    def _drop_if_cancelled(self, response: input_pb2.OpenResponse, cancel: threading.Event, guest: str) -> None:
+        """An open cancelled after its last connect: nobody will read the answer, nor close what it keeps open."""
+        if cancel.is_set():
+            self.close(response.workdir)
+            raise V2VError("cancelled while opening the source", pb.ERROR_CODE_CANCELLED, step="open", guest=guest)
 
     @rpc
     def Close(self, request: input_pb2.CloseRequest, context: grpc.ServicerContext) -> input_pb2.CloseResponse:

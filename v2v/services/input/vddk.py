@@ -13,7 +13,8 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from v2v.errors import V2VError
-from v2v.nbdserver import FailFastNbdkit, export_size
+from v2v.nbdclient import export_size
+from v2v.nbdserver import FailFastNbdkit
 from v2v.services.input.base import INPUTS, InputPlugin
 from v2v.services.input.vmware_https import DsFile, Https, fetch_vmx
 from v2v.v1 import input_pb2

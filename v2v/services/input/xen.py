@@ -16,7 +16,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from v2v.errors import V2VError
 from v2v.libvirtconn import connect
-from v2v.nbdserver import NbdServer, QemuNbd, export_size, nbd_uri
+from v2v.nbdclient import export_size, nbd_uri
+from v2v.nbdserver import NbdServer, QemuNbd
 from v2v.services.input.base import INPUTS, InputPlugin
 from v2v.services.input.diskfile import FORMATS
 from v2v.services.input.domainxml import DiskRef, parse_domain
