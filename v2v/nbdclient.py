@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+import traceback
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -92,8 +93,14 @@ def connect(location: str, contexts: Sequence[str] = (), timeout: float = DEFAUL
         h.add_meta_context(context)
     try:
         _handshake(h, uri, timeout, cancel)
-    except nbd.Error as exc:
-        raise V2VError(f"cannot connect to {uri}: {exc}", pb.ERROR_CODE_BAD_INPUT) from exc
+    except BaseException as exc:
+        # The handle is closed (its socket too) only when the last reference goes, and the error's
+        # traceback holds frames that refer to it, for as long as someone keeps the error.
+        traceback.clear_frames(exc.__traceback__)
+        del h
+        if isinstance(exc, nbd.Error):
+            raise V2VError(f"cannot connect to {uri}: {exc}", pb.ERROR_CODE_BAD_INPUT) from exc
+        raise
     try:
         yield h
     finally:

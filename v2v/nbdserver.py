@@ -34,7 +34,7 @@ class NbdServer:
         self.sock.unlink(missing_ok=True)
         self.process.start()
         try:
-            self._await_ready(time.monotonic() + timeout, timeout)
+            self._await_ready(timeout)
         except BaseException:
             # No client was served, so nothing waits to be flushed; and a server stuck in its own
             # connect (nbdkit nbd in front of a mute endpoint) ignores SIGTERM until killed.
@@ -42,7 +42,8 @@ class NbdServer:
             raise
         return self
 
-    def _await_ready(self, deadline: float, timeout: float) -> None:
+    def _await_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
         while True:
             check_cancelled(f"starting the server for {self.what}")
             if not self.process.running():

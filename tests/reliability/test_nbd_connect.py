@@ -92,6 +92,7 @@ def test_handshake_times_out_with_a_clear_message(mute):
     assert err.code == pb.ERROR_CODE_BAD_INPUT
     assert err.message == (f"cannot connect to {nbd_uri(mute.path)}: the server accepted the connection but "
                            "did not complete the NBD handshake within 1 s")
+    assert mute.all_hung_up(timeout=1)  # while the error is still held
 
 
 def test_cancel_from_another_thread_interrupts_the_handshake(mute):
@@ -102,6 +103,7 @@ def test_cancel_from_another_thread_interrupts_the_handshake(mute):
     assert time.monotonic() - start < 3
     assert info.value.code == pb.ERROR_CODE_CANCELLED
     assert mute.path.name in info.value.message
+    assert mute.all_hung_up(timeout=1)
 
 
 def test_cancelled_server_start_stops_the_server(mute, tmp_path):
@@ -135,12 +137,24 @@ def input_stub() -> Iterator[tuple[input_pb2_grpc.InputStub, RunningService]]:
         shutil.rmtree(directory)
 
 
+def mute_disk_input(kind: str, mute: MuteServer, tmp_path: Path) -> input_pb2.InputSpec:
+    """The two ways a user's Open names an NBD endpoint: a URI to -i disk, an nbd network disk to -i libvirtxml."""
+    if kind == "disk":
+        return input_pb2.InputSpec(disk=input_pb2.DiskInput(paths=[nbd_uri(mute.path)]))
+    xml = tmp_path / "mute.xml"
+    xml.write_text(f"""<domain type="kvm"><name>mute</name><memory>1048576</memory><devices>
+        <disk type="network" device="disk"><driver name="qemu" type="raw"/>
+        <source protocol="nbd"><host transport="unix" socket="{mute.path}"/></source><target dev="vda"/></disk>
+        </devices></domain>""")
+    return input_pb2.InputSpec(libvirtxml=input_pb2.LibvirtXmlInput(path=str(xml)))
+
+
+@pytest.mark.parametrize("kind", ["disk", "libvirtxml"])
 @pytest.mark.parametrize("how", ["cancel", "deadline"])
-def test_open_of_a_mute_nbd_disk_ends_when_the_client_gives_up(mute, input_stub, workroot, how):
+def test_open_of_a_mute_nbd_disk_ends_when_the_client_gives_up(mute, input_stub, workroot, tmp_path, how, kind):
     stub, _ = input_stub
     wd = WorkDir.create("mute", workroot)
-    request = input_pb2.OpenRequest(workdir=str(wd.path), guest="mute", input=input_pb2.InputSpec(
-        disk=input_pb2.DiskInput(paths=[nbd_uri(mute.path)])))
+    request = input_pb2.OpenRequest(workdir=str(wd.path), guest="mute", input=mute_disk_input(kind, mute, tmp_path))
     start = time.monotonic()
     call = stub.Open.future(request, timeout=1.0 if how == "deadline" else None)
     mute.wait_accepted(10)
@@ -156,3 +170,15 @@ def test_open_of_a_mute_nbd_disk_ends_when_the_client_gives_up(mute, input_stub,
     described = stub.Describe(input_pb2.DescribeRequest(workdir=str(wd.path)), timeout=5)
     assert described.exists and not described.open
     assert children_mentioning(str(mute.path)) == [] and children_mentioning(str(workroot)) == []
+
+
+@pytest.mark.parametrize("kind", ["disk", "libvirtxml"])
+def test_cancelled_open_answers_cancelled(mute, workroot, tmp_path, kind):
+    svc, _, _ = phase_servicer("input")
+    wd = WorkDir.create("mute", workroot)
+    request = input_pb2.OpenRequest(workdir=str(wd.path), guest="mute", input=mute_disk_input(kind, mute, tmp_path))
+    with pytest.raises(V2VError) as info, cancellable(cancel_after(1.0)):
+        svc.open(request)
+    assert info.value.code == pb.ERROR_CODE_CANCELLED and info.value.step == "open"
+    assert mute.all_hung_up(timeout=5)
+    assert not svc.describe(str(wd.path)).open
