@@ -26,7 +26,8 @@ class HeldOpen(input_pb2_grpc.InputServicer):
 
     @rpc
     def Open(self, request: input_pb2.OpenRequest, context: grpc.ServicerContext) -> input_pb2.OpenResponse:
-        context.add_callback(self.caller_left.set)
+        if not context.add_callback(self.caller_left.set):  # it ended before this handler ran
+            self.caller_left.set()
         while not self.release.wait(0.1) and context.is_active():
             pass
         context.abort(grpc.StatusCode.UNAVAILABLE, "held open by the test, now let go")

@@ -154,7 +154,7 @@ def mute_disk_input(kind: str, mute: MuteServer, tmp_path: Path) -> input_pb2.In
 def test_open_of_a_mute_nbd_disk_ends_when_the_client_gives_up(mute, input_stub, workroot, tmp_path, how, kind):
     stub, _ = input_stub
     wd = WorkDir.create("mute", workroot)
-    request = input_pb2.OpenRequest(workdir=str(wd.path), guest="mute", input=mute_disk_input(kind, mute, tmp_path))
+    request = input_pb2.OpenRequest(workdir=wd.name, guest="mute", input=mute_disk_input(kind, mute, tmp_path))
     start = time.monotonic()
     call = stub.Open.future(request, timeout=1.0 if how == "deadline" else None)
     mute.wait_accepted(10)
@@ -167,7 +167,7 @@ def test_open_of_a_mute_nbd_disk_ends_when_the_client_gives_up(mute, input_stub,
     # The service's connect to the endpoint was interrupted, far before its 30 s handshake timeout.
     assert mute.all_hung_up(timeout=5)
     assert time.monotonic() - start < 10
-    described = stub.Describe(input_pb2.DescribeRequest(workdir=str(wd.path)), timeout=5)
+    described = stub.Describe(input_pb2.DescribeRequest(workdir=wd.name), timeout=5)
     assert described.exists and not described.open
     assert children_mentioning(str(mute.path)) == [] and children_mentioning(str(workroot)) == []
 
@@ -176,9 +176,9 @@ def test_open_of_a_mute_nbd_disk_ends_when_the_client_gives_up(mute, input_stub,
 def test_cancelled_open_answers_cancelled(mute, workroot, tmp_path, kind):
     svc, _, _ = phase_servicer("input")
     wd = WorkDir.create("mute", workroot)
-    request = input_pb2.OpenRequest(workdir=str(wd.path), guest="mute", input=mute_disk_input(kind, mute, tmp_path))
+    request = input_pb2.OpenRequest(workdir=wd.name, guest="mute", input=mute_disk_input(kind, mute, tmp_path))
     with pytest.raises(V2VError) as info, cancellable(cancel_after(1.0)):
         svc.open(request)
     assert info.value.code == pb.ERROR_CODE_CANCELLED and info.value.step == "open"
     assert mute.all_hung_up(timeout=5)
-    assert not svc.describe(str(wd.path)).open
+    assert not svc.describe(wd.name).open
