@@ -184,6 +184,7 @@ def test_open_creates_a_named_work_directory_that_describe_reports_and_close_rem
     try:
         assert (resp.workdir, resp.path, list(resp.sockets)) == (name, str(wd), [str(wd / "in0.sock")])
         assert (wd.stat().st_mode & 0o777) == 0o700
+        assert ((wd / "in0.sock").stat().st_mode & 0o777) == 0o600  # finding 8: they were 0755
         described = svc.describe(name)
         assert (described.workdir, described.path, described.exists, described.open) == (name, str(wd), True, True)
         assert list(described.sockets) == list(resp.sockets)

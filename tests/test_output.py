@@ -137,6 +137,7 @@ def test_disks_set_up_before_the_conversion_get_its_bus(service, workdir, tmp_pa
     before = make_target(MiB, MiB)
     before.ClearField("caps")
     resp = setup(service, workdir, output, before)
+    assert all((Path(sock).stat().st_mode & 0o777) == 0o600 for sock in resp.sockets)  # finding 8
     blk = pb.BLOCK_BUS_VIRTIO_BLK
     assert [(d.device, d.bus) for d in resp.disks] == [("vda", blk), ("vdb", blk)]
     target = make_target(MiB, MiB)  # converted: virtio-scsi

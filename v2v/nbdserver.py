@@ -40,6 +40,9 @@ class NbdServer:
             # connect (nbdkit nbd in front of a mute endpoint) ignores SIGTERM until killed.
             self.stop(grace=_UNSERVED_GRACE)
             raise
+        # nbdkit makes its socket 0755 whatever its umask: 0600 as docs/workdir.md says (the 0700
+        # work directory already keeps others out; this keeps a socket moved or linked elsewhere so).
+        self.sock.chmod(0o600)
         return self
 
     def _await_ready(self, timeout: float) -> None:
