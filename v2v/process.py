@@ -29,6 +29,35 @@ def tail(path: Path | None, lines: int = 8) -> str:
     return "\n".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
 
 
+def descendants(ancestor: int | None = None) -> dict[int, list[str]]:
+    """The living processes below `ancestor` (this process by default), from /proc: pid -> argv.
+    For children a library started, which no Popen of ours knows about."""
+    root = os.getpid() if ancestor is None else ancestor
+    parents: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                stat = Path(entry.path, "stat").read_text()
+            except OSError:
+                continue  # gone meanwhile
+            # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after the last ")"
+            parents[int(entry.name)] = int(stat.rpartition(")")[2].split()[1])
+    found: dict[int, list[str]] = {}
+    for pid in parents:
+        up = parents[pid]
+        while up not in (root, 0) and up in parents:
+            up = parents[up]
+        if up != root:
+            continue
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
+        except OSError:
+            continue
+        if argv:  # a zombie has none: it is dead already
+            found[pid] = [a.decode(errors="replace") for a in argv]
+    return found
+
+
 def run(cmd: Sequence[str], what: str, timeout: float | None = None) -> str:
     """Runs a short tool to completion; a failure names the tool and carries its stderr."""
     try:

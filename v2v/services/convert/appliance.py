@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import uuid
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -12,6 +14,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import guestfs
 
 from v2v.errors import V2VError
+from v2v.process import descendants
 from v2v.v1 import convert_pb2
 from v2v.v1 import types_pb2 as pb
 
@@ -20,6 +23,9 @@ DEFAULT_VCPUS = 2
 
 _LOGGED_EVENTS = (guestfs.EVENT_APPLIANCE | guestfs.EVENT_LIBRARY | guestfs.EVENT_WARNING
                   | guestfs.EVENT_TRACE)
+# How often a cancelled launch looks for its qemu: the launch starts it only after checking (or
+# building) the supermin appliance and probing qemu's features.
+_WATCH_SECONDS = 0.2
 
 
 def backend_settings(accel: int) -> list[str] | None:
@@ -50,7 +56,7 @@ def nbd_drive(location: str) -> tuple[str, str]:
 
 
 class Appliance:
-    """A launched libguestfs handle with one drive per socket. Closing it always shuts the
+    """A launched libguestfs handle with one drive per NBD endpoint. Closing it always shuts the
     appliance down, and `kill()` stops it from another thread (cancellation)."""
 
     def __init__(self, disks: list[str], options: convert_pb2.ConvertOptions, log: Path) -> None:
@@ -62,6 +68,12 @@ class Appliance:
         self.g.set_trace(options.trace)
         self.g.set_memsize(options.appliance_memory_mib or DEFAULT_MEMORY_MIB)
         self.g.set_smp(options.appliance_vcpus or DEFAULT_VCPUS)
+        # Our qemu is the descendant (the direct backend runs it as our child) whose kernel command
+        # line carries this mark: the sockets would not tell it from the next conversion's appliance
+        # on the same guest, launched right after a cancel. The kernel ignores the parameter.
+        self._mark = f"v2v.appliance={uuid.uuid4().hex}"
+        self.g.set_append(self._mark)
+        self._cancelled = threading.Event()  # set by kill(), from any thread
         settings = backend_settings(options.accelerator)
         if settings is not None:
             self.g.set_backend_settings(settings)
@@ -75,22 +87,50 @@ class Appliance:
         self._log.write(text if text.endswith("\n") else text + "\n")
 
     def launch(self) -> Appliance:
+        """Starts the appliance; fails CANCELLED without starting it after a kill(), and when a
+        kill() stops it midway."""
+        if self._cancelled.is_set():
+            raise _cancelled()
+        launched = threading.Event()
+        watcher = threading.Thread(target=self._kill_when_cancelled, args=(launched,), daemon=True,
+                                   name="appliance-launch-watcher")
+        watcher.start()
         try:
             self.g.launch()
         except RuntimeError as exc:
+            if self._cancelled.is_set():
+                raise _cancelled() from None
             raise V2VError(f"cannot start the libguestfs appliance: {exc}", pb.ERROR_CODE_PROCESS_FAILED,
                            detail=str(exc)) from None
+        finally:
+            launched.set()
+            watcher.join()
+        if self._cancelled.is_set():  # kill() came as the launch ended; it killed qemu itself
+            raise _cancelled()
         return self
 
     def kill(self) -> None:
-        try:
-            pid = self.g.get_pid()
-        except RuntimeError:
-            return
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        """Stops the appliance, from any thread, at any time. It never calls into the handle:
+        every guestfs call takes the handle's lock, which a running call (the launch, above all)
+        holds while its event callbacks wait for the GIL such a waiting caller would hold. Before
+        or during the launch, qemu may not exist yet: the launch is then stopped as soon as it
+        starts one."""
+        self._cancelled.set()
+        self._kill_qemu()
+
+    def _kill_when_cancelled(self, launched: threading.Event) -> None:
+        while not launched.wait(_WATCH_SECONDS):
+            if self._cancelled.is_set():
+                self._kill_qemu()
+
+    def _kill_qemu(self) -> None:
+        for pid, argv in descendants().items():
+            if os.path.basename(argv[0]).startswith(("qemu-system-", "qemu-kvm")) and \
+                    any(self._mark in arg for arg in argv):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass  # it ended meanwhile
 
     def close(self) -> None:
         try:
@@ -105,3 +145,7 @@ class Appliance:
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
+
+
+def _cancelled() -> V2VError:
+    return V2VError("cancelled during the appliance launch", pb.ERROR_CODE_CANCELLED)

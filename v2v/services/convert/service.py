@@ -5,9 +5,10 @@ from __future__ import annotations
 import secrets
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import grpc
 import guestfs
@@ -46,6 +47,9 @@ class ConvertService(convert_pb2_grpc.ConvertServicer):
     def __init__(self, root: Path | None = None) -> None:
         self.root = root
         self._running: dict[str, Appliance] = {}
+        # The Convert calls in progress by key (work directory, or the call's own), each set once
+        # cancelled: a cancel that comes before the call's appliance exists is kept for it.
+        self._calls: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
 
     def convert(self, request: convert_pb2.ConvertRequest, report: StepReporter,
@@ -76,12 +80,11 @@ class ConvertService(convert_pb2_grpc.ConvertServicer):
         opts = request.options
         with report.step("launch"):
             appliance = Appliance(sockets, opts, log)
-            with self._lock:
-                self._running[key] = appliance
+            self._register(key, appliance)
             try:
                 appliance.launch()
             except BaseException:
-                self._forget(key)
+                self._forget(key, appliance)
                 appliance.close()
                 raise
         try:
@@ -112,7 +115,7 @@ class ConvertService(convert_pb2_grpc.ConvertServicer):
                 g.umount_all()
                 g.shutdown()
         finally:
-            self._forget(key)
+            self._forget(key, appliance)
             appliance.close()
         with report.step("measure"):
             measured = self.measure(source, sockets, report)
@@ -160,28 +163,56 @@ class ConvertService(convert_pb2_grpc.ConvertServicer):
             except RuntimeError as exc:
                 report.warn(f"fstrim {mp}: {exc}", step="fstrim")
 
-    def _forget(self, workdir: str) -> None:
+    def _register(self, key: str, appliance: Appliance) -> None:
         with self._lock:
-            self._running.pop(workdir, None)
+            self._running[key] = appliance
+            call = self._calls.get(key)
+        if call and call.is_set():
+            appliance.kill()  # before its launch: the launch fails CANCELLED without starting qemu
 
-    def cancel(self, workdir: str) -> None:
-        """Stops a running conversion: the appliance dies, the conversion fails at once."""
+    def _forget(self, key: str, appliance: Appliance) -> None:
         with self._lock:
-            appliance = self._running.get(workdir)
+            if self._running.get(key) is appliance:  # not a newer call's, on the same guest
+                del self._running[key]
+
+    def cancel(self, key: str) -> None:
+        """Stops a conversion: its appliance dies (or never starts), the conversion fails at once.
+        Safe from any thread, at any time (gRPC runs it from its own when a call ends)."""
+        with self._lock:
+            if call := self._calls.get(key):
+                call.set()
+            appliance = self._running.get(key)
         if appliance:
             appliance.kill()
 
     def shutdown(self) -> None:
-        for wd in list(self._running):
-            self.cancel(wd)
+        with self._lock:
+            keys = set(self._running) | set(self._calls)
+        for key in keys:
+            self.cancel(key)
+
+    def _call(self, request: convert_pb2.ConvertRequest, sink: Callable[[Any], None], call: threading.Event,
+              key: str) -> convert_pb2.ConvertResult:
+        """One Convert call's conversion, known to cancel() from before it starts until it ended."""
+        try:
+            return self.convert(request, StepReporter(request.guest, sink, parent="convert"), key)
+        finally:
+            with self._lock:
+                if self._calls.get(key) is call:  # not a newer call's, on the same guest
+                    del self._calls[key]
 
     @stream_rpc
     def Convert(self, request: convert_pb2.ConvertRequest,
                 context: grpc.ServicerContext) -> Iterator[convert_pb2.ConvertEvent]:
         key = request.workdir or f"call.{secrets.token_hex(6)}"  # what this call's cancel stops
-        context.add_callback(lambda: self.cancel(key))
-        for item in stream_events(lambda sink: self.convert(request, StepReporter(request.guest, sink,
-                                                                                  parent="convert"), key)):
+        call = threading.Event()
+        with self._lock:
+            self._calls[key] = call
+        # The callback runs when the call ends however it does: the client cancelled (or went away),
+        # its deadline passed, the server stops, or the conversion is over (nothing left to stop).
+        if not context.add_callback(lambda: self.cancel(key)):
+            self.cancel(key)  # the call ended before this handler ran
+        for item in stream_events(lambda sink: self._call(request, sink, call, key)):
             if isinstance(item, pb.StepEvent):
                 yield convert_pb2.ConvertEvent(step=item)
             else:
