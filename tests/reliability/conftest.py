@@ -22,12 +22,14 @@ class HeldOpen(input_pb2_grpc.InputServicer):
 
     def __init__(self) -> None:
         self.release = threading.Event()
+        self.entered = threading.Event()  # an Open call is being held
         self.caller_left = threading.Event()  # the Open call was cancelled (or timed out) by its client
 
     @rpc
     def Open(self, request: input_pb2.OpenRequest, context: grpc.ServicerContext) -> input_pb2.OpenResponse:
         if not context.add_callback(self.caller_left.set):  # it ended before this handler ran
             self.caller_left.set()
+        self.entered.set()
         while not self.release.wait(0.1) and context.is_active():
             pass
         context.abort(grpc.StatusCode.UNAVAILABLE, "held open by the test, now let go")
