@@ -33,14 +33,14 @@ def drive_index(letters: str) -> int:
     return index - 1
 
 
-def block_bus(caps: pb.GuestCaps) -> int:
+def block_bus(caps: pb.GuestCaps) -> pb.BlockBus:
     return caps.block_bus or DEFAULT_BLOCK_BUS
 
 
-def device_prefix(bus: int) -> str:
+def device_prefix(bus: pb.BlockBus) -> str:
     return _DEVICE_PREFIX.get(bus, _DEVICE_PREFIX[DEFAULT_BLOCK_BUS])
 
 
-def device_name(bus: int, index: int) -> str:
+def device_name(bus: pb.BlockBus, index: int) -> str:
     """vda, sdb, hdc...: the name of the index-th disk on `bus`."""
     return device_prefix(bus) + drive_letters(index)

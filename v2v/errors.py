@@ -37,7 +37,7 @@ class V2VError(Exception):
     def __init__(
         self,
         message: str,
-        code: int = pb.ERROR_CODE_INTERNAL,
+        code: pb.ErrorCode = pb.ERROR_CODE_INTERNAL,
         *,
         step: str = "",
         guest: str = "",

@@ -23,10 +23,10 @@ def now() -> timestamp_pb2.Timestamp:
 def step_event(
     guest: str,
     step: str,
-    state: int,
+    state: pb.StepState,
     *,
     message: str = "",
-    severity: int = pb.SEVERITY_INFO,
+    severity: pb.Severity = pb.SEVERITY_INFO,
     disk: int | None = None,
     parent: str = "",
     seconds: float | None = None,
@@ -68,15 +68,15 @@ class StepReporter:
                                  parent=self.parent, seconds=time.monotonic() - t0, error=err))
             raise
         except Exception as exc:
-            err = V2VError(f"{type(exc).__name__}: {exc}", step=self.parent or name, guest=self.guest,
-                           disk=disk)
-            self.sink(step_event(self.guest, name, pb.STEP_STATE_FAILED, message=err.message, disk=disk,
-                                 parent=self.parent, seconds=time.monotonic() - t0, error=err))
-            raise err from exc
+            wrapped = V2VError(f"{type(exc).__name__}: {exc}", step=self.parent or name, guest=self.guest,
+                               disk=disk)
+            self.sink(step_event(self.guest, name, pb.STEP_STATE_FAILED, message=wrapped.message, disk=disk,
+                                 parent=self.parent, seconds=time.monotonic() - t0, error=wrapped))
+            raise wrapped from exc
         self.sink(step_event(self.guest, name, pb.STEP_STATE_SUCCEEDED, message=message, disk=disk,
                              parent=self.parent, seconds=time.monotonic() - t0))
 
-    def note(self, message: str, severity: int = pb.SEVERITY_INFO, step: str = "") -> None:
+    def note(self, message: str, severity: pb.Severity = pb.SEVERITY_INFO, step: str = "") -> None:
         """A message inside the running step: a warning, or a detail worth keeping."""
         self.sink(step_event(self.guest, step or self.parent, pb.STEP_STATE_NOTE, message=message,
                              severity=severity, parent=self.parent))

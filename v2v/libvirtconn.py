@@ -18,7 +18,7 @@ else:
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
 
-def failed(what: str, exc: libvirt.libvirtError, code: int = pb.ERROR_CODE_INTERNAL) -> V2VError:
+def failed(what: str, exc: libvirt.libvirtError, code: pb.ErrorCode = pb.ERROR_CODE_INTERNAL) -> V2VError:
     return V2VError(f"{what}: {exc.get_error_message()}", code, detail=str(exc))
 
 

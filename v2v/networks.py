@@ -8,7 +8,7 @@ from v2v.v1 import types_pb2 as pb
 _KINDS = {"network": pb.NETWORK_TYPE_NETWORK, "bridge": pb.NETWORK_TYPE_BRIDGE}
 
 
-def parse_network(text: str, kind: int) -> pb.NetworkMapping:
+def parse_network(text: str, kind: pb.NetworkType) -> pb.NetworkMapping:
     """-n OUT / -n IN:OUT (kind NETWORK), -b OUT / -b IN:OUT (kind BRIDGE)."""
     source, _, target = text.rpartition(":")
     if not target:
@@ -50,7 +50,7 @@ def _mapping_for(nic: pb.Nic, mappings: list[pb.NetworkMapping]) -> pb.NetworkMa
     return None
 
 
-def map_nics(nics: list[pb.Nic], networks: pb.NetworkMap, model: int) -> list[pb.Nic]:
+def map_nics(nics: list[pb.Nic], networks: pb.NetworkMap, model: pb.NicModel) -> list[pb.Nic]:
     """The target NICs: each source NIC mapped, with the model the converted guest drives."""
     out = []
     for nic in nics:

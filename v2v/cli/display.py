@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
@@ -23,8 +23,9 @@ from v2v.v1 import coordinator_pb2
 from v2v.v1 import types_pb2 as pb
 
 
-def to_dict(msg: Message) -> dict:
-    return json_format.MessageToDict(msg, preserving_proto_field_name=True)
+def to_dict(msg: Message) -> dict[str, Any]:
+    d: dict[str, Any] = json_format.MessageToDict(msg, preserving_proto_field_name=True)
+    return d
 
 
 class MachineDisplay:
@@ -39,7 +40,7 @@ class MachineDisplay:
     def status(self, status: coordinator_pb2.GuestStatus) -> None:
         self._line({"status": to_dict(status)})
 
-    def _line(self, obj: dict) -> None:
+    def _line(self, obj: dict[str, Any]) -> None:
         self.out.write(json.dumps(obj, separators=(",", ":")) + "\n")
         self.out.flush()
 

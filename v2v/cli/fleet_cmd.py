@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import grpc
 from rich.console import Console
@@ -191,7 +192,7 @@ def status_main(argv: Sequence[str]) -> int:
     return 0
 
 
-def _guest_dict(state: State, g: GuestRecord) -> dict:
+def _guest_dict(state: State, g: GuestRecord) -> dict[str, Any]:
     return {"id": g.id, "name": g.name, "state": state_name(g.state), "step": g.step, "attempt": g.attempt,
             "worker": g.worker, "bytes_copied": g.bytes_copied, "target_interrupted": g.target_interrupted,
             "files": g.files, "error": to_dict(g.error) if g.error else None,

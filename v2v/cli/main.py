@@ -65,8 +65,8 @@ def convert_main(argv: Sequence[str]) -> int:
     except V2VError as err:
         status = coordinator_pb2.GuestStatus(state=coordinator_pb2.GUEST_STATE_FAILED, error=err.to_proto())
     except grpc.RpcError as exc:
-        err = from_rpc_error(exc, step="coordinator")
-        status = coordinator_pb2.GuestStatus(state=coordinator_pb2.GUEST_STATE_FAILED, error=err.to_proto())
+        rpc_err = from_rpc_error(exc, step="coordinator")
+        status = coordinator_pb2.GuestStatus(state=coordinator_pb2.GUEST_STATE_FAILED, error=rpc_err.to_proto())
     display.status(status)
     if status.state != coordinator_pb2.GUEST_STATE_SUCCEEDED:
         err_console.print(f"v2v: error: {V2VError.from_proto(status.error).one_line()}", markup=False)

@@ -14,7 +14,7 @@ from v2v.v1 import types_pb2 as pb
 _STEP_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 3600, float("inf"))
 
 
-def cause_name(code: int) -> str:
+def cause_name(code: pb.ErrorCode) -> str:
     return pb.ErrorCode.Name(code).removeprefix("ERROR_CODE_").lower()
 
 

@@ -231,7 +231,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
             self._end(guest, V2VError(f"internal error: {exc!r}", guest=rec.name), GS.GUEST_STATE_FAILED)
             raise
 
-    def _end(self, guest: Guest, err: V2VError, state: int) -> None:
+    def _end(self, guest: Guest, err: V2VError, state: coordinator_pb2.GuestState) -> None:
         if self._stopping and state == GS.GUEST_STATE_CANCELLED:
             # Stopped by the coordinator's own shutdown, not by a user: the next coordinator runs it again.
             self._set(guest, state=GS.GUEST_STATE_QUEUED, step="")
@@ -305,7 +305,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
                    pb.SEVERITY_WARNING)
         self._set(guest, target_open=False, target_interrupted=True)
 
-    def _note(self, guest: Guest, message: str, severity: int = pb.SEVERITY_INFO) -> None:
+    def _note(self, guest: Guest, message: str, severity: pb.Severity = pb.SEVERITY_INFO) -> None:
         self._publish(GS.FleetEvent(id=guest.rec.id, event=pb.Event(step=step_event(
             guest.rec.name, "resume", pb.STEP_STATE_NOTE, message=message, severity=severity))))
 

@@ -12,6 +12,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from v2v.v1 import coordinator_pb2
 from v2v.v1 import types_pb2 as pb
@@ -57,7 +58,7 @@ FINAL = (coordinator_pb2.GUEST_STATE_SUCCEEDED, coordinator_pb2.GUEST_STATE_FAIL
          coordinator_pb2.GUEST_STATE_CANCELLED)
 
 
-def state_name(state: int) -> str:
+def state_name(state: coordinator_pb2.GuestState) -> str:
     """queued, running, succeeded, failed, cancelled."""
     return coordinator_pb2.GuestState.Name(state).removeprefix("GUEST_STATE_").lower()
 
@@ -68,7 +69,7 @@ class GuestRecord:
     seq: int
     name: str
     job: coordinator_pb2.GuestJob
-    state: int
+    state: coordinator_pb2.GuestState
     step: str = ""
     worker: str = ""
     workdir: str = ""
@@ -117,7 +118,7 @@ class State:
         with self._lock:
             self._db.close()
 
-    def _exec(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:
+    def _exec(self, sql: str, args: tuple[object, ...] = ()) -> sqlite3.Cursor:
         with self._lock:
             return self._db.execute(sql, args)
 
@@ -187,7 +188,7 @@ class State:
         return {r[0] for r in rows}
 
 
-def _record(row: tuple) -> GuestRecord:
+def _record(row: tuple[Any, ...]) -> GuestRecord:
     job = coordinator_pb2.GuestJob()
     job.ParseFromString(row[3])
     error = source = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 from google.protobuf import json_format
 
@@ -32,7 +33,7 @@ class StepLogs:
     def path(self, step: str) -> Path:
         return self.dir / f"{self.attempt}-{step}.jsonl"
 
-    def _append(self, step: str, objs: list[dict]) -> None:
+    def _append(self, step: str, objs: list[dict[str, Any]]) -> None:
         with self._lock, open(self.path(step), "a") as f:
             for obj in objs:
                 f.write(json.dumps(obj, separators=(",", ":")) + "\n")
@@ -47,7 +48,7 @@ class StepLogs:
         """Appends what the work directory's process logs gained since the last collection."""
         if self.workdir_logs is None or not self.workdir_logs.is_dir():
             return
-        lines: list[dict] = []
+        lines: list[dict[str, Any]] = []
         for log in sorted(self.workdir_logs.iterdir()):
             start = self._offsets.get(log.name, 0)
             try:
@@ -63,7 +64,7 @@ class StepLogs:
             self._append(step, lines)
 
 
-def read_logs(root: Path, gid: str, steps: list[tuple[int, str]]) -> list[tuple[int, str, dict]]:
+def read_logs(root: Path, gid: str, steps: list[tuple[int, str]]) -> list[tuple[int, str, dict[str, Any]]]:
     """(attempt, step, record) of a guest's logs for the given (attempt, step)s, in that order."""
     records = []
     for attempt, step in steps:

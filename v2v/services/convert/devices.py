@@ -6,13 +6,14 @@ from __future__ import annotations
 import re
 
 from v2v.drives import device_name, drive_index
+from v2v.v1 import types_pb2 as pb
 
 # /dev/sda3, /dev/hdb, /dev/xvdc1, /dev/nvme0n1p2; not /dev/sdaX-like names inside longer words.
 _DEVICE = re.compile(r"(?<![\w/])/dev/(?:(?P<kind>sd|hd|xvd|vd)(?P<letters>[a-z]+)(?P<part>\d*)"
                      r"|nvme(?P<ctrl>\d+)n1(?:p(?P<npart>\d+))?)\b")
 
 
-def remap(text: str, bus: int, disks: int) -> str:
+def remap(text: str, bus: pb.BlockBus, disks: int) -> str:
     """Rewrites every source device name for disks 0..disks-1 to its target name. Names of
     disks beyond the source's count (a removable /dev/sr0, say) are left alone."""
 

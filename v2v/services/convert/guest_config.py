@@ -36,7 +36,7 @@ def xorg_driver(text: str) -> str:
     return re.sub(r'^\s*Section\s+"Device".*?^\s*EndSection', device, text, flags=re.M | re.S | re.I)
 
 
-def module_aliases(text: str, block_bus: int, net_bus: int, first_scsi: bool = True) -> tuple[str, bool]:
+def module_aliases(text: str, block_bus: pb.BlockBus, net_bus: pb.NetBus, first_scsi: bool = True) -> tuple[str, bool]:
     """`alias ethN M` -> the NIC's driver; the first `alias scsi_hostadapter* M` -> the disk
     driver, further ones (and all on IDE) removed. Returns the text and whether a
     scsi_hostadapter alias was seen (only one may survive across all files)."""
@@ -96,7 +96,7 @@ class GuestConfig:
             self.report.warn(f"the X video driver was set to {VIDEO_DRIVER}, but X does not seem to be installed",
                              step=STEP)
 
-    def modules(self, block_bus: int, net_bus: int) -> bool:
+    def modules(self, block_bus: pb.BlockBus, net_bus: pb.NetBus) -> bool:
         """Rewrites module aliases; True if a file the initramfs embeds changed."""
         changed, seen = False, False
         for path in [*MODPROBE_FILES, *self.g.glob_expand("/etc/modprobe.d/*.conf")]:

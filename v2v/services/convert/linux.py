@@ -98,7 +98,7 @@ class LinuxConversion:
         bootloader.regenerate(self.boot_config_changed)
         bootloader.repair_uefi_fallback()
 
-    def rename_devices(self, bus: int) -> None:
+    def rename_devices(self, bus: pb.BlockBus) -> None:
         """Device names for the target bus in every file that names them, and the Xen console
         on the kernel command line, in one pass over each file."""
         disks = len(self.source.disks)

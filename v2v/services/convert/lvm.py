@@ -14,6 +14,7 @@ import guestfs
 
 from v2v.drives import device_prefix
 from v2v.events import StepReporter
+from v2v.v1 import types_pb2 as pb
 
 LVM_CONF = "/etc/lvm/lvm.conf"
 LVM_CACHE = "/etc/lvm/cache/.cache"
@@ -25,7 +26,7 @@ _FILTER = re.compile(r"^(?P<head>[ \t]*(?:global_)?filter[ \t]*=[ \t]*\[)(?P<bod
 _PREFIX = re.compile(r"/dev/(?:sd|hd|xvd)(?![a-z])")
 
 
-def retarget_filters(text: str, bus: int) -> str:
+def retarget_filters(text: str, bus: pb.BlockBus) -> str:
     """lvm.conf with its filters' device-name patterns for the target bus (/dev/sd[a-z] ->
     /dev/vd[a-z]); the rest of the file untouched."""
     prefix = f"/dev/{device_prefix(bus)}"
@@ -36,7 +37,7 @@ def retarget_filters(text: str, bus: int) -> str:
     return _FILTER.sub(sub, text)
 
 
-def retarget_lvm_filters(g: guestfs.GuestFS, bus: int, report: StepReporter, step: str) -> bool:
+def retarget_lvm_filters(g: guestfs.GuestFS, bus: pb.BlockBus, report: StepReporter, step: str) -> bool:
     """Returns whether it changed a file the initramfs carries (all of /etc/lvm), so that the
     initramfs is rebuilt."""
     changed = False

@@ -250,13 +250,13 @@ def keep_identity(source_macs: list[str], found: list[GuestInterface], guest: st
     the one the guest bound to it, else a generated one."""
     macs = [normal_mac(m) for m in source_macs]
     by_mac: dict[str, str] = {}
-    for i in found:
-        if i.mac and (i.name or i.mac not in by_mac):
-            by_mac[i.mac] = i.name
+    for iface in found:
+        if iface.mac and (iface.name or iface.mac not in by_mac):
+            by_mac[iface.mac] = iface.name
     names: dict[str, str] = {}  # name -> the MAC the guest binds to it ("" = none)
-    for i in found:
-        if i.name:
-            names[i.name] = names.get(i.name) or i.mac
+    for iface in found:
+        if iface.name:
+            names[iface.name] = names.get(iface.name) or iface.mac
     kept: list[KeptNic | None] = [KeptNic(m, by_mac[m], "by MAC") if m and m in by_mac else None for m in macs]
     taken = {k.name for k in kept if k}
     known = set(macs)

@@ -104,7 +104,7 @@ class CopyJob:
             copy.kill()
         return len(running) + in_libnbd
 
-    def _step(self, disk: int, state: int, seconds: float | None = None, message: str = "",
+    def _step(self, disk: int, state: pb.StepState, seconds: float | None = None, message: str = "",
               error: V2VError | None = None, step: str = STEP) -> None:
         self._events.put(pb.Event(step=step_event(self.guest, step, state, message=message, disk=disk,
                                                   seconds=seconds, error=error, parent=STEP if step != STEP else "")))

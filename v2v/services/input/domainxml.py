@@ -90,7 +90,7 @@ class DiskRef:
     path: str = ""  # file or block device, as written, possibly relative
     nbd: NbdSource | None = None
     format: str = ""  # <driver type>; "" when the XML does not say
-    controller: int = pb.CONTROLLER_UNSPECIFIED
+    controller: pb.Controller = pb.CONTROLLER_UNSPECIFIED
 
 
 @dataclass
@@ -153,7 +153,7 @@ def _topology(where: str, root: ET.Element) -> pb.CpuTopology | None:
                           threads=_int(where, "<topology threads>", el.get("threads")))
 
 
-def _firmware(root: ET.Element) -> int:
+def _firmware(root: ET.Element) -> pb.Firmware:
     """UEFI from <os firmware="efi"> or an OVMF/pflash <loader>; BIOS only from <os firmware="bios">.
     Otherwise unspecified, so inspection decides (an ESP means UEFI) instead of a guess here."""
     os_el = root.find("os")
@@ -175,7 +175,7 @@ def _virtio_scsi_controllers(root: ET.Element) -> set[str]:
             if c.get("type") == "scsi" and c.get("model") == "virtio-scsi"}
 
 
-def _controller(disk: ET.Element, virtio_scsi: set[str]) -> int:
+def _controller(disk: ET.Element, virtio_scsi: set[str]) -> pb.Controller:
     target = disk.find("target")
     dev = target.get("dev", "") if target is not None else ""
     bus = (target.get("bus") if target is not None else None) or _BUS_BY_PREFIX.get(dev[:2], "")
@@ -232,7 +232,7 @@ def _disk(where: str, index: int, el: ET.Element, virtio_scsi: set[str]) -> Disk
                    pb.ERROR_CODE_UNSUPPORTED)
 
 
-def _removable(el: ET.Element, kind: int, virtio_scsi: set[str], taken: dict[int, int]) -> pb.Removable:
+def _removable(el: ET.Element, kind: pb.RemovableType, virtio_scsi: set[str], taken: dict[int, int]) -> pb.Removable:
     controller = _controller(el, virtio_scsi)
     letters = _target_dev(el)[2:]
     if letters and re.fullmatch(r"[a-z]+", letters):

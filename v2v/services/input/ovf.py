@@ -179,7 +179,7 @@ def _mac(text: str) -> str:
     return ":".join(hexdigits[i:i + 2] for i in range(0, 12, 2)).lower()
 
 
-def _nic_model(subtype: str) -> int:
+def _nic_model(subtype: str) -> pb.NicModel:
     s = subtype.lower()
     for key, model in (("vmxnet3", pb.NIC_MODEL_VMXNET3), ("e1000", pb.NIC_MODEL_E1000),
                        ("virtio", pb.NIC_MODEL_VIRTIO), ("rtl8139", pb.NIC_MODEL_RTL8139)):
@@ -188,7 +188,7 @@ def _nic_model(subtype: str) -> int:
     return pb.NIC_MODEL_UNSPECIFIED
 
 
-def _controller(item: Element | None) -> int:
+def _controller(item: Element | None) -> pb.Controller:
     if item is None:
         return pb.CONTROLLER_UNSPECIFIED
     rtype = _text(item, "ResourceType")

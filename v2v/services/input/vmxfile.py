@@ -16,7 +16,7 @@ SECTOR = 512
 
 # The order virt-v2v lists disks in (SCSI, NVMe, IDE; it skips SATA disks, which go before IDE
 # here): the target's disk order, and so the guest's boot disk, follows it.
-_BUSES: dict[str, int] = {
+_BUSES: dict[str, pb.Controller] = {
     "scsi": pb.CONTROLLER_SCSI,
     "nvme": pb.CONTROLLER_NVME,
     "sata": pb.CONTROLLER_SATA,
@@ -82,7 +82,7 @@ def _int(values: dict[str, str], key: str) -> int | None:
 
 @dataclass(frozen=True)
 class VmxDisk:
-    controller: int  # pb.Controller
+    controller: pb.Controller
     bus: int
     unit: int
     file_name: str  # as written: usually relative to the .vmx directory
@@ -95,7 +95,7 @@ class Vmx:
     memory: int  # bytes
     vcpus: int
     topology: pb.CpuTopology | None
-    firmware: int  # pb.Firmware
+    firmware: pb.Firmware
     secure_boot: bool
     guest_os: str
     disks: list[VmxDisk] = field(default_factory=list)

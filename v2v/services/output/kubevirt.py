@@ -175,7 +175,7 @@ def _nics(target: pb.TargetMeta) -> tuple[list[dict[str, Any]], list[dict[str, A
     return interfaces, networks
 
 
-def _hypervisor_name(hypervisor: int) -> str:
+def _hypervisor_name(hypervisor: pb.Hypervisor) -> str:
     if hypervisor == pb.HYPERVISOR_UNSPECIFIED:
         return "unknown"
     return pb.Hypervisor.Name(hypervisor).removeprefix("HYPERVISOR_").lower()

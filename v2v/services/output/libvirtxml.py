@@ -21,7 +21,7 @@ _DISK_BUS = {
 _NIC_MODEL = {pb.NET_BUS_E1000: "e1000", pb.NET_BUS_RTL8139: "rtl8139"}
 
 
-def _hypervisor_name(hypervisor: int) -> str:
+def _hypervisor_name(hypervisor: pb.Hypervisor) -> str:
     if hypervisor == pb.HYPERVISOR_UNSPECIFIED:
         return "unknown"
     return pb.Hypervisor.Name(hypervisor).removeprefix("HYPERVISOR_").lower()
