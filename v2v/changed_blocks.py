@@ -217,7 +217,7 @@ class Qmp:
 
     def _reply(self) -> dict[str, Any]:
         while line := self.reader.readline():
-            msg = json.loads(line)
+            msg: dict[str, Any] = json.loads(line)
             if "event" not in msg:  # events are for other clients
                 return msg
         raise V2VError(f"qemu closed its QMP socket {self.path}", pb.ERROR_CODE_PROCESS_FAILED)

@@ -50,13 +50,16 @@ class FleetClient:
         return list(self.stub.List(coordinator_pb2.ListRequest()).guests)
 
     def status(self, gid: str) -> coordinator_pb2.GuestStatus:
-        return self.stub.Status(coordinator_pb2.GuestRef(id=gid))
+        status: coordinator_pb2.GuestStatus = self.stub.Status(coordinator_pb2.GuestRef(id=gid))
+        return status
 
     def cancel(self, gid: str) -> coordinator_pb2.GuestStatus:
-        return self.stub.Cancel(coordinator_pb2.GuestRef(id=gid))
+        status: coordinator_pb2.GuestStatus = self.stub.Cancel(coordinator_pb2.GuestRef(id=gid))
+        return status
 
     def retry(self, gid: str, from_step: str = "") -> coordinator_pb2.GuestStatus:
-        return self.stub.Retry(coordinator_pb2.RetryRequest(id=gid, from_step=from_step))
+        status: coordinator_pb2.GuestStatus = self.stub.Retry(coordinator_pb2.RetryRequest(id=gid, from_step=from_step))
+        return status
 
     def wait(self, ids: Iterable[str]) -> Iterator[coordinator_pb2.GuestStatus]:
         """Yields each guest's final status (of its current attempt) as it ends, in the order they end."""

@@ -136,8 +136,8 @@ def from_rpc_error(exc: grpc.RpcError, *, step: str, guest: str = "", disk: int 
             err = pb.Error()
             if any_detail.Unpack(err):
                 return V2VError.from_proto(err).fill(step=step, guest=guest, disk=disk)
-    code = exc.code() if hasattr(exc, "code") else None  # type: ignore[attr-defined]
-    text = exc.details() if hasattr(exc, "details") else str(exc)  # type: ignore[attr-defined]
+    code = exc.code() if hasattr(exc, "code") else None
+    text = exc.details() if hasattr(exc, "details") else str(exc)
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
         return V2VError(
             f"the {step} service went away: {text}",

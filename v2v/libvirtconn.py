@@ -8,6 +8,9 @@ from contextlib import contextmanager
 from v2v.errors import V2VError
 from v2v.v1 import types_pb2 as pb
 
+# libvirt is exported: its users take it from here, where a host without the bindings leaves it None.
+__all__ = ["connect", "failed", "libvirt"]
+
 try:
     import libvirt
 except ImportError:  # everything else must keep working on a host without the bindings

@@ -39,7 +39,8 @@ def _check_string(path: str, fd: FieldDescriptor, value: str) -> None:
 def _check_value(path: str, fd: FieldDescriptor, value: object) -> None:
     if fd.type == FieldDescriptor.TYPE_STRING:
         _check_string(path, fd, str(value))
-    elif fd.type == FieldDescriptor.TYPE_ENUM and value not in fd.enum_type.values_by_number:
+    elif (fd.type == FieldDescriptor.TYPE_ENUM and fd.enum_type is not None  # an enum field always has its type
+          and value not in fd.enum_type.values_by_number):
         raise V2VError(f"{path}: {value} is not a {fd.enum_type.full_name}", pb.ERROR_CODE_BAD_INPUT)
     elif fd.type == FieldDescriptor.TYPE_MESSAGE and isinstance(value, Message):
         check_request(value, path)

@@ -119,7 +119,10 @@ def build_job(a: argparse.Namespace) -> coordinator_pb2.GuestJob:
                                  + [parse_network(b, pb.NETWORK_TYPE_BRIDGE) for b in a.bridges])
     for text in a.macs:
         mac = parse_mac(text)
-        (job.networks.static_ips if isinstance(mac, pb.StaticIp) else job.networks.mappings).append(mac)
+        if isinstance(mac, pb.StaticIp):
+            job.networks.static_ips.append(mac)
+        else:
+            job.networks.mappings.append(mac)
     job.copy.CopyFrom(copier_pb2.CopyOptions(parallel=max(a.parallel, 0), verify=a.verify,
                                              while_converting=a.copy_while_converting))
     return job

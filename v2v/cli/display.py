@@ -24,8 +24,7 @@ from v2v.v1 import types_pb2 as pb
 
 
 def to_dict(msg: Message) -> dict[str, Any]:
-    d: dict[str, Any] = json_format.MessageToDict(msg, preserving_proto_field_name=True)
-    return d
+    return json_format.MessageToDict(msg, preserving_proto_field_name=True)
 
 
 class MachineDisplay:

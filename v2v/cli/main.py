@@ -40,7 +40,7 @@ def run_job(address: str, job: coordinator_pb2.GuestJob, display: HumanDisplay |
         stub.Cancel(ref)
         for _ in stub.Watch(ref):  # wait until its cleanup is done
             pass
-    status = stub.Status(ref)
+    status: coordinator_pb2.GuestStatus = stub.Status(ref)
     ch.close()
     return status
 

@@ -171,7 +171,7 @@ def plan_limits(limits: dict[str, Any]) -> tuple[Limits, dict[str, int]]:
     base = Limits()
     fleet = Limits(per_source_host=int(limits.get("per_source_host", 0)),
                    appliance_memory=size("appliance_memory", base.appliance_memory))
-    capacity = {k: int(limits[k]) for k in ("conversions", "copy_streams") if k in limits}
+    capacity: dict[str, int] = {k: int(limits[k]) for k in ("conversions", "copy_streams") if k in limits}
     if "memory" in limits:
         capacity["memory"] = size("memory", 0)
     return fleet, capacity

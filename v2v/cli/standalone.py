@@ -59,10 +59,12 @@ def spec_of(a: argparse.Namespace) -> input_pb2.InputSpec:
                                 Options("-io", "", a.input_options)))
 
 
-def convert_options(a: argparse.Namespace, **extra: bool) -> convert_pb2.ConvertOptions:
+def convert_options(a: argparse.Namespace, *, inspect_only: bool = False,
+                    skip_trim: bool = False) -> convert_pb2.ConvertOptions:
     """The borrowed CONVERT_OPTIONS as ConvertOptions, plus what the command itself sets."""
     return convert_pb2.ConvertOptions(accelerator=ACCELERATORS[a.accel], root=root_choice(a.root),
-                                      verbose=a.verbose, trace=a.trace, **extra)
+                                      verbose=a.verbose, trace=a.trace, inspect_only=inspect_only,
+                                      skip_trim=skip_trim)
 
 
 def write_report(report: convert_pb2.InspectorReport, path: str) -> str:

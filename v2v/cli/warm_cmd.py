@@ -17,7 +17,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -167,6 +167,7 @@ def warm_main(argv: Sequence[str]) -> int:
                 print(json_format.MessageToJson(stub.Status(warm_pb2.StatusRequest(workdir=a.workdir)),
                                                 preserving_proto_field_name=True))
                 return 0
+            calls: list[Callable[[], Iterator[warm_pb2.WarmEvent]]]
             if a.command == "start":
                 calls = [lambda: stub.Start(start_request(a))]
             elif a.command == "precopy":

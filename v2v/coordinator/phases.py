@@ -129,7 +129,7 @@ def convert_guest(guest: OpenedGuest, address: str, options: convert_pb2.Convert
             call = convert_pb2_grpc.ConvertStub(ch).Convert(convert_pb2.ConvertRequest(
                 workdir=guest.workdir.name, guest=guest.name, options=options, source=guest.opened.source,
                 disks=guest.opened.sockets))
-            result = None
+            result: convert_pb2.ConvertResult | None = None
             try:
                 for ev in call:
                     if ev.HasField("step"):

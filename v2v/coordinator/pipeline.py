@@ -217,8 +217,9 @@ class GuestRun:
         name = self._workdir.name
         undo.push(lambda et, ev, tb: self._abort(name, failed=et is not None))
         with self.phase("setup"):
-            return self.clients.output.Setup(output_pb2.SetupRequest(
+            setup: output_pb2.SetupResponse = self.clients.output.Setup(output_pb2.SetupRequest(
                 workdir=name, guest=self.name, output=self.job.output, target=target))
+            return setup
 
     def _abort(self, workdir: str, failed: bool) -> bool:
         """A failed run's target taken back; False: the run's exception goes on."""
@@ -252,11 +253,13 @@ class GuestRun:
         (the written-only "copy"); every other block never changed, so the precopy read it right. A
         failure of either stops the other; the first one is raised."""
         failures: list[BaseException] = []
+        source = self.source
+        assert source is not None
 
         def precopy() -> None:
             try:
                 with self.gates.copying(len(setup.disks)) as streams, self.phase("precopy"):
-                    for disks in precopy_order(self.source):
+                    for disks in precopy_order(source):
                         self._copy(setup, streams, precopy=True, only=disks)
             except BaseException as exc:  # raised by the run's thread, once the conversion has stopped
                 failures.append(exc)
@@ -284,7 +287,7 @@ class GuestRun:
             disks=self._sockets,
             target_name=self.job.output.name, networks=self.job.networks))
         self._track(call)
-        result = None
+        result: convert_pb2.ConvertResult | None = None
         for ev in call:
             if ev.HasField("step"):
                 self.sink(pb.Event(step=ev.step))
@@ -354,8 +357,8 @@ class GuestRun:
         """Closes the input a failed run kept open (its converted overlays go with it)."""
         if self.kept and self._workdir is not None:
             self.kept = False
-            self._quietly("close", lambda: self.clients.input.Close(input_pb2.CloseRequest(
-                workdir=self._workdir.name)))
+            name = self._workdir.name
+            self._quietly("close", lambda: self.clients.input.Close(input_pb2.CloseRequest(workdir=name)))
 
     def _quietly(self, what: str, fn: Callable[[], object]) -> None:
         try:

@@ -28,7 +28,7 @@ def parse_worker(text: str, defaults: Worker) -> Worker:
     if not sep or not name:
         raise ValueError(f"--worker {text}: expected NAME=input@ADDR,convert@ADDR,output@ADDR,copier@ADDR")
     addrs: dict[str, str] = {}
-    caps: dict[str, object] = {}
+    caps: dict[str, str] = {}
     for item in rest.split(","):
         if "@" in item and item.partition("@")[0] in SERVICES:
             service, _, addr = item.partition("@")
@@ -43,10 +43,10 @@ def parse_worker(text: str, defaults: Worker) -> Worker:
     if missing:
         raise ValueError(f"--worker {name}: no address for {', '.join(missing)}")
     return replace(defaults, name=name, addresses=ServiceAddresses(**addrs),
-                   conversions=int(caps.get("conversions", defaults.conversions)),  # type: ignore[arg-type]
-                   copy_streams=int(caps.get("copy-streams", defaults.copy_streams)),  # type: ignore[arg-type]
-                   memory=parse_size(str(caps["memory"])) if "memory" in caps else defaults.memory,
-                   workdir_root=Path(str(caps["workdir-root"])) if "workdir-root" in caps else defaults.workdir_root)
+                   conversions=int(caps.get("conversions", defaults.conversions)),
+                   copy_streams=int(caps.get("copy-streams", defaults.copy_streams)),
+                   memory=parse_size(caps["memory"]) if "memory" in caps else defaults.memory,
+                   workdir_root=Path(caps["workdir-root"]) if "workdir-root" in caps else defaults.workdir_root)
 
 
 @dataclass

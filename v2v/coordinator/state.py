@@ -58,7 +58,7 @@ FINAL = (coordinator_pb2.GUEST_STATE_SUCCEEDED, coordinator_pb2.GUEST_STATE_FAIL
          coordinator_pb2.GUEST_STATE_CANCELLED)
 
 
-def state_name(state: coordinator_pb2.GuestState) -> str:
+def state_name(state: int) -> str:
     """queued, running, succeeded, failed, cancelled."""
     return coordinator_pb2.GuestState.Name(state).removeprefix("GUEST_STATE_").lower()
 

@@ -17,22 +17,22 @@ def phase_servicer(name: str, root: Path | None = None) -> tuple[Any, Callable[[
     only `copier` never loads libguestfs."""
     if name == "input":
         from v2v.services.input.service import InputService
-        from v2v.v1 import input_pb2_grpc as m
+        from v2v.v1 import input_pb2_grpc
 
-        return InputService(root), m.add_InputServicer_to_server, "v2v.v1.Input"
+        return InputService(root), input_pb2_grpc.add_InputServicer_to_server, "v2v.v1.Input"
     if name == "convert":
         from v2v.services.convert.service import ConvertService
-        from v2v.v1 import convert_pb2_grpc as m
+        from v2v.v1 import convert_pb2_grpc
 
-        return ConvertService(root), m.add_ConvertServicer_to_server, "v2v.v1.Convert"
+        return ConvertService(root), convert_pb2_grpc.add_ConvertServicer_to_server, "v2v.v1.Convert"
     if name == "output":
         from v2v.services.output.service import OutputService
-        from v2v.v1 import output_pb2_grpc as m
+        from v2v.v1 import output_pb2_grpc
 
-        return OutputService(root), m.add_OutputServicer_to_server, "v2v.v1.Output"
+        return OutputService(root), output_pb2_grpc.add_OutputServicer_to_server, "v2v.v1.Output"
     if name == "copier":
         from v2v.services.copier.service import CopierService
-        from v2v.v1 import copier_pb2_grpc as m
+        from v2v.v1 import copier_pb2_grpc
 
-        return CopierService(root), m.add_CopierServicer_to_server, "v2v.v1.Copier"
+        return CopierService(root), copier_pb2_grpc.add_CopierServicer_to_server, "v2v.v1.Copier"
     raise ValueError(f"unknown service {name!r} (services: {', '.join(PHASES)}, coordinator, warm)")

@@ -157,7 +157,8 @@ class Bootloader:
 
     def grub_cfg(self) -> str | None:
         if self.insp.firmware == pb.FIRMWARE_UEFI:
-            for path in self.g.glob_expand("/boot/efi/EFI/*/grub.cfg"):
+            found: list[str] = self.g.glob_expand("/boot/efi/EFI/*/grub.cfg")
+            for path in found:
                 if "/EFI/BOOT/" not in path.upper() and not is_stub(self.g.read_file(path).decode(errors="replace")):
                     return path
         return self.first(("/boot/grub2/grub.cfg", "/boot/grub/grub.cfg"))

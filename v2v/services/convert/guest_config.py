@@ -58,7 +58,7 @@ def module_aliases(text: str, block_bus: pb.BlockBus, net_bus: pb.NetBus, first_
 
 def selinux_active(config: str) -> bool:
     m = re.search(r"^\s*SELINUX\s*=\s*(\w+)", config, re.M)
-    return bool(m) and m.group(1).lower() in ("enforcing", "permissive")
+    return m is not None and m.group(1).lower() in ("enforcing", "permissive")
 
 
 def clock_is_utc(adjtime: str) -> bool:
@@ -125,4 +125,5 @@ class GuestConfig:
         return not self.g.is_file(path, followsymlinks=True) or clock_is_utc(self.read(path))
 
     def read(self, path: str) -> str:
-        return self.g.read_file(path).decode(errors="replace")
+        data: bytes = self.g.read_file(path)
+        return data.decode(errors="replace")

@@ -52,8 +52,9 @@ def pe_signed(g: guestfs.GuestFS, path: str) -> bool:
     table = certificate_table(g.pread(path, _PE_HEADER_BYTES, 0))
     if table is None:
         return False
-    length, _revision, cert_type = struct.unpack("<IHH", g.pread(path, 8, table[0]).ljust(8, b"\0"))
-    return cert_type == _WIN_CERT_TYPE_PKCS_SIGNED_DATA and length > 8
+    head: bytes = g.pread(path, 8, table[0])
+    length, _revision, cert_type = struct.unpack("<IHH", head.ljust(8, b"\0"))
+    return bool(cert_type == _WIN_CERT_TYPE_PKCS_SIGNED_DATA and length > 8)
 
 
 def boot_chain(g: guestfs.GuestFS, kernel: Kernel) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from contextlib import ExitStack
+from typing import Any, Generic, TypeVar
 
 from google.protobuf.message import Message
 
@@ -11,30 +12,33 @@ from v2v.plugins import PluginRegistry
 from v2v.v1 import types_pb2 as pb
 from v2v.workdir import WorkDir
 
+Options = TypeVar("Options", bound=Message)  # the input's own options message (input_pb2.XenSshInput ...)
 
-class InputPlugin(ABC):
+
+class InputPlugin(ABC, Generic[Options]):
     """One input type (`-i NAME`). `open` must register every process it starts on `stack`."""
 
     @abstractmethod
-    def open(self, options: Message, guest: str, workdir: WorkDir, stack: ExitStack) -> pb.Source:
+    def open(self, options: Options, guest: str, workdir: WorkDir, stack: ExitStack) -> pb.Source:
         """Parses the source, serves disk N on workdir.in_sock(N), returns the Source."""
 
 
-class InPlaceInput(InputPlugin):
+class InPlaceInput(InputPlugin[Options]):
     """An input whose disks can also be served writable with no overlay (OpenRequest.in_place,
     `v2v --in-place`): what the conversion writes lands in the source disks themselves. Inputs that
     cannot write where their disks lie (inside an OVA, over ssh or https) do not derive from it.
     Such an input implements `open_disks` once, for both ways."""
 
     @abstractmethod
-    def open_disks(self, options: Message, workdir: WorkDir, stack: ExitStack, in_place: bool) -> pb.Source:
+    def open_disks(self, options: Options, workdir: WorkDir, stack: ExitStack, in_place: bool) -> pb.Source:
         """As `open`; with `in_place`, disk N is served straight from the source, writable."""
 
-    def open(self, options: Message, guest: str, workdir: WorkDir, stack: ExitStack) -> pb.Source:
+    def open(self, options: Options, guest: str, workdir: WorkDir, stack: ExitStack) -> pb.Source:
         return self.open_disks(options, workdir, stack, in_place=False)
 
-    def open_in_place(self, options: Message, guest: str, workdir: WorkDir, stack: ExitStack) -> pb.Source:
+    def open_in_place(self, options: Options, guest: str, workdir: WorkDir, stack: ExitStack) -> pb.Source:
         return self.open_disks(options, workdir, stack, in_place=True)
 
 
-INPUTS: PluginRegistry[InputPlugin] = PluginRegistry("input")
+# Any: which options message a plugin gets is known only at run time, from the spec's `kind`.
+INPUTS: PluginRegistry[InputPlugin[Any]] = PluginRegistry("input")

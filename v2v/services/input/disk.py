@@ -20,7 +20,7 @@ GiB = 1024**3
 
 
 @INPUTS.register("disk")
-class DiskInput(InPlaceInput):
+class DiskInput(InPlaceInput[input_pb2.DiskInput]):
     def open_disks(self, options: input_pb2.DiskInput, workdir: WorkDir, stack: ExitStack, in_place: bool) -> pb.Source:
         if not options.paths:
             raise V2VError("-i disk: no disk image given", pb.ERROR_CODE_BAD_INPUT)

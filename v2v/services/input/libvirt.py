@@ -29,11 +29,12 @@ def inactive_domain_xml(conn: libvirt.virConnect, uri: str, domain: str) -> str:
     if dom.isActive():
         raise V2VError(f"guest {domain} at {uri} is running: shut it down first (the disks of a running guest "
                        "change under the copy)", pb.ERROR_CODE_BAD_INPUT)
-    return dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    xml: str = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    return xml
 
 
 @INPUTS.register("libvirt")
-class LibvirtInput(InputPlugin):
+class LibvirtInput(InputPlugin[input_pb2.LibvirtInput]):
     def open(self, options: input_pb2.LibvirtInput, guest: str, workdir: WorkDir, stack: ExitStack) -> pb.Source:
         uri = options.uri or DEFAULT_URI
         if not options.domain:

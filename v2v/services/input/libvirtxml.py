@@ -86,7 +86,7 @@ def open_domain_xml(data: bytes, where: str, base: Path, workdir: WorkDir, stack
 
 
 @INPUTS.register("libvirtxml")
-class LibvirtXmlInput(InPlaceInput):
+class LibvirtXmlInput(InPlaceInput[input_pb2.LibvirtXmlInput]):
     def open_disks(self, options: input_pb2.LibvirtXmlInput, workdir: WorkDir, stack: ExitStack,
                    in_place: bool) -> pb.Source:
         if not options.path:

@@ -18,7 +18,8 @@ def input_location(spec: input_pb2.InputSpec) -> str:
     if kind == "vmx":
         return spec.vmx.location
     if kind in ("libvirt", "xen", "vcenter"):
-        return getattr(spec, kind).domain
+        domain: str = getattr(spec, kind).domain
+        return domain
     if kind in ("vmware_https", "vddk"):
         https = spec.vmware_https if kind == "vmware_https" else spec.vddk.https
         return urlsplit(https.url).path

@@ -433,7 +433,7 @@ def server_for(plan: Plan, sock: Path, log: Path) -> NbdServer:
 
 
 @INPUTS.register("ova")
-class OvaInput(InputPlugin):
+class OvaInput(InputPlugin[input_pb2.OvaInput]):
     def open(self, options: input_pb2.OvaInput, guest: str, workdir: WorkDir, stack: ExitStack) -> pb.Source:
         if not options.path:
             raise bad("-i ova: no OVA file or directory given")

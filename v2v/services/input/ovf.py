@@ -96,7 +96,8 @@ def allocation_units(units: str, where: str, default: int = MiB) -> int:
         return _UNIT_NAMES[u]
     m = re.fullmatch(r"byte\*(\d+)\^(\d+)", u)
     if m:
-        return int(m[1]) ** int(m[2])
+        size: int = int(m[1]) ** int(m[2])  # typeshed: int ** int may be a float (not for these exponents)
+        return size
     raise V2VError(f"{where}: unknown allocation units {units!r}", pb.ERROR_CODE_BAD_INPUT)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import grpc
 from google.protobuf.message import Message
@@ -29,7 +30,7 @@ from v2v.v1 import types_pb2 as pb
 from v2v.workdir import WorkDir
 
 
-def open_in_place(plugin: InputPlugin, options: Message, request: input_pb2.OpenRequest, workdir: WorkDir,
+def open_in_place(plugin: InputPlugin[Any], options: Message, request: input_pb2.OpenRequest, workdir: WorkDir,
                   stack: ExitStack) -> pb.Source:
     """OpenRequest.in_place: the disks served writable, no overlay; refused, before anything is read,
     by inputs that cannot write their disks where they lie."""

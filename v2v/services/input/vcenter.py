@@ -158,7 +158,7 @@ def open_vcenter_domain(xml: bytes, where: str, server: Server, workdir: WorkDir
 
 
 @INPUTS.register("vcenter")
-class VCenterInput(InputPlugin):
+class VCenterInput(InputPlugin[input_pb2.VCenterInput]):
     def open(self, options: input_pb2.VCenterInput, guest: str, workdir: WorkDir, stack: ExitStack) -> pb.Source:
         if not options.domain:
             raise bad_input(f"-i libvirt: name the guest to convert (one of `virsh -c '{options.uri}' list --all`)")

@@ -96,7 +96,7 @@ class VddkNbdkit(FailFastNbdkit):
 
 
 @INPUTS.register("vddk")
-class VddkInput(InputPlugin):
+class VddkInput(InputPlugin[input_pb2.VddkInput]):
     def open(self, options: input_pb2.VddkInput, guest: str, workdir: WorkDir, stack: ExitStack) -> pb.Source:
         check_available(options.libdir)
         if not options.https.url:

@@ -252,7 +252,7 @@ def fetch_vmx(session: Session[Https]) -> Vmx:
     return read_vmx(data.decode("utf-8", errors="replace"), https.url(https.vmx))
 
 
-def flat_extent(session: Session[Server], desc_file: DsFile, where: str) -> tuple[DsFile, int]:
+def flat_extent(session: Session[S], desc_file: DsFile, where: str) -> tuple[DsFile, int]:
     """(the raw extent on the datastore, virtual size) of the disk whose descriptor is `desc_file`;
     `where` names the disk in messages."""
     server = session.server
@@ -294,7 +294,7 @@ def _write_secret(path: Path, text: str) -> Path:
     return path
 
 
-def serve_extents(session: Session[Server], disks: Sequence[pb.SourceDisk], flats: Sequence[DsFile],
+def serve_extents(session: Session[S], disks: Sequence[pb.SourceDisk], flats: Sequence[DsFile],
                   workdir: WorkDir, stack: ExitStack) -> None:
     """Each disk's flat extent served on its in socket by nbdkit curl, logged in with the session's
     cookie (or, if the host gave none, the user and password file)."""
@@ -316,7 +316,7 @@ def serve_extents(session: Session[Server], disks: Sequence[pb.SourceDisk], flat
 
 
 @INPUTS.register("vmware_https")
-class VmwareHttpsInput(InputPlugin):
+class VmwareHttpsInput(InputPlugin[input_pb2.VmwareHttpsInput]):
     def open(self, options: input_pb2.VmwareHttpsInput, guest: str, workdir: WorkDir,
              stack: ExitStack) -> pb.Source:
         if not options.url:

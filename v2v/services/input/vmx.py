@@ -61,7 +61,7 @@ def check_local_file(path: str, what: str) -> str:
 
 
 @INPUTS.register("vmx")
-class VmxInput(InputPlugin):
+class VmxInput(InputPlugin[input_pb2.VmxInput]):
     def open(self, options: input_pb2.VmxInput, guest: str, workdir: WorkDir, stack: ExitStack) -> pb.Source:
         if not options.location:
             raise bad_input("-i vmx: no .vmx file or ssh:// URI given")

@@ -143,7 +143,7 @@ def open_xen_domain(xml: bytes, where: str, ssh: SshSource, workdir: WorkDir, st
 
 
 @INPUTS.register("xen")
-class XenSshInput(InputPlugin):
+class XenSshInput(InputPlugin[input_pb2.XenSshInput]):
     def open(self, options: input_pb2.XenSshInput, guest: str, workdir: WorkDir, stack: ExitStack) -> pb.Source:
         if not options.domain:
             raise bad_input(f"-i libvirt: name the guest to convert (one of `virsh -c {options.uri} list --all`)")

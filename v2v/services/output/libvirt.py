@@ -116,7 +116,8 @@ def _unsupported(conn: libvirt.virConnect, domain_type: str, arch: str | None) -
     try:
         conn.getDomainCapabilities(None, arch, None, domain_type, 0)
     except libvirt.libvirtError as exc:
-        return exc.get_error_message()
+        message: str = exc.get_error_message()
+        return message
     return ""
 
 
