@@ -56,6 +56,7 @@ docker:
 
 test: setup docker
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -v -rs --durations=40 $(PYTEST_ARGS)
 
 # The pure tests: no appliance, no guest, no service process; seconds.
@@ -64,6 +65,7 @@ unit: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) v2v/v1/*_pb2*.py *.egg-info
