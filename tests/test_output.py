@@ -256,3 +256,26 @@ def test_setup_needs_its_target_in_the_request(service, workdir, tmp_path):
     with pytest.raises(V2VError, match="SetupRequest.target is required"):
         service.setup(output_pb2.SetupRequest(workdir=workdir.name, guest="guest", output=spec(tmp_path)))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_restarted_output_service_aborts_what_the_killed_one_set_up(workdir, tmp_path):
+    """Finding 6 of the reliability probe: a killed output service left its partial target, and
+    the restarted one could not remove it. Setup journals its spec and disks; Abort reads them."""
+    first = OutputService()
+    disk = Path(setup(first, workdir, spec(tmp_path), make_target(MiB)).disks[0].path)
+    first.release(workdir.name)  # its servers gone, as with a killed service; its disks stay
+    assert disk.exists()
+    restarted = OutputService()
+    assert restarted.abort(workdir.name) is True
+    assert list(tmp_path.iterdir()) == []
+    assert restarted.abort(workdir.name) is False  # nothing left to take back
+    with pytest.raises(V2VError, match="nothing to finalize"):
+        restarted.finalize(output_pb2.FinalizeRequest(workdir=workdir.name, output=spec(tmp_path)))
+
+
+def test_a_finalized_output_is_never_aborted_from_the_journal(workdir, tmp_path):
+    first = OutputService()
+    setup(first, workdir, spec(tmp_path), make_target(MiB))
+    files = finalize(first, workdir, spec(tmp_path)).files
+    assert OutputService().abort(workdir.name) is False
+    assert all(Path(f).exists() for f in files)

@@ -64,6 +64,7 @@ class WorkDir:
     SOURCE = "source.json"
     TARGET = "target.json"  # the output's: the target disks Setup made
     CONVERTED = "converted.json"  # the convert service's: the converted guest, before Setup
+    OUTPUT = "output.json"  # the output's: the OutputSpec its Setup ran with (for an Abort after a restart)
     DONE = ".done"
     TAG = ".v2v-workdir"  # made with the directory: what may be removed on a client's word
 
@@ -150,6 +151,10 @@ class WorkDir:
         t0 = time.monotonic()
         yield
         self.write(step + self.DONE, step_event(guest, step, pb.STEP_STATE_SUCCEEDED, seconds=time.monotonic() - t0))
+
+    def undone(self, step: str) -> None:
+        """The marker of `step` taken back: what the step made is gone again."""
+        (self.path / (step + self.DONE)).unlink(missing_ok=True)
 
     def done(self) -> list[str]:
         """The phases that left their marker, oldest first."""

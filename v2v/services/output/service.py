@@ -100,6 +100,7 @@ class OutputService(output_pb2_grpc.OutputServicer):
                                pb.ERROR_CODE_BAD_INPUT)
         stack = ExitStack()
         try:
+            workdir.write(WorkDir.OUTPUT, request.output)
             with workdir.phase("setup", request.guest):
                 plugin.setup(request.output, target, workdir, stack)
                 workdir.write(WorkDir.TARGET, target)
@@ -151,11 +152,27 @@ class OutputService(output_pb2_grpc.OutputServicer):
         return opened
 
     def abort(self, workdir: str) -> bool:
-        """Stops the servers and removes the disks of a work directory's output, if it has one here."""
+        """Stops the servers and removes the disks of a work directory's output: the one this
+        service set up, or, after a restart (the service that set it up was killed), the one the
+        work directory's journal says a Setup made and no Finalize finished."""
         opened = self.release(workdir)
+        wd = WorkDir(workdir, self.root)
         if opened:
-            opened.plugin.abort(opened.spec, opened.target, WorkDir(workdir, self.root))
-        return opened is not None
+            opened.plugin.abort(opened.spec, opened.target, wd)
+        elif not self._abort_journalled(wd):
+            return False
+        wd.undone("setup")
+        return True
+
+    @staticmethod
+    def _abort_journalled(wd: WorkDir) -> bool:
+        done = wd.done() if wd.is_workdir() else []
+        if "setup" not in done or "finalize" in done:
+            return False
+        spec = wd.read(WorkDir.OUTPUT, output_pb2.OutputSpec())
+        plugin, _ = OUTPUTS.lookup(spec)
+        plugin.abort(spec, wd.read(WorkDir.TARGET, pb.TargetMeta()), wd)
+        return True
 
     def shutdown(self) -> None:
         for workdir in list(self._open):
