@@ -71,7 +71,7 @@ def _listen_unix(server: grpc.Server, path: str) -> None:
 # A sync gRPC server gives each call a thread for its whole life. Watchers (Watch, Follow) may stay
 # for days, so they get at most MAX_STREAMS threads between them and the rest always has
 # UNARY_THREADS: with one pool for all, 32 dashboards once locked out Status, Submit and Cancel.
-MAX_STREAMS = 128
+MAX_STREAMS = 512
 UNARY_THREADS = 32
 
 
