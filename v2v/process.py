@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
+import shutil
 import signal
 import subprocess
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 
 from v2v.errors import V2VError
 from v2v.v1 import types_pb2 as pb
 
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: if the service that started it dies (even by SIGKILL),
-    the kernel kills the child too, so a crashed service leaves no nbdcopy or qemu-nbd behind."""
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+# If the service that started a child dies (even by SIGKILL), the kernel kills the child too, so a
+# crashed service leaves no nbdcopy or qemu-nbd behind: setpriv sets the child's parent-death
+# signal before it execs the command. That signal fires when the *thread* that forked the child
+# ends, not the process, so every child is forked by one thread that lives as long as the process
+# (a gRPC handler thread, or a short-lived helper thread, would take its children with it). And no
+# preexec_fn: Python's subprocess docs call it unsafe in a process with threads.
+_DIE_WITH_PARENT = ["setpriv", "--pdeathsig", "KILL", "--"]
+_SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="v2v-spawner")
 
 
 def tail(path: Path | None, lines: int = 8) -> str:
@@ -82,14 +84,12 @@ class Process:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, pass_fds: Sequence[int] = ()) -> Process:
+        if shutil.which(self.cmd[0]) is None:
+            raise V2VError(f"{self.cmd[0]} is not installed", pb.ERROR_CODE_PROCESS_FAILED)
         with open(self.log, "ab") as logf:
-            try:
-                self.proc = subprocess.Popen(
-                    self.cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
-                    pass_fds=tuple(pass_fds), start_new_session=True, preexec_fn=_die_with_parent,
-                )
-            except FileNotFoundError:
-                raise V2VError(f"{self.cmd[0]} is not installed", pb.ERROR_CODE_PROCESS_FAILED) from None
+            self.proc = _SPAWNER.submit(
+                subprocess.Popen, [*_DIE_WITH_PARENT, *self.cmd], stdin=subprocess.DEVNULL, stdout=logf,
+                stderr=logf, pass_fds=tuple(pass_fds), start_new_session=True).result()
         return self
 
     @property
