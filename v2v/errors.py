@@ -138,6 +138,9 @@ def from_rpc_error(exc: grpc.RpcError, *, step: str, guest: str = "", disk: int 
                 return V2VError.from_proto(err).fill(step=step, guest=guest, disk=disk)
     code = exc.code() if hasattr(exc, "code") else None
     text = exc.details() if hasattr(exc, "details") else str(exc)
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return V2VError(f"the {step} service did not answer in time ({text})", pb.ERROR_CODE_SERVICE_UNAVAILABLE,
+                        step=step, guest=guest, disk=disk)
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
         return V2VError(
             f"the {step} service went away: {text}",

@@ -33,7 +33,13 @@ class ServiceAddresses:
 
 
 class PhaseClients:
-    """One channel per service, shared by every guest the coordinator drives."""
+    """One channel per service, shared by every guest the coordinator drives, and the deadlines of
+    its unary calls: a service that hangs fails the guest's step naming it, instead of holding the
+    guest for ever. (Open and the streams have none: an OVA can take long to open, a copy or a
+    conversion longer; those are cancelled, not timed.)"""
+
+    quick = 120.0  # seconds: Check, Abort, Close, Describe, Cancel
+    disk_work = 3600.0  # Setup and Finalize, which create and flush the target disks
 
     def __init__(self, addresses: ServiceAddresses) -> None:
         self.addresses = addresses

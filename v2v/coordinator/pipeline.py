@@ -154,7 +154,7 @@ class GuestRun:
                     return
                 with self.phase("check"):
                     self.clients.output.Check(output_pb2.CheckRequest(guest=self.name, output=self.job.output,
-                                                                      source=self.source))
+                                                                      source=self.source), timeout=self.clients.quick)
             else:
                 self._workdir = WorkDir(resume.workdir, self.workdir_root)
                 self.source = resume.source
@@ -218,13 +218,14 @@ class GuestRun:
         undo.push(lambda et, ev, tb: self._abort(name, failed=et is not None))
         with self.phase("setup"):
             setup: output_pb2.SetupResponse = self.clients.output.Setup(output_pb2.SetupRequest(
-                workdir=name, guest=self.name, output=self.job.output, target=target))
+                workdir=name, guest=self.name, output=self.job.output, target=target), timeout=self.clients.disk_work)
             return setup
 
     def _abort(self, workdir: str, failed: bool) -> bool:
         """A failed run's target taken back; False: the run's exception goes on."""
         if failed:
-            self._quietly("abort", lambda: self.clients.output.Abort(output_pb2.AbortRequest(workdir=workdir)))
+            self._quietly("abort", lambda: self.clients.output.Abort(output_pb2.AbortRequest(workdir=workdir),
+                                                                     timeout=self.clients.quick))
         return False
 
     def _finalize(self, converted: pb.TargetMeta, setup: output_pb2.SetupResponse) -> None:
@@ -237,7 +238,8 @@ class GuestRun:
         target.disks.extend(setup.disks)
         with self.phase("finalize"):
             fin = self.clients.output.Finalize(output_pb2.FinalizeRequest(
-                workdir=self._workdir.name, guest=self.name, output=self.job.output, target=target))
+                workdir=self._workdir.name, guest=self.name, output=self.job.output, target=target),
+                timeout=self.clients.disk_work)
             self.files = list(fin.files)
 
     def _converted_by(self, result: convert_pb2.ConvertResult) -> Converted:
@@ -344,7 +346,8 @@ class GuestRun:
         self.kept = self._converted is not None and not ok and self.keep_converted and not self._cancelled.is_set()
         name = self._workdir.name if self._workdir else workdir
         if not self.kept:
-            self._quietly("close", lambda: self.clients.input.Close(input_pb2.CloseRequest(workdir=name, remove=ok)))
+            self._quietly("close", lambda: self.clients.input.Close(input_pb2.CloseRequest(workdir=name, remove=ok),
+                                                                    timeout=self.clients.quick))
         if not ok:
             where = self._path or name
             if self.kept:
@@ -358,7 +361,8 @@ class GuestRun:
         if self.kept and self._workdir is not None:
             self.kept = False
             name = self._workdir.name
-            self._quietly("close", lambda: self.clients.input.Close(input_pb2.CloseRequest(workdir=name)))
+            self._quietly("close", lambda: self.clients.input.Close(input_pb2.CloseRequest(workdir=name),
+                                                                    timeout=self.clients.quick))
 
     def _quietly(self, what: str, fn: Callable[[], object]) -> None:
         try:
@@ -387,6 +391,7 @@ class GuestRun:
         self._cancel_calls()
         if self._workdir is not None:
             try:
-                self.clients.copier.Cancel(copier_pb2.CancelRequest(workdir=self._workdir.name))
+                self.clients.copier.Cancel(copier_pb2.CancelRequest(workdir=self._workdir.name),
+                                           timeout=self.clients.quick)
             except grpc.RpcError:
                 pass

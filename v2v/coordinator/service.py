@@ -268,7 +268,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         found = None
         if rec.workdir:
             try:
-                found = clients.input.Describe(input_pb2.DescribeRequest(workdir=rec.workdir))
+                found = clients.input.Describe(input_pb2.DescribeRequest(workdir=rec.workdir), timeout=clients.quick)
             except grpc.RpcError:
                 pass  # that input service is gone, and its overlays with it
         if rec.target_open:
@@ -278,7 +278,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
             return Converted(found.workdir, found.source, found.converted, list(found.sockets))
         if found and found.exists:
             try:
-                clients.input.Close(input_pb2.CloseRequest(workdir=found.workdir, remove=True))
+                clients.input.Close(input_pb2.CloseRequest(workdir=found.workdir, remove=True), timeout=clients.quick)
             except grpc.RpcError as exc:
                 self._note(guest, f"removing {found.path}: {from_rpc_error(exc, step='close').message}",
                            pb.SEVERITY_WARNING)
@@ -290,7 +290,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         restarted too, the next attempt replaces the files (the state proves they are this guest's)."""
         rec = guest.rec
         try:
-            removed = clients.output.Abort(output_pb2.AbortRequest(workdir=rec.workdir)).removed
+            removed = clients.output.Abort(output_pb2.AbortRequest(workdir=rec.workdir), timeout=clients.quick).removed
         except grpc.RpcError as exc:
             self._note(guest, f"abort of the interrupted target: {from_rpc_error(exc, step='abort').message}",
                        pb.SEVERITY_WARNING)
