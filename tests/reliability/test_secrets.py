@@ -1,0 +1,58 @@
+"""Matrix item 7, for the input that logs in with a password (-i vmx -it https -ip FILE): the
+password never appears in any process's arguments while v2v runs, in its output or events, or in
+any file of its work directory, on success and on a failure that keeps the directory's logs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import V2V
+from tests.test_input_https import VMX, datastore  # noqa: F401  (a fixture: the HTTPS datastore stand-in)
+
+
+def every_argv() -> str:
+    return subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+
+
+def run_watching_argv(cmd: list[str], env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """Runs `cmd`, sampling every process's arguments meanwhile."""
+    seen: list[str] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.05):
+            seen.append(every_argv())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False), seen
+    finally:
+        done.set()
+        sampler.join()
+
+
+def files_holding(root: Path, secret: str) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and not p.is_socket() and secret.encode() in p.read_bytes()]
+
+
+@pytest.mark.parametrize("outcome", ["success", "failure"])
+def test_the_datastore_password_is_nowhere(datastore, workroot, tmp_path, outcome):  # noqa: F811
+    password = datastore.password_file.read_text().strip()
+    cmd = [str(V2V), "-i", "vmx", "-it", "https", datastore.url(VMX), "-ip", str(datastore.password_file),
+           "-io", "sslverify=false", "--machine-readable"]
+    # A failure after open (a missing output directory) keeps the work directory with its logs.
+    cmd += ["--print-source"] if outcome == "success" else ["-o", "local", "-os", str(tmp_path / "missing")]
+    env = {**os.environ, "V2V_WORKDIR_ROOT": str(workroot)}
+    result, argvs = run_watching_argv(cmd, env)
+    assert (result.returncode == 0) == (outcome == "success"), result.stderr
+    assert argvs and not any(password in argv for argv in argvs)
+    assert password not in result.stdout and password not in result.stderr
+    if outcome == "failure":
+        assert list(workroot.rglob("logs")), "the failed run kept no work directory to look into"
+    assert files_holding(workroot, password) == []
