@@ -21,20 +21,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import grpc
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.reliability.conftest import HeldOpen  # noqa: E402
-from v2v.coordinator.clients import ServiceAddresses  # noqa: E402
-from v2v.coordinator.scheduler import Worker  # noqa: E402
-from v2v.coordinator.servers import CoordinatorConfig, coordinator_servicer  # noqa: E402
+from tests.reliability.conftest import HELD_JOB, HeldOpen, coordinator_over  # noqa: E402
 from v2v.grpcserver import RunningService  # noqa: E402
-from v2v.v1 import coordinator_pb2, coordinator_pb2_grpc, input_pb2, input_pb2_grpc  # noqa: E402
+from v2v.v1 import coordinator_pb2, coordinator_pb2_grpc, input_pb2_grpc  # noqa: E402
 
 GS = coordinator_pb2
-JOB = GS.GuestJob(name="held", input=input_pb2.InputSpec(disk=input_pb2.DiskInput(paths=["/nonexistent"])))
+JOB = HELD_JOB
 
 
 def timed(calls: int, fn: Callable[[], object]) -> list[float]:
@@ -62,6 +57,29 @@ def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def report(stub: coordinator_pb2_grpc.CoordinatorStub, streams_wanted: int, calls: int) -> None:
+    gid = stub.Submit(GS.SubmitRequest(job=JOB), timeout=10).id
+    idle_rss = rss_mib()
+    idle = measure(stub, gid, calls)
+    streams = [stub.Follow(GS.GuestRef(id=gid)) for _ in range(streams_wanted)]
+    opened = sum(1 for s in streams if next(s).id == gid)
+    loaded = measure(stub, gid, calls)
+    print(f"{opened} of {streams_wanted} Follow streams open; max RSS {idle_rss:.0f} MiB idle, "
+          f"{rss_mib():.0f} MiB loaded (coordinator, input and clients in one process)")
+    print(f"{'call':8} {'idle p50':>10} {'idle p95':>10} {'loaded p50':>11} {'loaded p95':>11} "
+          f"{'p95 ratio':>10}")
+    worst = 0.0
+    for name in idle:
+        ratio = p95(loaded[name]) / p95(idle[name])
+        worst = max(worst, ratio)
+        print(f"{name:8} {statistics.median(idle[name]) * 1e3:8.2f}ms {p95(idle[name]) * 1e3:8.2f}ms "
+              f"{statistics.median(loaded[name]) * 1e3:9.2f}ms {p95(loaded[name]) * 1e3:9.2f}ms "
+              f"{ratio:9.2f}x")
+    print(f"worst p95 ratio, loaded / idle: {worst:.2f}x (goal <= 2x)")
+    for s in streams:
+        s.cancel()
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--streams", type=int, default=500)
@@ -71,38 +89,13 @@ def main() -> int:
         held = HeldOpen()
         inp = RunningService(f"unix:{d}/input.sock", (held, input_pb2_grpc.add_InputServicer_to_server,
                                                       "v2v.v1.Input"))
-        nowhere = f"unix:{d}/none.sock"
-        worker = Worker("w", ServiceAddresses(input=str(inp.address), convert=nowhere, output=nowhere,
-                                              copier=nowhere), conversions=1000)
-        coord = RunningService(f"unix:{d}/coordinator.sock",
-                               coordinator_servicer(CoordinatorConfig([worker], state=Path(d) / "state.db")))
-        ch = grpc.insecure_channel(str(coord.address))
-        stub = coordinator_pb2_grpc.CoordinatorStub(ch)
         try:
-            gid = stub.Submit(GS.SubmitRequest(job=JOB), timeout=10).id
-            idle_rss = rss_mib()
-            idle = measure(stub, gid, a.calls)
-            streams = [stub.Follow(GS.GuestRef(id=gid)) for _ in range(a.streams)]
-            opened = sum(1 for s in streams if next(s).id == gid)
-            loaded = measure(stub, gid, a.calls)
-            print(f"{opened} of {a.streams} Follow streams open; max RSS {idle_rss:.0f} MiB idle, "
-                  f"{rss_mib():.0f} MiB loaded (coordinator, input and clients in one process)")
-            print(f"{'call':8} {'idle p50':>10} {'idle p95':>10} {'loaded p50':>11} {'loaded p95':>11} "
-                  f"{'p95 ratio':>10}")
-            worst = 0.0
-            for name in idle:
-                ratio = p95(loaded[name]) / p95(idle[name])
-                worst = max(worst, ratio)
-                print(f"{name:8} {statistics.median(idle[name]) * 1e3:8.2f}ms {p95(idle[name]) * 1e3:8.2f}ms "
-                      f"{statistics.median(loaded[name]) * 1e3:9.2f}ms {p95(loaded[name]) * 1e3:9.2f}ms "
-                      f"{ratio:9.2f}x")
-            print(f"worst p95 ratio, loaded / idle: {worst:.2f}x (goal <= 2x)")
-            for s in streams:
-                s.cancel()
+            with coordinator_over(Path(d), input=inp) as ch:
+                try:
+                    report(coordinator_pb2_grpc.CoordinatorStub(ch), a.streams, a.calls)
+                finally:
+                    held.release.set()  # before the coordinator stops: its guests' Opens end
         finally:
-            held.release.set()
-            ch.close()
-            coord.stop()
             inp.stop()
     return 0
 

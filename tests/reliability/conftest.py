@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -13,7 +14,8 @@ from v2v.coordinator.clients import ServiceAddresses
 from v2v.coordinator.scheduler import Worker
 from v2v.coordinator.servers import CoordinatorConfig, coordinator_servicer
 from v2v.grpcserver import RunningService, rpc
-from v2v.v1 import input_pb2, input_pb2_grpc
+from v2v.services.servicers import PHASES
+from v2v.v1 import coordinator_pb2, input_pb2, input_pb2_grpc
 
 
 class HeldOpen(input_pb2_grpc.InputServicer):
@@ -39,21 +41,39 @@ class HeldOpen(input_pb2_grpc.InputServicer):
         return input_pb2.CloseResponse()
 
 
+# A job whose input is whatever the worker's input service makes of it: HeldOpen holds it.
+HELD_JOB = coordinator_pb2.GuestJob(name="held", input=input_pb2.InputSpec(
+    disk=input_pb2.DiskInput(paths=["/nonexistent"])))
+
+
+@contextmanager
+def coordinator_over(directory: Path, **services: RunningService) -> Iterator[grpc.Channel]:
+    """A real coordinator with one worker made of the given phase services (input=, output=, ...);
+    the others are addresses nothing answers on. Yields a channel to it."""
+    nowhere = f"unix:{directory}/none.sock"
+    addresses = {s: str(services[s].address) if s in services else nowhere for s in PHASES}
+    worker = Worker("w", ServiceAddresses(**addresses), workdir_root=directory / "root", conversions=1000)
+    coord = RunningService(f"unix:{directory}/coordinator.sock",
+                           coordinator_servicer(CoordinatorConfig([worker], state=directory / "state.db")))
+    ch = grpc.insecure_channel(str(coord.address))
+    try:
+        yield ch
+    finally:
+        ch.close()
+        coord.stop()
+
+
 @pytest.fixture
 def held_coordinator(tmp_path: Path) -> Iterator[tuple[grpc.Channel, HeldOpen]]:
     """A real coordinator whose one worker's input is HeldOpen (its other services are never reached)."""
     held = HeldOpen()
     inp = RunningService(f"unix:{tmp_path}/input.sock", (held, input_pb2_grpc.add_InputServicer_to_server,
                                                           "v2v.v1.Input"))
-    nowhere = f"unix:{tmp_path}/none.sock"
-    worker = Worker("w", ServiceAddresses(input=inp.address, convert=nowhere, output=nowhere, copier=nowhere))
-    coord = RunningService(f"unix:{tmp_path}/coordinator.sock",
-                           coordinator_servicer(CoordinatorConfig([worker], state=tmp_path / "state.db")))
-    ch = grpc.insecure_channel(str(coord.address))
     try:
-        yield ch, held
+        with coordinator_over(tmp_path, input=inp) as ch:
+            try:
+                yield ch, held
+            finally:
+                held.release.set()  # before the coordinator stops: its guests' Opens end
     finally:
-        held.release.set()
-        ch.close()
-        coord.stop()
         inp.stop()

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import time
 
-from v2v.v1 import coordinator_pb2, coordinator_pb2_grpc, input_pb2
+from tests.reliability.conftest import HELD_JOB
+from v2v.v1 import coordinator_pb2, coordinator_pb2_grpc
 
 GS = coordinator_pb2
 
@@ -15,8 +16,7 @@ GS = coordinator_pb2
 def test_cancel_stops_a_guest_stuck_in_open(held_coordinator):
     ch, held = held_coordinator
     stub = coordinator_pb2_grpc.CoordinatorStub(ch)
-    job = GS.GuestJob(name="stuck", input=input_pb2.InputSpec(disk=input_pb2.DiskInput(paths=["/nonexistent"])))
-    gid = stub.Submit(GS.SubmitRequest(job=job), timeout=10).id
+    gid = stub.Submit(GS.SubmitRequest(job=HELD_JOB), timeout=10).id
     assert held.entered.wait(30), "the guest's Open never reached the input"
     assert stub.Status(GS.GuestRef(id=gid), timeout=5).step == "open"
 

@@ -9,9 +9,8 @@ import time
 
 import grpc
 
-from v2v.coordinator.clients import PhaseClients, ServiceAddresses
-from v2v.coordinator.scheduler import Worker
-from v2v.coordinator.servers import CoordinatorConfig, coordinator_servicer
+from tests.reliability.conftest import coordinator_over
+from v2v.coordinator.clients import PhaseClients
 from v2v.grpcserver import RunningService, rpc
 from v2v.services.servicers import phase_servicer
 from v2v.v1 import coordinator_pb2, coordinator_pb2_grpc, input_pb2, output_pb2, output_pb2_grpc
@@ -41,13 +40,8 @@ def test_a_hung_output_fails_the_guest_at_check_naming_the_service(phony, tmp_pa
     inp = RunningService(f"unix:{tmp_path}/input.sock", phase_servicer("input", root))
     out = RunningService(f"unix:{tmp_path}/output.sock", (hung, output_pb2_grpc.add_OutputServicer_to_server,
                                                           "v2v.v1.Output"))
-    nowhere = f"unix:{tmp_path}/none.sock"
-    worker = Worker("w", ServiceAddresses(input=str(inp.address), convert=nowhere, output=str(out.address),
-                                          copier=nowhere), workdir_root=root)
-    coord = RunningService(f"unix:{tmp_path}/coordinator.sock",
-                           coordinator_servicer(CoordinatorConfig([worker], state=tmp_path / "state.db")))
     try:
-        with grpc.insecure_channel(str(coord.address)) as ch:
+        with coordinator_over(tmp_path, input=inp, output=out) as ch:
             stub = coordinator_pb2_grpc.CoordinatorStub(ch)
             job = GS.GuestJob(name="g", input=input_pb2.InputSpec(disk=input_pb2.DiskInput(
                 paths=[str(phony / "debian-single.img")])))
@@ -63,6 +57,5 @@ def test_a_hung_output_fails_the_guest_at_check_naming_the_service(phony, tmp_pa
         assert hung.gave_up.wait(10)  # the service saw its caller leave
         assert not any(p.is_socket() for p in root.rglob("*.sock"))  # the input was closed
     finally:
-        coord.stop()
         out.stop()
         inp.stop()

@@ -9,8 +9,9 @@ import time
 import grpc
 import pytest
 
+from tests.reliability.conftest import HELD_JOB
 from v2v.grpcserver import MAX_STREAMS
-from v2v.v1 import coordinator_pb2, coordinator_pb2_grpc, input_pb2
+from v2v.v1 import coordinator_pb2, coordinator_pb2_grpc
 
 GS = coordinator_pb2
 
@@ -18,7 +19,7 @@ GS = coordinator_pb2
 def test_watchers_beyond_their_share_are_refused_and_the_rest_still_answers(held_coordinator):
     ch, held = held_coordinator
     stub = coordinator_pb2_grpc.CoordinatorStub(ch)
-    job = GS.GuestJob(name="held", input=input_pb2.InputSpec(disk=input_pb2.DiskInput(paths=["/nonexistent"])))
+    job = HELD_JOB
     gid = stub.Submit(GS.SubmitRequest(job=job), timeout=10).id
 
     streams = [stub.Follow(GS.GuestRef(id=gid)) if n % 2 else stub.Watch(GS.GuestRef(id=gid))
