@@ -76,10 +76,14 @@ class StepReporter:
         self.sink(step_event(self.guest, name, pb.STEP_STATE_SUCCEEDED, message=message, disk=disk,
                              parent=self.parent, seconds=time.monotonic() - t0))
 
-    def note(self, message: str, severity: pb.Severity = pb.SEVERITY_INFO, step: str = "") -> None:
+    def note(self, message: str, severity: pb.Severity = pb.SEVERITY_INFO, step: str = "",
+             registry_edit: pb.RegistryEdit | None = None) -> None:
         """A message inside the running step: a warning, or a detail worth keeping."""
-        self.sink(step_event(self.guest, step or self.parent, pb.STEP_STATE_NOTE, message=message,
-                             severity=severity, parent=self.parent))
+        ev = step_event(self.guest, step or self.parent, pb.STEP_STATE_NOTE, message=message,
+                        severity=severity, parent=self.parent)
+        if registry_edit is not None:
+            ev.registry_edit.CopyFrom(registry_edit)
+        self.sink(ev)
 
     def warn(self, message: str, step: str = "") -> None:
         self.note(message, pb.SEVERITY_WARNING, step)
