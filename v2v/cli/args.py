@@ -64,6 +64,13 @@ def conversion_parser() -> argparse.ArgumentParser:
                    help="which OS to convert when the disks hold several (ask = single: fail and list them)")
     p.add_argument("--block-driver", choices=sorted(BLOCK_DRIVERS), default="virtio-blk",
                    help="the converted guest's disk bus when its kernel has virtio (virtio-scsi keeps sdX names)")
+    p.add_argument("--virtio-win", default=os.environ.get("VIRTIO_WIN") or os.environ.get("VIRTIO_WIN_DIR", ""),
+                   metavar="DIR|ISO", help="Windows: the virtio-win drivers, a directory or an ISO ($VIRTIO_WIN; "
+                                          "default /usr/share/virtio-win/virtio-win.iso, else that directory), on "
+                                          "the convert service's host")
+    p.add_argument("--virt-tools-dir", default=os.environ.get("VIRT_TOOLS_DATA_DIR", ""), metavar="DIR",
+                   help="Windows: where the first-boot service rhsrvany.exe or pvvxsvc.exe is "
+                        "($VIRT_TOOLS_DATA_DIR; default /usr/share/virt-tools)")
     p.add_argument("--print-source", action="store_true", help="print the parsed source and exit")
     p.add_argument("--machine-readable", action="store_true", help="one JSON object per event on stdout")
     p.add_argument("--parallel", type=int, default=0, metavar="N", help="disks copied at once (default: all)")
@@ -100,6 +107,11 @@ def root_choice(text: str) -> convert_pb2.RootChoice:
 BLOCK_DRIVERS = {"virtio-blk": pb.BLOCK_BUS_VIRTIO_BLK, "virtio-scsi": pb.BLOCK_BUS_VIRTIO_SCSI}
 
 
+def service_path(path: str) -> str:
+    """A path the services read: absolute, as they do not share the command's directory."""
+    return os.path.abspath(path) if path else ""
+
+
 def build_job(a: argparse.Namespace) -> coordinator_pb2.GuestJob:
     """The command line as the typed job the coordinator takes: nothing is re-parsed later."""
     job = coordinator_pb2.GuestJob(print_source=a.print_source)
@@ -107,7 +119,9 @@ def build_job(a: argparse.Namespace) -> coordinator_pb2.GuestJob:
                                             a.input_password, Options("-io", "", a.input_options))))
     job.convert.CopyFrom(convert_pb2.ConvertOptions(accelerator=ACCELERATORS[a.accel], root=root_choice(a.root),
                                                     verbose=a.verbose, trace=a.trace,
-                                                    block_driver=BLOCK_DRIVERS[a.block_driver]))
+                                                    block_driver=BLOCK_DRIVERS[a.block_driver],
+                                                    virtio_win=service_path(a.virtio_win),
+                                                    virt_tools_dir=service_path(a.virt_tools_dir)))
     if not a.print_source:
         storage = a.output_storage
         if storage and a.output in DIRECTORY_OUTPUTS:

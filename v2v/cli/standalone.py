@@ -18,7 +18,7 @@ from pathlib import Path
 import grpc
 from google.protobuf import json_format
 
-from v2v.cli.args import ACCELERATORS, conversion_parser, root_choice, terminate
+from v2v.cli.args import ACCELERATORS, conversion_parser, root_choice, service_path, terminate
 from v2v.cli.display import HumanDisplay, MachineDisplay
 from v2v.cli.inputs import InputArgs, input_spec
 from v2v.cli.options import Options
@@ -28,7 +28,7 @@ from v2v.v1 import types_pb2 as pb
 
 # dests of conversion_parser()'s options that the standalone commands take as they are
 INPUT_OPTIONS = ("input", "input_uri", "input_format", "input_transport", "input_options", "input_password", "files")
-CONVERT_OPTIONS = ("root", "accel", "verbose", "trace", "quiet")
+CONVERT_OPTIONS = ("root", "accel", "verbose", "trace", "quiet", "virtio_win", "virt_tools_dir")
 
 Display = HumanDisplay | MachineDisplay
 
@@ -64,7 +64,8 @@ def convert_options(a: argparse.Namespace, *, inspect_only: bool = False,
     """The borrowed CONVERT_OPTIONS as ConvertOptions, plus what the command itself sets."""
     return convert_pb2.ConvertOptions(accelerator=ACCELERATORS[a.accel], root=root_choice(a.root),
                                       verbose=a.verbose, trace=a.trace, inspect_only=inspect_only,
-                                      skip_trim=skip_trim)
+                                      skip_trim=skip_trim, virtio_win=service_path(a.virtio_win),
+                                      virt_tools_dir=service_path(a.virt_tools_dir))
 
 
 def write_report(report: convert_pb2.InspectorReport, path: str) -> str:

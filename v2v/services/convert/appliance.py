@@ -59,7 +59,9 @@ class Appliance:
     """A launched libguestfs handle with one drive per NBD endpoint. Closing it always shuts the
     appliance down, and `kill()` stops it from another thread (cancellation)."""
 
-    def __init__(self, disks: list[str], options: convert_pb2.ConvertOptions, log: Path) -> None:
+    def __init__(self, disks: list[str], options: convert_pb2.ConvertOptions, log: Path,
+                 images: dict[str, str] | None = None) -> None:
+        """`images`: label -> a file added read-only after the disks (/dev/disk/guestfs/LABEL)."""
         drives = [nbd_drive(location) for location in disks]  # refused before anything is made
         self.g = guestfs.GuestFS(python_return_dict=True)
         self._log: IO[str] = open(log, "a", buffering=1)  # noqa: SIM115  (closed in close())
@@ -81,6 +83,8 @@ class Appliance:
             # cachemode=unsafe: the overlay is thrown away or copied whole, never crash-recovered.
             self.g.add_drive_opts(export, format="raw", protocol="nbd", server=[server],
                                   cachemode="unsafe", discard="besteffort")
+        for label, path in (images or {}).items():
+            self.g.add_drive_opts(path, readonly=True, format="raw", label=label)
 
     def _on_event(self, event: int, event_handle: int, buf: bytes | str, array: list[int]) -> None:
         text = buf.decode(errors="replace") if isinstance(buf, bytes) else buf

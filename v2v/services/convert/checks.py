@@ -38,6 +38,8 @@ def fsck(g: guestfs.GuestFS, insp: pb.Inspection, report: StepReporter) -> None:
                 why = out.rsplit("rc=", 1)[0].strip().splitlines()[-1:] or [""]
                 report.warn(f"e2fsck -n {dev} ({mp}) could not check it (exit {rc}): {why[0]}", step="fsck")
                 continue
+        elif fstype == "ntfs":
+            probe_ntfs(g, dev, mp, report)
         elif fstype == "xfs":
             if g.xfs_repair(dev, nomodify=True, forcelogzero=False) != 0:
                 raise V2VError(f"filesystem {dev} ({mp}, xfs) has errors: repair it in the source guest "
@@ -45,6 +47,27 @@ def fsck(g: guestfs.GuestFS, insp: pb.Inspection, report: StepReporter) -> None:
         else:
             continue
         report.note(f"{dev} ({mp}, {fstype}): clean", step="fsck")
+
+
+# ntfs-3g.probe's exit codes (ntfs-3g's include/ntfs-3g/volume.h, NTFS_VOLUME_*).
+_NTFS_HIBERNATED = 14
+_NTFS_UNCLEAN = 15
+
+
+def probe_ntfs(g: guestfs.GuestFS, dev: str, mp: str, report: StepReporter) -> None:
+    """A hibernated NTFS (hibernation or Fast Startup, which hibernates the kernel) must not be
+    written: Windows would resume onto a filesystem changed under it. ntfs-3g refuses it too."""
+    rc = g.ntfs_3g_probe(True, dev)
+    if rc == _NTFS_HIBERNATED:
+        raise V2VError(f"the Windows filesystem {dev} ({mp}) is hibernated (hibernation or Fast Startup): boot the "
+                       "source guest, turn Fast Startup off (powercfg /h off, or Power Options > 'Turn on fast "
+                       "startup'), shut it down cleanly and convert again", pb.ERROR_CODE_UNSUPPORTED)
+    if rc == _NTFS_UNCLEAN:
+        report.warn(f"{dev} ({mp}) was not shut down cleanly: ntfs-3g will repair its log; shut the source guest "
+                    "down cleanly before the final conversion", step="fsck")
+    elif rc:
+        raise V2VError(f"the Windows filesystem {dev} ({mp}) cannot be written (ntfs-3g.probe exit {rc}): run chkdsk "
+                       "in the source guest and convert again", pb.ERROR_CODE_CONVERSION_FAILED)
 
 
 def check_free_space(g: guestfs.GuestFS, mounted: list[str], report: StepReporter) -> None:

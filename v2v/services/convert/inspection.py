@@ -32,6 +32,8 @@ def inspect(g: guestfs.GuestFS, choice: convert_pb2.RootChoice) -> pb.Inspection
         roots = g.inspect_os()
     except RuntimeError as exc:
         raise V2VError(f"inspection failed: {exc}", pb.ERROR_CODE_NO_OS) from None
+    if not roots:
+        refuse_bitlocker(g)
     root = choose_root(sorted(roots), choice)
     insp = pb.Inspection(
         root=root,
@@ -48,6 +50,22 @@ def inspect(g: guestfs.GuestFS, choice: convert_pb2.RootChoice) -> pb.Inspection
     )
     insp.firmware = pb.FIRMWARE_UEFI if has_esp(g) else pb.FIRMWARE_BIOS
     return insp
+
+
+def refuse_bitlocker(g: guestfs.GuestFS) -> None:
+    """A system volume encrypted with BitLocker hides Windows from inspection: say so rather than
+    "no operating system"."""
+    locked = []
+    for dev in g.list_partitions() + g.list_devices():
+        try:
+            if g.vfs_type(dev) == "BitLocker":
+                locked.append(dev)
+        except RuntimeError:
+            continue
+    if locked:
+        raise V2VError(f"{', '.join(locked)} is encrypted with BitLocker, so Windows cannot be converted: turn "
+                       "BitLocker off in the source guest (manage-bde -off C:, then wait for the decryption to "
+                       "finish) and convert again", pb.ERROR_CODE_UNSUPPORTED)
 
 
 def has_esp(g: guestfs.GuestFS) -> bool:

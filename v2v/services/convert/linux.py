@@ -17,12 +17,15 @@ from v2v.services.convert.devices import remap
 from v2v.services.convert.family import Family, family_of
 from v2v.services.convert.guest_agent import GuestAgent
 from v2v.services.convert.guest_config import GuestConfig
+from v2v.services.convert.guest_os import Converted, register
 from v2v.services.convert.hypervisor_tools import HypervisorTools
 from v2v.services.convert.initramfs import Initramfs
 from v2v.services.convert.kernels import Kernel, choose_kernel, list_kernels
 from v2v.services.convert.lvm import retarget_lvm_filters
+from v2v.services.convert.netconfig import NetworkIdentity
 from v2v.services.convert.packages import installed_packages, package_manager
 from v2v.services.convert.secure_boot import wants_secure_boot
+from v2v.v1 import convert_pb2
 from v2v.v1 import types_pb2 as pb
 
 # Files that name block devices besides the bootloader's; True: the initramfs embeds it.
@@ -120,3 +123,15 @@ class LinuxConversion:
             self.g.mv(LVM_DEVICES_FILE, f"{LVM_DEVICES_FILE}.pre-v2v")
             self.initramfs_stale = True
             self.report.note(f"moved {LVM_DEVICES_FILE} aside (it names the source's disks)", step="devices")
+
+
+@register("linux")
+def convert_linux(g: guestfs.GuestFS, insp: pb.Inspection, request: convert_pb2.ConvertRequest,
+                  report: StepReporter, mounted: list[str]) -> Converted:
+    source = request.source
+    # Before the conversion, so an initramfs it rebuilds already holds the NIC names pinned.
+    with report.step("network"):
+        macs = NetworkIdentity(g, source, list(request.networks.static_ips), request.target_name or source.name,
+                               report).run()
+    caps = LinuxConversion(g, insp, source, report, mounted, request.options.block_driver).run()
+    return Converted(caps, macs, list(request.networks.static_ips))

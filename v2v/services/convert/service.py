@@ -19,11 +19,12 @@ from v2v.extents import ALLOCATION, read_extents
 from v2v.grpcserver import stream_rpc
 from v2v.nbdclient import connect
 from v2v.networks import map_nics
+from v2v.services.convert import virtio_win
 from v2v.services.convert.appliance import Appliance
 from v2v.services.convert.checks import fsck
+from v2v.services.convert.guest_os import Converted, conversion
 from v2v.services.convert.inspection import inspect, mount_all
-from v2v.services.convert.linux import LinuxConversion
-from v2v.services.convert.netconfig import NetworkIdentity
+from v2v.services.convert.windows_inspection import applications, windows_info
 from v2v.streaming import stream_events
 from v2v.units import human_size
 from v2v.v1 import convert_pb2, convert_pb2_grpc
@@ -79,7 +80,7 @@ class ConvertService(convert_pb2_grpc.ConvertServicer):
         sockets = list(request.disks)
         opts = request.options
         with report.step("launch"):
-            appliance = Appliance(sockets, opts, log)
+            appliance = Appliance(sockets, opts, log, images=self.images(opts))
             self._register(key, appliance)
             try:
                 appliance.launch()
@@ -97,17 +98,13 @@ class ConvertService(convert_pb2_grpc.ConvertServicer):
                     fsck(g, insp, report)
             with report.step("mount"):
                 mounted = mount_all(g, insp)
-            caps = pb.GuestCaps()
-            macs: list[str] = []
+                if insp.type == "windows":
+                    insp.windows.CopyFrom(windows_info(g, insp.root, insp.product_name, insp.major_version,
+                                                       insp.minor_version))
+                    insp.applications.extend(applications(g, insp.root))
+            converted = Converted(pb.GuestCaps(), [], [])
             if not opts.inspect_only:  # v2v inspect: look, trim the overlay and measure; change nothing else
-                if insp.type != "linux":
-                    raise V2VError(f"converting {insp.type} guests ({insp.product_name}) is not supported yet",
-                                   pb.ERROR_CODE_UNSUPPORTED, step="convert")
-                # Before the conversion, so an initramfs it rebuilds already holds the NIC names pinned.
-                with report.step("network"):
-                    macs = NetworkIdentity(g, source, list(request.networks.static_ips),
-                                           request.target_name or source.name, report).run()
-                caps = LinuxConversion(g, insp, source, report, mounted, opts.block_driver).run()
+                converted = conversion(insp)(g, insp, request, report, mounted)
             if not opts.skip_trim:
                 with report.step("fstrim"):
                     self.trim(g, mounted, report)
@@ -123,6 +120,7 @@ class ConvertService(convert_pb2_grpc.ConvertServicer):
         measured.firmware = source.firmware or insp.firmware
         if opts.inspect_only:
             return convert_pb2.ConvertResult(inspection=insp, report=measured)
+        caps = converted.caps
         measured.caps.CopyFrom(caps)
         target = pb.TargetMeta(
             name=request.target_name or source.name,
@@ -130,12 +128,25 @@ class ConvertService(convert_pb2_grpc.ConvertServicer):
             inspection=insp,
             caps=caps,
             firmware=source.firmware or insp.firmware,
-            nics=target_nics(source, caps, request.networks, macs),
-            static_ips=request.networks.static_ips,
+            nics=target_nics(source, caps, request.networks, converted.macs),
+            static_ips=converted.static_ips,
         )
         if workdir is not None:
             workdir.write(WorkDir.CONVERTED, target)
         return convert_pb2.ConvertResult(inspection=insp, caps=caps, target=target, report=measured)
+
+    @staticmethod
+    def images(opts: convert_pb2.ConvertOptions) -> dict[str, str]:
+        """The virtio-win image rides along as a read-only drive, in case the guest is Windows: a
+        second appliance only to read it would cost another launch. A bad location is the Windows
+        conversion's error to raise, not a Linux guest's."""
+        if opts.inspect_only:
+            return {}
+        try:
+            where = virtio_win.location(opts.virtio_win)
+        except V2VError:
+            return {}
+        return {virtio_win.IMAGE_LABEL: where[0]} if where and where[1] else {}
 
     @staticmethod
     def measure(source: pb.Source, sockets: list[str], report: StepReporter) -> convert_pb2.InspectorReport:
