@@ -14,7 +14,7 @@ MAC = "52:54:00:12:34:56"
 
 def windows_target(osinfo: str, *, major: int, minor: int, arch: str = "x86_64", firmware: int = pb.FIRMWARE_BIOS,
                    secure_boot: bool = False, emulated: bool = False, machine: int = pb.MACHINE_Q35,
-                   directory: str = "/var/tmp/out", ndisks: int = 1, name: str = "win") -> pb.TargetMeta:
+                   directory: str = "/var/tmp/out", ndisks: int = 1, name: str = "guest") -> pb.TargetMeta:
     """A Windows target with the devices convert gives a guest with virtio-win drivers (all of them),
     or without any (`emulated`); its disks at `directory`/NAME-sdX (not created)."""
     inspection = pb.Inspection(type="windows", distro="windows", product_name=f"Windows {osinfo}",
