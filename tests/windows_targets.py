@@ -37,25 +37,25 @@ def windows_target(osinfo: str, *, major: int, minor: int, arch: str = "x86_64",
                          disks=disks, nics=[pb.Nic(mac=MAC, network="default", network_type=pb.NETWORK_TYPE_NETWORK)])
 
 
-def server2022_bios(directory: str = "/var/tmp/out") -> pb.TargetMeta:
-    return windows_target("win2k22", major=10, minor=0, directory=directory)
+def server2022_bios(directory: str = "/var/tmp/out", name: str = "guest") -> pb.TargetMeta:
+    return windows_target("win2k22", major=10, minor=0, directory=directory, name=name)
 
 
-def win11_uefi_secure_boot(directory: str = "/var/tmp/out") -> pb.TargetMeta:
+def win11_uefi_secure_boot(directory: str = "/var/tmp/out", name: str = "guest") -> pb.TargetMeta:
     return windows_target("win11", major=10, minor=0, firmware=pb.FIRMWARE_UEFI, secure_boot=True,
-                          directory=directory)
+                          directory=directory, name=name)
 
 
-def xp_emulated(directory: str = "/var/tmp/out") -> pb.TargetMeta:
+def xp_emulated(directory: str = "/var/tmp/out", name: str = "guest") -> pb.TargetMeta:
     # Windows major < 6 gets i440fx; no virtio-win driver exists for XP any more: IDE and rtl8139.
     return windows_target("winxp", major=5, minor=1, arch="i386", machine=pb.MACHINE_I440FX, emulated=True,
-                          directory=directory, ndisks=2)
+                          directory=directory, ndisks=2, name=name)
 
 
-def win7_32bit(directory: str = "/var/tmp/out") -> pb.TargetMeta:
-    return windows_target("win7", major=6, minor=1, arch="i386", directory=directory)
+def win7_32bit(directory: str = "/var/tmp/out", name: str = "guest") -> pb.TargetMeta:
+    return windows_target("win7", major=6, minor=1, arch="i386", directory=directory, name=name)
 
 
-def server2022_emulated_q35(directory: str = "/var/tmp/out") -> pb.TargetMeta:
+def server2022_emulated_q35(directory: str = "/var/tmp/out", name: str = "guest") -> pb.TargetMeta:
     """No drivers on a q35 guest (§2.7 of the spec): IDE, which the target puts on SATA."""
-    return windows_target("win2k22", major=10, minor=0, emulated=True, directory=directory, ndisks=2)
+    return windows_target("win2k22", major=10, minor=0, emulated=True, directory=directory, ndisks=2, name=name)

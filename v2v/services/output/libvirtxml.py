@@ -49,12 +49,17 @@ def _sub(parent: ET.Element, tag: str, text: str = "", **attrs: str) -> ET.Eleme
     return el
 
 
+def libvirt_arch(arch: str) -> str:
+    """libvirt's name of an architecture as inspection or convert name it."""
+    return _LIBVIRT_ARCH.get(arch, arch)
+
+
 def _os(domain: ET.Element, target: pb.TargetMeta) -> None:
     os_el = _sub(domain, "os")
     if target.firmware == pb.FIRMWARE_UEFI:
         os_el.set("firmware", "efi")
     arch = target.caps.arch or target.inspection.arch or "x86_64"
-    type_el = _sub(os_el, "type", "hvm", arch=_LIBVIRT_ARCH.get(arch, arch))
+    type_el = _sub(os_el, "type", "hvm", arch=libvirt_arch(arch))
     if target.caps.machine in _MACHINE:
         type_el.set("machine", _MACHINE[target.caps.machine])
     if target.firmware == pb.FIRMWARE_UEFI:
