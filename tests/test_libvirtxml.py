@@ -6,8 +6,15 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from tests.windows_targets import (
+    server2022_bios,
+    server2022_emulated_q35,
+    win7_32bit,
+    win11_uefi_secure_boot,
+    xp_emulated,
+)
 from v2v.drives import device_name, drive_letters
-from v2v.services.output.libvirtxml import V2V_NAMESPACE, domain_xml
+from v2v.services.output.libvirtxml import LIBOSINFO_NAMESPACE, V2V_NAMESPACE, domain_xml
 from v2v.v1 import types_pb2 as pb
 
 GiB = 1024**3
@@ -130,3 +137,88 @@ def test_qcow2_disk_and_unknown_machine(tmp_path):
     assert dom.find("devices/disk/driver").get("type") == "qcow2"
     assert dom.find("os/type").get("machine") is None  # libvirt picks its default
     assert dom.find(f"metadata/{{{V2V_NAMESPACE}}}source").get("hypervisor") == "unknown"
+
+
+# ---------------------------------------------------------------- Windows (tests/windows_targets.py)
+
+def windows_domain(tmp_path, target: pb.TargetMeta) -> ET.Element:
+    return validate(tmp_path, domain_xml(target, list(target.disks)))
+
+
+def libosinfo_id(dom: ET.Element) -> str | None:
+    os_el = dom.find(f"metadata/{{{LIBOSINFO_NAMESPACE}}}libosinfo/{{{LIBOSINFO_NAMESPACE}}}os")
+    return None if os_el is None else os_el.get("id")
+
+
+def assert_windows_preset(dom: ET.Element) -> None:
+    hyperv = dom.find("features/hyperv")
+    assert hyperv.get("mode") == "custom"
+    assert [(el.tag, el.attrib) for el in hyperv] == [
+        ("relaxed", {"state": "on"}), ("vapic", {"state": "on"}), ("spinlocks", {"state": "on", "retries": "8191"}),
+        ("vpindex", {"state": "on"}), ("runtime", {"state": "on"}), ("synic", {"state": "on"}),
+        ("stimer", {"state": "on"}), ("reset", {"state": "on"}), ("frequencies", {"state": "on"}),
+        ("tlbflush", {"state": "on"}), ("ipi", {"state": "on"})]
+    clock = dom.find("clock")
+    assert clock.get("offset") == "localtime"  # rtc_utc False: RealTimeIsUniversal unset
+    assert [t.attrib for t in clock.findall("timer")] == [
+        {"name": "rtc", "tickpolicy": "catchup"}, {"name": "pit", "tickpolicy": "delay"},
+        {"name": "hpet", "present": "no"}, {"name": "hypervclock", "present": "yes"}]
+    assert dom.find("devices/input").attrib == {"type": "tablet", "bus": "usb"}  # an absolute pointer
+
+
+def test_windows_server_2022_bios_virtio(tmp_path):
+    dom = windows_domain(tmp_path, server2022_bios())
+    assert_windows_preset(dom)
+    # virt-v2v 2.2 writes http://microsoft.com/win/2k16 here.
+    assert libosinfo_id(dom) == "http://microsoft.com/win/2k22"
+    assert dom.find("os/type").attrib == {"arch": "x86_64", "machine": "q35"}
+    assert dom.find("os").get("firmware") is None
+    assert dom.find("devices/disk/target").attrib == {"dev": "vda", "bus": "virtio"}
+    assert dom.find("devices/interface/model").get("type") == "virtio"
+    panic = dom.find("devices/panic")
+    assert panic.get("model") == "isa" and panic.find("address").attrib == {"type": "isa", "iobase": "0x505"}
+    assert dom.find("devices/rng") is not None and dom.find("devices/memballoon").get("model") == "virtio"
+
+
+def test_windows_11_uefi_secure_boot(tmp_path):
+    dom = windows_domain(tmp_path, win11_uefi_secure_boot())
+    assert_windows_preset(dom)
+    assert libosinfo_id(dom) == "http://microsoft.com/win/11"
+    assert dom.find("os").get("firmware") == "efi"
+    assert dom.find("os/loader").get("secure") == "yes"
+    assert dom.find("features/smm").get("state") == "on"
+
+
+def test_windows_xp_emulated_on_i440fx(tmp_path):
+    dom = windows_domain(tmp_path, xp_emulated())
+    assert_windows_preset(dom)
+    assert libosinfo_id(dom) == "http://microsoft.com/win/xp"
+    assert dom.find("os/type").attrib == {"arch": "i686", "machine": "pc"}
+    assert [d.find("target").attrib for d in dom.findall("devices/disk")] == [
+        {"dev": "hda", "bus": "ide"}, {"dev": "hdb", "bus": "ide"}]
+    assert dom.find("devices/interface/model").get("type") == "rtl8139"
+    assert dom.find("devices/rng") is None and dom.find("devices/panic") is None
+    assert dom.find("devices/memballoon").get("model") == "none"
+
+
+def test_windows_without_drivers_on_q35_is_on_sata(tmp_path):
+    dom = windows_domain(tmp_path, server2022_emulated_q35())
+    # q35 has no IDE: the disks IDE-driving Windows boots from are on its AHCI, named as SATA ones.
+    assert [d.find("target").attrib for d in dom.findall("devices/disk")] == [
+        {"dev": "sda", "bus": "sata"}, {"dev": "sdb", "bus": "sata"}]
+    assert dom.find("devices/interface/model").get("type") == "rtl8139"
+
+
+def test_windows_7_32bit(tmp_path):
+    dom = windows_domain(tmp_path, win7_32bit())
+    assert_windows_preset(dom)
+    assert libosinfo_id(dom) == "http://microsoft.com/win/7"
+    # libguestfs's i386 is libvirt's i686.
+    assert dom.find("os/type").attrib == {"arch": "i686", "machine": "q35"}
+
+
+def test_linux_has_no_windows_preset_nor_osinfo(tmp_path):
+    target, disks = make_target()
+    dom = validate(tmp_path, domain_xml(target, disks))
+    assert dom.find("features/hyperv") is None and dom.find("clock/timer") is None
+    assert libosinfo_id(dom) is None

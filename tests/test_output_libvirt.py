@@ -17,6 +17,7 @@ import pytest
 from tests.conftest import write_target
 from tests.libvirtd import SYSTEM_URI, dir_pool, remove_domain, virsh
 from tests.test_output import expected_image, write_through_nbd
+from tests.windows_targets import server2022_emulated_q35, win7_32bit, xp_emulated
 from v2v.errors import V2VError
 from v2v.services.output.base import OUTPUTS
 from v2v.services.output.libvirt import DOMAIN_MARK, domain_uri
@@ -308,3 +309,23 @@ def test_converted_guest_boots(converted, workroot, pool, conn, name):
         qemu_log.unlink(missing_ok=True)
         (directory / f"{name}-sda").unlink(missing_ok=True)
         virsh("pool-refresh", pool_name, check=False)
+
+
+@pytest.mark.parametrize("make", [win7_32bit, server2022_emulated_q35, xp_emulated],
+                         ids=["windows-7-32bit", "windows-2022-emulated-q35", "windows-xp-pc"])
+def test_libvirt_defines_windows_guests(service, workdir, pool, conn, name, make):
+    """What libvirt's schema cannot tell: that libvirtd takes the architecture (i686, not
+    libguestfs's i386), the SATA disks of an IDE guest on q35, and the Hyper-V features."""
+    pool_name, _ = pool
+    output = spec(pool_name)
+    target = make(name=name)
+    target.ClearField("disks")  # setup makes them
+    setup(service, workdir, output, target)
+    finalize(service, workdir, output)  # the disks stay zero: libvirt only defines the guest
+    xml = ET.fromstring(virsh("dumpxml", name).stdout)
+    assert xml.find("os/type").get("arch") == ("i686" if target.caps.arch == "i386" else "x86_64")
+    assert xml.find("features/hyperv/spinlocks").get("retries") == "8191"
+    assert xml.find("clock").get("offset") == "localtime"
+    buses = {d.find("target").get("bus") for d in xml.findall("devices/disk[@device='disk']")}
+    assert buses == ({"ide"} if target.caps.machine == pb.MACHINE_I440FX else
+                     {"sata"} if target.caps.emulated_devices else {"virtio"})

@@ -19,6 +19,13 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import write_target
+from tests.windows_targets import (
+    server2022_bios,
+    server2022_emulated_q35,
+    win7_32bit,
+    win11_uefi_secure_boot,
+    xp_emulated,
+)
 from v2v.drives import drive_letters
 from v2v.errors import V2VError
 from v2v.services.convert.netconfig import generated_mac
@@ -131,6 +138,45 @@ def test_script_buses():
     assert "-device virtio-net-pci,netdev=net0 \\\n" in qemu_script(nomac, d)
 
 
+def hyperv_flags(script: str, accel: str) -> str:
+    """The -cpu flags the script's prologue chooses with V2V_QEMU_ACCEL=`accel`."""
+    prologue = script.split("exec qemu-system-x86_64")[0]
+    res = subprocess.run(["bash", "-c", prologue + 'echo "$hyperv"'], capture_output=True, text=True, check=True,
+                         env=dict(os.environ, V2V_QEMU_ACCEL=accel))
+    return res.stdout.strip()
+
+
+def test_script_windows_server_2022(tmp_path):
+    text = qemu_script(server2022_bios(), Path("/var/tmp/out"))
+    for line in ['-machine q35,hpet=off,accel="${V2V_QEMU_ACCEL:-kvm:tcg}"', '-cpu "max$hyperv"',
+                 "-rtc base=localtime,driftfix=slew", "-global kvm-pit.lost_tick_policy=delay",
+                 "-device virtio-blk-pci,drive=drive-0,bootindex=0", f"-device virtio-net-pci,netdev=net0,mac={MAC}",
+                 "-device pvpanic", "-usb", "-device usb-tablet"]:
+        assert f"    {line} \\\n" in text, line
+    assert text.index("hyperv=") < text.index("exec qemu-system-x86_64")
+    assert hyperv_flags(text, "tcg") == ",hv_relaxed,hv_spinlocks=0x1fff"
+    # KVM where the script can open it (this host's may be unusable: the test reads the choice only).
+    kvm = ",hv_relaxed,hv_vapic,hv_spinlocks=0x1fff,hv_vpindex,hv_runtime,hv_synic,hv_stimer,hv_reset," \
+          "hv_frequencies,hv_tlbflush,hv_ipi,hv_time"
+    assert hyperv_flags(text, "kvm:tcg") == (kvm if os.access("/dev/kvm", os.W_OK) else hyperv_flags(text, "tcg"))
+    assert_bash_syntax(text, tmp_path)
+
+
+def test_script_windows_emulated():
+    xp = qemu_script(xp_emulated(), Path("/var/tmp/out"))
+    assert "-machine pc,hpet=off,accel=" in xp and "-device rtl8139,netdev=net0" in xp
+    assert "-device ide-hd,drive=drive-1,bus=ide.0,unit=1,bootindex=1" in xp
+    assert "pvpanic" not in xp and "virtio" not in xp
+    q35 = qemu_script(server2022_emulated_q35(), Path("/var/tmp/out"))
+    assert "-device ide-hd,drive=drive-0,bus=ide.0,bootindex=0" in q35  # q35's AHCI
+    assert "-device rtl8139,netdev=net0" in q35
+
+
+def test_linux_script_has_no_windows_preset():
+    text = qemu_script(bios_virtio(Path("/d")), Path("/d"))
+    assert "hv_" not in text and "hpet" not in text and "usb-tablet" not in text and "driftfix" not in text
+
+
 def test_refused():
     d = Path("/d")
     with pytest.raises(V2VError, match="IDE") as exc:
@@ -209,7 +255,13 @@ class Qmp:
                            firmware=pb.FIRMWARE_UEFI), ["virtio-scsi-pci", "scsi-hd", "rtl8139", "cfi.pflash01"]),
     (lambda d: make_target(d, bus=pb.BLOCK_BUS_IDE, machine=pb.MACHINE_I440FX, ndisks=3), ["piix3-ide", "ide-hd"]),
     (lambda d: make_target(d, bus=pb.BLOCK_BUS_SATA, machine=pb.MACHINE_I440FX), ["ich9-ahci", "ide-hd"]),
-], ids=["bios-q35-virtio", "uefi-q35-sata-e1000", "uefi-pc-scsi-rtl8139", "bios-pc-ide", "bios-pc-sata"])
+    (lambda d: server2022_bios(str(d)), ["virtio-blk-pci", "virtio-net-pci", "pvpanic", "usb-tablet"]),
+    (lambda d: win11_uefi_secure_boot(str(d)), ["virtio-blk-pci", "cfi.pflash01", "usb-tablet"]),
+    (lambda d: xp_emulated(str(d)), ["piix3-ide", "ide-hd", "rtl8139", "usb-tablet"]),
+    (lambda d: server2022_emulated_q35(str(d)), ["ich9-ahci", "ide-hd", "rtl8139"]),
+    (lambda d: win7_32bit(str(d)), ["virtio-blk-pci", "usb-tablet"]),
+], ids=["bios-q35-virtio", "uefi-q35-sata-e1000", "uefi-pc-scsi-rtl8139", "bios-pc-ide", "bios-pc-sata",
+        "windows-2022", "windows-11-secure-boot", "windows-xp-emulated", "windows-2022-emulated", "windows-7-32bit"])
 def test_qemu_accepts_the_script(make, devices, outdir, qmp_dir, workdir):
     """Writes the script through finalize and runs it with -S (the guest never starts): qemu built
     the machine with these devices, from these files."""
@@ -241,7 +293,7 @@ def test_qemu_accepts_the_script(make, devices, outdir, qmp_dir, workdir):
             proc.wait()
     nvram = outdir / "guest-VARS.fd"
     if target.firmware == pb.FIRMWARE_UEFI:
-        assert nvram.read_bytes() == Path(ovmf()[1]).read_bytes()
+        assert nvram.read_bytes() == Path(ovmf(target.caps.secure_boot)[1]).read_bytes()
     else:
         assert not nvram.exists()
 

@@ -10,6 +10,7 @@ import pytest
 from google.protobuf import json_format
 
 from tests.test_output import finalize, make_target, setup, write_through_nbd
+from tests.windows_targets import server2022_emulated_q35
 from v2v.errors import V2VError
 from v2v.v1 import output_pb2
 from v2v.v1 import types_pb2 as pb
@@ -38,6 +39,22 @@ def test_json_is_the_target_description(service, workdir, tmp_path):
     back = json_format.ParseDict(doc["target"], pb.TargetMeta())
     assert [d.path for d in back.disks] == files[:2] and back.disks[1].format == "qcow2"
     assert back.static_ips[0].address == "192.0.2.10" and back.source.name == "guest"
+
+
+def test_json_has_the_windows_capabilities(service, workdir, tmp_path):
+    output = output_pb2.OutputSpec(json=output_pb2.JsonOutput(directory=str(tmp_path)))
+    target = server2022_emulated_q35(str(tmp_path))
+    target.ClearField("disks")  # setup makes them
+    setup(service, workdir, output, target)
+    finalize(service, workdir, output)
+    doc = json.loads((tmp_path / "guest.json").read_text())["target"]
+    assert doc["inspection"]["type"] == "windows"
+    assert doc["inspection"]["windows"]["osinfo"] == "win2k22"
+    caps = doc["caps"]
+    assert caps["hyperv"] is True and caps["emulated_devices"] is True and "rtc_utc" not in caps  # false: left out
+    assert (caps["block_bus"], caps["net_bus"], caps["machine"]) == ("BLOCK_BUS_IDE", "NET_BUS_RTL8139", "MACHINE_Q35")
+    # The disks as the target has them: q35 has no IDE, so the guest's IDE disks are on its SATA.
+    assert [(d["bus"], d["device"]) for d in doc["disks"]] == [("BLOCK_BUS_SATA", "sda"), ("BLOCK_BUS_SATA", "sdb")]
 
 
 def test_json_disks_pattern(service, workdir, tmp_path):

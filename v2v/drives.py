@@ -44,3 +44,12 @@ def device_prefix(bus: pb.BlockBus) -> str:
 def device_name(bus: pb.BlockBus, index: int) -> str:
     """vda, sdb, hdc...: the name of the index-th disk on `bus`."""
     return device_prefix(bus) + drive_letters(index)
+
+
+def target_bus(caps: pb.GuestCaps) -> pb.BlockBus:
+    """The bus the target's disks are on: the guest's, except that IDE on q35 is SATA, because q35
+    has no IDE controller and its AHCI is what a guest that drives IDE drives (as virt-v2v does)."""
+    bus = block_bus(caps)
+    if bus == pb.BLOCK_BUS_IDE and caps.machine == pb.MACHINE_Q35:
+        return pb.BLOCK_BUS_SATA
+    return bus

@@ -10,7 +10,7 @@ from abc import abstractmethod
 from contextlib import ExitStack
 from pathlib import Path
 
-from v2v.drives import block_bus, device_name, drive_letters
+from v2v.drives import device_name, drive_letters, target_bus
 from v2v.errors import V2VError
 from v2v.nbdserver import Nbdkit, NbdServer, QemuNbd
 from v2v.process import run
@@ -101,7 +101,7 @@ def create_disks(spec: output_pb2.OutputSpec, target: pb.TargetMeta, paths: list
     in target.disks as soon as its file exists, so that abort removes exactly what was made."""
     fmt = disk_format(spec)
     preallocated = spec.allocation == output_pb2.ALLOCATION_PREALLOCATED
-    bus = block_bus(target.caps)
+    bus = target_bus(target.caps)
     for source_disk, path in zip(target.source.disks, paths, strict=True):
         disk = pb.TargetDisk(index=source_disk.index, path=str(path), format=fmt, virtual_size=source_disk.virtual_size,
                              device=device_name(bus, source_disk.index), bus=bus)

@@ -24,6 +24,7 @@ import yaml
 
 from v2v.drives import block_bus, drive_letters
 from v2v.errors import V2VError
+from v2v.osinfo import short_id
 from v2v.services.output.base import OUTPUTS
 from v2v.services.output.files import FileOutput, disk_format
 from v2v.v1 import output_pb2
@@ -35,6 +36,14 @@ API_VERSION = "kubevirt.io/v1"
 # came from (the same facts the libvirt XML keeps in its v2v:source metadata).
 ANNOTATION_NAME = "v2v.dev/original-name"
 ANNOTATION_HYPERVISOR = "v2v.dev/source-hypervisor"
+# libosinfo's short id (win2k22), as virt-v2v's libguestfs.org/osinfo label: what the guest is.
+ANNOTATION_OSINFO = "v2v.dev/osinfo"
+
+# The libvirt XML's Hyper-V enlightenments (libvirtxml.HYPERV_FEATURES) in KubeVirt's spelling:
+# libvirt's stimer is synictimer here, and the spinlock retries are spinlocks.spinlocks.
+HYPERV_SPINLOCK_RETRIES = 8191
+_HYPERV_FEATURES = ("relaxed", "vapic", "vpindex", "runtime", "synic", "synictimer", "reset", "frequencies",
+                    "tlbflush", "ipi")
 
 # A VM's name becomes its pods' hostname and a label value, so it must be a DNS-1123 label, not just
 # a subdomain (which the API server alone would accept).
@@ -124,12 +133,25 @@ def _firmware(target: pb.TargetMeta) -> dict[str, Any]:
 
 
 def _clock(caps: pb.GuestCaps) -> dict[str, Any]:
+    clock: dict[str, Any]
     if caps.rtc_utc:
-        return {"utc": {}}
-    # The guest keeps its RTC in local time, but no phase knows its zone, and KubeVirt needs a named
-    # one: UTC is right for the guests in UTC zones and off by the zone's offset for the others, until
-    # the user sets their zone here (docs/outputs.md).
-    return {"timezone": "UTC"}
+        clock = {"utc": {}}
+    else:
+        # The guest keeps its RTC in local time, but no phase knows its zone, and KubeVirt needs a
+        # named one: UTC is right for the guests in UTC zones and off by the zone's offset for the
+        # others, until the user sets their zone here (docs/outputs.md).
+        clock = {"timezone": "UTC"}
+    if caps.hyperv:
+        # The libvirt XML's Windows timers, as virt-v2v's -o kubevirt writes them.
+        clock["timer"] = {"hpet": {"present": False}, "pit": {"tickPolicy": "delay"},
+                          "rtc": {"tickPolicy": "catchup"}, "hyperv": {}}
+    return clock
+
+
+def _hyperv() -> dict[str, Any]:
+    features: dict[str, Any] = {name: {} for name in _HYPERV_FEATURES}
+    features["spinlocks"] = {"spinlocks": HYPERV_SPINLOCK_RETRIES}
+    return features
 
 
 def _disks(target: pb.TargetMeta, disks: list[pb.TargetDisk], claims: list[str] | None,
@@ -211,6 +233,8 @@ def virtual_machine(target: pb.TargetMeta, disks: list[pb.TargetDisk],
     domain["firmware"] = _firmware(target)
     domain["clock"] = _clock(caps)
     domain["features"] = {"acpi": {}, "apic": {}}
+    if caps.hyperv:
+        domain["features"]["hyperv"] = _hyperv()
     if caps.secure_boot and target.firmware == pb.FIRMWARE_UEFI:
         domain["features"]["smm"] = {"enabled": True}  # KubeVirt refuses secure boot without SMM
     domain["devices"] = devices
@@ -220,14 +244,13 @@ def virtual_machine(target: pb.TargetMeta, disks: list[pb.TargetDisk],
         vmi_spec["networks"] = networks
     vmi_spec["volumes"] = volumes
 
+    annotations = {ANNOTATION_NAME: target.name, ANNOTATION_HYPERVISOR: _hypervisor_name(target.source.hypervisor)}
+    if osinfo := short_id(target.inspection):
+        annotations[ANNOTATION_OSINFO] = osinfo
     return {
         "apiVersion": API_VERSION,
         "kind": "VirtualMachine",
-        "metadata": {
-            "name": vm_name(target),
-            "annotations": {ANNOTATION_NAME: target.name,
-                            ANNOTATION_HYPERVISOR: _hypervisor_name(target.source.hypervisor)},
-        },
+        "metadata": {"name": vm_name(target), "annotations": annotations},
         # Halted: the disks are not in the cluster yet when the YAML is applied; the user starts the
         # VM (virtctl start) once they are.
         "spec": {"runStrategy": "Halted", "template": {"spec": vmi_spec}},

@@ -20,7 +20,7 @@ from v2v.errors import V2VError
 from v2v.libvirtconn import connect, failed, libvirt
 from v2v.services.output.base import OUTPUTS, OutputPlugin
 from v2v.services.output.files import create_disks, disk_format, refuse_existing, target_exists
-from v2v.services.output.libvirtxml import domain_xml
+from v2v.services.output.libvirtxml import domain_xml, libvirt_arch
 from v2v.v1 import output_pb2
 from v2v.v1 import types_pb2 as pb
 from v2v.workdir import WorkDir
@@ -154,7 +154,7 @@ class LibvirtOutput(OutputPlugin):
                target: pb.TargetMeta) -> tuple[libvirt.virStoragePool, Path]:
         uri, name = _uri(spec), target.name
         pool, directory = _dir_pool(conn, _pool_name(spec), uri)
-        domain_type(conn, spec, target.caps.arch or None)
+        domain_type(conn, spec, libvirt_arch(target.caps.arch) or None)
         dom = _lookup_domain(conn, name)
         if dom is not None and (not spec.overwrite or dom.isActive()):
             running = " and is running" if dom.isActive() else ""
@@ -187,7 +187,7 @@ class LibvirtOutput(OutputPlugin):
         with connect(uri) as conn:
             pool, _ = _dir_pool(conn, _pool_name(spec), uri)
             _refresh(pool)  # the volumes' allocation and format, now that they hold the data
-            arch = target.caps.arch or target.inspection.arch or None
+            arch = libvirt_arch(target.caps.arch or target.inspection.arch) or None
             domain_uuid = str(uuid.uuid4())
             xml = domain_xml(target, list(target.disks), domain_type(conn, spec, arch), domain_uuid)
             if (dom := _lookup_domain(conn, name)) is not None:

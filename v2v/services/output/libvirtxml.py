@@ -6,9 +6,21 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 from v2v.drives import device_prefix, drive_letters
+from v2v.osinfo import os_id
 from v2v.v1 import types_pb2 as pb
 
 V2V_NAMESPACE = "https://v2v.dev/ns/v1"
+# Where virt-manager, virt-install and virt-v2v put the guest's OS, for management tools' defaults.
+LIBOSINFO_NAMESPACE = "http://libosinfo.org/xmlns/libvirt/domain/1.0"
+
+# The Hyper-V enlightenments virt-manager enables for Windows (and libvirt's docs recommend): each
+# is a paravirtual interface Windows uses when it finds it, instead of slower emulated hardware.
+HYPERV_FEATURES = ("relaxed", "vapic", "spinlocks", "vpindex", "runtime", "synic", "stimer", "reset",
+                   "frequencies", "tlbflush", "ipi")
+# Windows' own default: retry a spinlock 8191 times before telling the hypervisor it waits.
+HYPERV_SPINLOCK_RETRIES = 8191
+# The ISA port of Windows' pvpanic driver (pvpanic.inf), qemu's default one.
+PVPANIC_IOBASE = "0x505"
 
 _MACHINE = {pb.MACHINE_I440FX: "pc", pb.MACHINE_Q35: "q35", pb.MACHINE_VIRT: "virt"}
 _DISK_BUS = {
@@ -19,6 +31,9 @@ _DISK_BUS = {
 }
 # A guest convert did not describe gets virtio, like its disks (v2v.drives.DEFAULT_BLOCK_BUS).
 _NIC_MODEL = {pb.NET_BUS_E1000: "e1000", pb.NET_BUS_RTL8139: "rtl8139"}
+# libguestfs says i386 for 32-bit x86 (every 32-bit Windows), which libvirt's schema refuses: its
+# one name for that architecture is i686.
+_LIBVIRT_ARCH = {"i386": "i686", "i486": "i686", "i586": "i686"}
 
 
 def _hypervisor_name(hypervisor: pb.Hypervisor) -> str:
@@ -34,11 +49,17 @@ def _sub(parent: ET.Element, tag: str, text: str = "", **attrs: str) -> ET.Eleme
     return el
 
 
+def libvirt_arch(arch: str) -> str:
+    """libvirt's name of an architecture as inspection or convert name it."""
+    return _LIBVIRT_ARCH.get(arch, arch)
+
+
 def _os(domain: ET.Element, target: pb.TargetMeta) -> None:
     os_el = _sub(domain, "os")
     if target.firmware == pb.FIRMWARE_UEFI:
         os_el.set("firmware", "efi")
-    type_el = _sub(os_el, "type", "hvm", arch=target.caps.arch or target.inspection.arch or "x86_64")
+    arch = target.caps.arch or target.inspection.arch or "x86_64"
+    type_el = _sub(os_el, "type", "hvm", arch=libvirt_arch(arch))
     if target.caps.machine in _MACHINE:
         type_el.set("machine", _MACHINE[target.caps.machine])
     if target.firmware == pb.FIRMWARE_UEFI:
@@ -126,7 +147,7 @@ def _devices(domain: ET.Element, target: pb.TargetMeta, disks: list[pb.TargetDis
         _sub(_sub(devices, "rng", model="virtio"), "backend", "/dev/urandom", model="random")
     _sub(devices, "memballoon", model="virtio" if caps.virtio_balloon else "none")
     if caps.pvpanic:
-        _sub(devices, "panic", model="isa")
+        _sub(_sub(devices, "panic", model="isa"), "address", type="isa", iobase=PVPANIC_IOBASE)
     # The conversion installs qemu-guest-agent (or has it installed at first boot): give it its
     # channel, so management can reach the guest (shutdown, fsfreeze, addresses) as virt-v2v's does.
     _sub(_sub(devices, "channel", type="unix"), "target", type="virtio", name="org.qemu.guest_agent.0")
@@ -134,11 +155,44 @@ def _devices(domain: ET.Element, target: pb.TargetMeta, disks: list[pb.TargetDis
     _sub(devices, "console", type="pty")
 
 
-def _metadata(domain: ET.Element, source: pb.Source) -> None:
-    # The prefix is spelled out rather than registered with ElementTree, which would hoist the
-    # declaration to <domain> and change a process-wide table.
-    _sub(_sub(domain, "metadata"), "v2v:source", **{"xmlns:v2v": V2V_NAMESPACE, "name": source.name,
-                                                    "hypervisor": _hypervisor_name(source.hypervisor)})
+def _metadata(domain: ET.Element, target: pb.TargetMeta) -> None:
+    # The prefixes are spelled out rather than registered with ElementTree, which would hoist the
+    # declarations to <domain> and change a process-wide table.
+    source = target.source
+    metadata = _sub(domain, "metadata")
+    _sub(metadata, "v2v:source", **{"xmlns:v2v": V2V_NAMESPACE, "name": source.name,
+                                    "hypervisor": _hypervisor_name(source.hypervisor)})
+    if osinfo := os_id(target.inspection):
+        _sub(_sub(metadata, "libosinfo:libosinfo", **{"xmlns:libosinfo": LIBOSINFO_NAMESPACE}),
+             "libosinfo:os", id=osinfo)
+
+
+def _features(domain: ET.Element, target: pb.TargetMeta) -> None:
+    features = _sub(domain, "features")
+    _sub(features, "acpi")
+    _sub(features, "apic")
+    if target.caps.hyperv:
+        # mode='custom': exactly these, not 'passthrough' (whatever this host has, which a host
+        # the guest migrates to may not).
+        hyperv = _sub(features, "hyperv", mode="custom")
+        for name in HYPERV_FEATURES:
+            el = _sub(hyperv, name, state="on")
+            if name == "spinlocks":
+                el.set("retries", str(HYPERV_SPINLOCK_RETRIES))
+    if target.caps.secure_boot and target.firmware == pb.FIRMWARE_UEFI:
+        _sub(features, "smm", state="on")  # secure boot's firmware keeps its variables in SMM
+
+
+def _clock(domain: ET.Element, caps: pb.GuestCaps) -> None:
+    clock = _sub(domain, "clock", offset="utc" if caps.rtc_utc else "localtime")
+    if caps.hyperv:
+        # virt-manager's timers for Windows: ticks lost while the VM was descheduled are caught up
+        # (rtc) or delayed (pit) rather than dropped, so the guest's clock does not drift; no HPET,
+        # an emulated timer that costs exits, as Hyper-V's clock (hypervclock) is there instead.
+        _sub(clock, "timer", name="rtc", tickpolicy="catchup")
+        _sub(clock, "timer", name="pit", tickpolicy="delay")
+        _sub(clock, "timer", name="hpet", present="no")
+        _sub(clock, "timer", name="hypervclock", present="yes")
 
 
 def domain_xml(target: pb.TargetMeta, disks: list[pb.TargetDisk], domain_type: str = "kvm",
@@ -150,16 +204,12 @@ def domain_xml(target: pb.TargetMeta, disks: list[pb.TargetDisk], domain_type: s
     _sub(domain, "name", target.name or source.name)
     if uuid:
         _sub(domain, "uuid", uuid)
-    _metadata(domain, source)
+    _metadata(domain, target)
     _sub(domain, "memory", str(source.memory // 1024), unit="KiB")
     _cpu(domain, source)
     _os(domain, target)
-    features = _sub(domain, "features")
-    _sub(features, "acpi")
-    _sub(features, "apic")
-    if target.caps.secure_boot and target.firmware == pb.FIRMWARE_UEFI:
-        _sub(features, "smm", state="on")  # secure boot's firmware keeps its variables in SMM
-    _sub(domain, "clock", offset="utc" if target.caps.rtc_utc else "localtime")
+    _features(domain, target)
+    _clock(domain, target.caps)
     _sub(domain, "on_poweroff", "destroy")
     _sub(domain, "on_reboot", "restart")
     _sub(domain, "on_crash", "restart")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 
-from v2v.drives import block_bus, device_name
+from v2v.drives import device_name, target_bus
 from v2v.nbdserver import Nbdkit
 from v2v.services.output.base import OUTPUTS, OutputPlugin
 from v2v.v1 import output_pb2
@@ -21,7 +21,7 @@ class NullOutput(OutputPlugin):
         pass  # nothing can be in the way of nothing
 
     def setup(self, spec: output_pb2.OutputSpec, target: pb.TargetMeta, workdir: WorkDir, stack: ExitStack) -> None:
-        bus = block_bus(target.caps)
+        bus = target_bus(target.caps)
         for d in target.source.disks:
             target.disks.append(pb.TargetDisk(index=d.index, format="raw", virtual_size=d.virtual_size,
                                               device=device_name(bus, d.index), bus=bus))

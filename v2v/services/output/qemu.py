@@ -31,6 +31,16 @@ _AHCI_PORTS = 6
 # i440fx's PIIX IDE: two buses (ide.0, ide.1) of two units each.
 _PIIX_IDE_DISKS = 4
 
+# The Hyper-V enlightenments of the libvirt XML (libvirtxml.HYPERV_FEATURES), as qemu CPU flags, and
+# hv_time (libvirt's hypervclock timer), which hv_stimer needs. KVM has them all. TCG refuses
+# hv_vpindex, which synic, stimer, tlbflush and ipi need, and emulates none of the MSRs behind them:
+# under TCG the guest gets only the flags that are hints alone, not interfaces it would call into.
+HYPERV_KVM_FLAGS = ("hv_relaxed,hv_vapic,hv_spinlocks=0x1fff,hv_vpindex,hv_runtime,hv_synic,hv_stimer,"
+                    "hv_reset,hv_frequencies,hv_tlbflush,hv_ipi,hv_time")
+HYPERV_TCG_FLAGS = "hv_relaxed,hv_spinlocks=0x1fff"
+# The accelerators to try, the user's choice at each run (see the script's header).
+ACCEL = '"${V2V_QEMU_ACCEL:-kvm:tcg}"'
+
 # (code, variables template) of OVMF, the first pair installed wins: Debian's 4 MiB build, its
 # older 2 MiB one, Fedora's. Code and template must come from the same build (same layout).
 OVMF = [
@@ -150,23 +160,34 @@ def qemu_script(target: pb.TargetMeta, directory: Path) -> str:
     caps, source = target.caps, target.source
     q = shlex.quote
     secure_boot = caps.secure_boot and target.firmware == pb.FIRMWARE_UEFI
-    smm = ",smm=on" if secure_boot else ""  # the secure-boot firmware guards its variables in SMM
+    machine = _MACHINE[caps.machine]
+    if secure_boot:
+        machine += ",smm=on"  # the secure-boot firmware guards its variables in SMM
+    if caps.hyperv:
+        machine += ",hpet=off"  # as libvirt's Windows timers: Hyper-V's clock instead of an emulated one
     lines = [f"-name {q(qemu_value(target.name))}",
              # The accelerators are the user's choice at each run: kvm:tcg falls back to emulation
              # where there is no KVM, but where KVM is present and broken only tcg boots.
-             f'-machine {q(_MACHINE[caps.machine] + smm + ",accel=")}"${{V2V_QEMU_ACCEL:-kvm:tcg}}"',
+             f'-machine {q(machine + ",accel=")}{ACCEL}',
              # Every feature the accelerator has: qemu's default qemu64 model lacks x86-64-v2,
              # which RHEL 9 and others require.
-             "-cpu max",
+             '-cpu "max$hyperv"' if caps.hyperv else "-cpu max",
              f"-m {source.memory // MiB or DEFAULT_MEMORY_MIB}",
              f"-smp {_smp(source)}"]
     prologue = ""
+    if caps.hyperv:
+        # Decided as qemu picks the accelerator: the first of the list, KVM only where it can open it.
+        prologue = ("# Hyper-V enlightenments for Windows: all of them under KVM, hints alone under TCG.\n"
+                    f"hyperv=,{HYPERV_TCG_FLAGS}\n"
+                    f"if [[ {ACCEL} == kvm* && -w /dev/kvm ]]; then\n"
+                    f"    hyperv=,{HYPERV_KVM_FLAGS}\n"
+                    "fi\n\n")
     if target.firmware == pb.FIRMWARE_UEFI:
         code, template = ovmf(secure_boot)
         nvram = vars_path(target, directory)
         # The variables (boot entries the guest writes) must outlive a run, so they are a copy of
         # the template made on the first run and kept, not a temporary one as virt-v2v makes.
-        prologue = (f"# The guest's UEFI variables: a copy of OVMF's template, made on the first run.\n"
+        prologue += (f"# The guest's UEFI variables: a copy of OVMF's template, made on the first run.\n"
                     f"if [[ ! -e {q(str(nvram))} ]]; then\n"
                     f"    cp {q(template)} {q(str(nvram))}\n"
                     f"fi\n\n")
@@ -174,7 +195,13 @@ def qemu_script(target: pb.TargetMeta, directory: Path) -> str:
             lines.append("-global driver=cfi.pflash01,property=secure,value=on")
         lines += [f"-drive {q('if=pflash,format=raw,readonly=on,file=' + qemu_value(code))}",
                   f"-drive {q('if=pflash,format=raw,file=' + qemu_value(str(nvram)))}"]
-    lines.append(f"-rtc base={'utc' if caps.rtc_utc else 'localtime'}")
+    rtc = f"-rtc base={'utc' if caps.rtc_utc else 'localtime'}"
+    if caps.hyperv:
+        # libvirt's rtc catchup and pit delay: ticks lost while descheduled are replayed, not dropped,
+        # so Windows' clock does not drift (the global applies to KVM's in-kernel PIT only).
+        lines += [rtc + ",driftfix=slew", "-global kvm-pit.lost_tick_policy=delay"]
+    else:
+        lines.append(rtc)
     lines += [f"{opt} {q(value)}" for opt, value in [*_disks(target), *_nics(target)]]
     # A VGA card whether or not it is displayed, so the guest's hardware does not change with
     # V2V_QEMU_DISPLAY.
@@ -184,7 +211,11 @@ def qemu_script(target: pb.TargetMeta, directory: Path) -> str:
     if caps.virtio_balloon:
         lines.append("-device virtio-balloon-pci")
     if caps.pvpanic:
-        lines.append("-device pvpanic")
+        lines.append("-device pvpanic")  # ISA, at 0x505: Windows' pvpanic driver's port
+    if caps.hyperv:
+        # An absolute pointer, as in the libvirt XML: the machine's own USB (UHCI, which every
+        # Windows since 98 drives) and a tablet on it.
+        lines += ["-usb", "-device usb-tablet"]
     lines += ["-serial stdio", '-display "${V2V_QEMU_DISPLAY:-none}"', '"$@"']
     # The name is left out of the comments: a newline in it would end the comment.
     header = ("#!/bin/bash\n"

@@ -17,7 +17,7 @@ import v2v.services.output.local  # noqa: F401
 import v2v.services.output.null  # noqa: F401
 import v2v.services.output.qemu  # noqa: F401
 import v2v.services.output.target_json  # noqa: F401
-from v2v.drives import block_bus, device_name
+from v2v.drives import device_name, target_bus
 from v2v.errors import V2VError
 from v2v.grpcserver import rpc
 from v2v.services.output.base import OUTPUTS, OutputPlugin, target_name
@@ -39,7 +39,7 @@ class _Output:
 def on_converted_bus(target: pb.TargetMeta) -> None:
     """Each disk's bus and device name from the guest's capabilities as the conversion left them:
     a Setup that ran before the conversion (copy while converting, warm) could not know them."""
-    bus = block_bus(target.caps)
+    bus = target_bus(target.caps)
     for disk in target.disks:
         disk.bus, disk.device = bus, device_name(bus, disk.index)
 
