@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import guestfs
 
+from v2v.drives import target_bus
 from v2v.events import StepReporter
 from v2v.services.convert.bootloader import Bootloader, config_files, kvm_console
 from v2v.services.convert.caps import guest_caps
@@ -80,8 +81,9 @@ class LinuxConversion:
         with self.report.step("remove-tools"):
             HypervisorTools(self.g, self.family, self.insp, self.manager, self.report).run(installed)
         with self.report.step("devices"):
-            self.rename_devices(caps.block_bus)
-            self.initramfs_stale |= retarget_lvm_filters(self.g, caps.block_bus, self.report, "devices")
+            # The names the target gives the disks: IDE on q35 is SATA (sdX), as the outputs make it.
+            self.rename_devices(target_bus(caps))
+            self.initramfs_stale |= retarget_lvm_filters(self.g, target_bus(caps), self.report, "devices")
         with self.report.step("config"):
             config.consoles()
             config.video()
