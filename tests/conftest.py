@@ -31,6 +31,8 @@ os.environ.setdefault("LIBGUESTFS_BACKEND", "direct")
 os.environ.setdefault("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg")
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # no transport chatter in test output
 
+pytest_plugins = ["tests.windows_guests"]  # windows_guests, virtio_win, virtio_win_image, virt_tools_dir
+
 
 def sha256(path: Path) -> str:
     h = hashlib.sha256()
