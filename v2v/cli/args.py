@@ -7,12 +7,12 @@ import argparse
 import os
 from types import FrameType
 
-from v2v.cli.inputs import BUILDERS as INPUT_BUILDERS
-from v2v.cli.inputs import InputArgs, input_spec
-from v2v.cli.options import Options
-from v2v.cli.outputs import BUILDERS, DIRECTORY_OUTPUTS, output_spec
+from v2v.cli.inputs import files_help, input_clis, input_spec, io_help
+from v2v.cli.outputs import directory_outputs, oo_help, output_clis, output_spec
 from v2v.errors import V2VError
 from v2v.networks import parse_mac, parse_network
+from v2v.options import Options
+from v2v.plugins import InputArgs
 from v2v.tls import add_tls_argument
 from v2v.v1 import convert_pb2, coordinator_pb2, copier_pb2, output_pb2
 from v2v.v1 import types_pb2 as pb
@@ -29,25 +29,26 @@ def conversion_parser() -> argparse.ArgumentParser:
                "v2v serve {input,convert,output,copier,coordinator} --listen ADDR (one service), "
                "v2v certs DIR (a CA and mutual TLS certificates)",
     )
-    p.add_argument("-i", dest="input", choices=sorted(INPUT_BUILDERS), default="disk",
+    p.add_argument("-i", dest="input", choices=list(input_clis()), default="disk",
                    help="input type (default: disk)")
     p.add_argument("-ic", dest="input_uri", default="", metavar="URI",
                    help="-i libvirt: the libvirt connection (default qemu:///system)")
     p.add_argument("-if", dest="input_format", default="", metavar="FORMAT",
                    help="-i disk: the disks' format (raw, qcow2, vmdk, ...); default: detect")
     p.add_argument("-it", dest="input_transport", default="", metavar="TRANSPORT",
-                   help="how to reach the input: ssh (-i vmx ssh://USER@HOST/PATH.vmx)")
+                   help="how to reach the input: " + "; ".join(
+                       f"-i {name}: {', '.join(t for _, cli in group for t in cli.transports)}"
+                       for name, group in input_clis().items() if any(cli.transports for _, cli in group)))
     p.add_argument("-io", dest="input_options", action="append", default=[], metavar="OPTION",
-                   help="an input option: ova-checksums=off, vmx-identity=KEYFILE, vmx-known-hosts=off")
+                   help="an input option KEY[=VALUE] of the input type (-io ? lists them)")
     p.add_argument("-ip", dest="input_password", default="", metavar="FILE",
                    help="a file holding the input's password (-it ssh)")
-    p.add_argument("-o", dest="output", choices=sorted(BUILDERS), default="local", help="output type")
+    p.add_argument("-o", dest="output", choices=list(output_clis()), default="local", help="output type")
     p.add_argument("-os", dest="output_storage", metavar="STORAGE",
-                   help="output storage: a directory (-o local, qemu, json, kubevirt) or a pool (-o libvirt)")
+                   help=f"output storage: a directory (-o {', '.join(directory_outputs())}) or a pool (-o libvirt)")
     p.add_argument("-oc", dest="output_uri", default="", metavar="URI", help="-o libvirt: the libvirt URI")
     p.add_argument("-oo", dest="output_options", action="append", default=[], metavar="OPTION",
-                   help="an output option: compressed, qemu-boot, domain-type=, pvc-prefix=, disk=, "
-                        "data-volumes, json-disks-pattern= (as the output type takes)")
+                   help="an output option KEY[=VALUE] of the output type (-oo ? lists them)")
     p.add_argument("--overwrite", action="store_true", help="replace existing target files instead of refusing")
     p.add_argument("-n", "--network", dest="networks", action="append", default=[], metavar="[IN:]OUT",
                    help="map source network IN (default: every network) to target network OUT")
@@ -88,8 +89,7 @@ def conversion_parser() -> argparse.ArgumentParser:
     p.add_argument("-x", dest="trace", action="store_true", help="trace libguestfs calls in the logs")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     p.add_argument("files", nargs="*", metavar="FILE",
-                   help="the input: disk images or NBD URIs (-i disk), an .ova, a .vmx or ssh:// URI, a domain XML "
-                        "(-i libvirtxml), a guest's name (-i libvirt)")
+                   help=f"the input: {files_help()}")
     return p
 
 
@@ -123,11 +123,8 @@ def build_job(a: argparse.Namespace) -> coordinator_pb2.GuestJob:
                                                     virtio_win=service_path(a.virtio_win),
                                                     virt_tools_dir=service_path(a.virt_tools_dir)))
     if not a.print_source:
-        storage = a.output_storage
-        if storage and a.output in DIRECTORY_OUTPUTS:
-            storage = os.path.abspath(storage)
         alloc = output_pb2.ALLOCATION_PREALLOCATED if a.output_alloc == "preallocated" else output_pb2.ALLOCATION_SPARSE
-        job.output.CopyFrom(output_spec(a.output, storage, a.output_uri, a.output_options, name=a.output_name,
+        job.output.CopyFrom(output_spec(a.output, a.output_storage, a.output_uri, a.output_options, name=a.output_name,
                                         format=a.output_format, allocation=alloc, overwrite=a.overwrite))
     job.networks.mappings.extend([parse_network(n, pb.NETWORK_TYPE_NETWORK) for n in a.networks]
                                  + [parse_network(b, pb.NETWORK_TYPE_BRIDGE) for b in a.bridges])
@@ -140,6 +137,16 @@ def build_job(a: argparse.Namespace) -> coordinator_pb2.GuestJob:
     job.copy.CopyFrom(copier_pb2.CopyOptions(parallel=max(a.parallel, 0), verify=a.verify,
                                              while_converting=a.copy_while_converting))
     return job
+
+
+def answer_plugin_help(a: argparse.Namespace) -> None:
+    """`-io ?` and `-oo ?` (virt-v2v's): print the options the input (output) type takes and exit,
+    as --help does. Borrowed command lines may have only the input options."""
+    answers = [io_help(a.input)] if "?" in getattr(a, "input_options", []) else []
+    answers += [oo_help(a.output)] if "?" in getattr(a, "output_options", []) else []
+    if answers:
+        print("\n\n".join(answers))
+        raise SystemExit(0)
 
 
 def terminate(signum: int, frame: FrameType | None) -> None:
