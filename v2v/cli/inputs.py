@@ -30,7 +30,7 @@ def pick(a: InputArgs) -> tuple[str, InputCli]:
     """The plugin the arguments mean: the variant of -i NAME they pick (by -it, -ic, -io), else the plain one."""
     groups = input_clis()
     if a.kind not in groups:
-        raise _bad(f"-i {a.kind}: no such input (known: {', '.join(groups)})")
+        raise _bad(f"argument -i: invalid choice: {a.kind!r} (choose from {', '.join(groups)})")
     group = groups[a.kind]
     transports = [t for _, cli in group for t in cli.transports]
     if a.transport and transports and a.transport not in transports:

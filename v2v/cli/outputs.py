@@ -28,7 +28,8 @@ def output_spec(kind: str, storage: str | None, uri: str, raw_oo: list[str], **c
     """`kind`: -o NAME; `storage` is made absolute when the output's -os is a directory on this machine."""
     clis = output_clis()
     if kind not in clis:
-        raise V2VError(f"-o {kind}: no such output (known: {', '.join(clis)})", pb.ERROR_CODE_BAD_INPUT, step="check")
+        raise V2VError(f"argument -o: invalid choice: {kind!r} (choose from {', '.join(clis)})",
+                       pb.ERROR_CODE_BAD_INPUT, step="check")
     plugin_kind, cli = clis[kind]
     if storage and cli.directory:
         storage = os.path.abspath(storage)
