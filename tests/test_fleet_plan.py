@@ -69,6 +69,12 @@ def test_plan_mistakes_name_the_guest_and_option(text, message):
     assert message in exc.value.message
 
 
+def test_a_bare_guest_means_the_bare_command_line():
+    """The plan's defaults are the flags' defaults: one definition of each option."""
+    assert parse_plan("guests: [{input: {files: /a.img}, output: {storage: /out}}]").jobs == \
+        [cli_job("/a.img", "-os", "/out")]
+
+
 def test_plan_input_keys_reach_the_plugin_the_same_flags_reach():
     plan = parse_plan("""
 guests:

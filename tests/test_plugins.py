@@ -1,7 +1,8 @@
 """A plugin is one file (issue 14 point 6): a throw-away `-i foo`, written into the v2v_plugins
 namespace package in a directory put on sys.path, with no proto edit and no list touched, is found
 by the command line (its choices, --help, `-io ?`), by the coordinator's scheduler (its source
-host) and pipeline (its location), and the Input service's Open reaches it and serves its disk."""
+host) and pipeline (its location), and the Input service's Open reaches it and serves its disk. An
+output, `-o bar`, is one file the same way."""
 
 from __future__ import annotations
 
@@ -19,13 +20,16 @@ import nbd
 import pytest
 
 from v2v.cli.args import build_job, conversion_parser
+from v2v.cli.outputs import oo_help, output_spec
 from v2v.coordinator.clients import ServiceAddresses
 from v2v.coordinator.scheduler import Limits, Scheduler, Worker
 from v2v.errors import V2VError
 from v2v.services.input.base import INPUTS
 from v2v.services.input.locations import input_location, source_host
 from v2v.services.input.service import InputService
-from v2v.v1 import input_pb2
+from v2v.services.output.base import OUTPUTS
+from v2v.services.output.null import NullOutput
+from v2v.v1 import input_pb2, output_pb2
 from v2v.workdir import WorkDir
 
 FOO = textwrap.dedent('''
@@ -37,7 +41,7 @@ FOO = textwrap.dedent('''
     from v2v.plugins import InputArgs, InputCli
     from v2v.services.input.base import INPUTS, InputPlugin, absolute
     from v2v.services.input.diskfile import probe, serve_all
-    from v2v.v1 import input_pb2
+    from v2v.v1 import input_pb2, output_pb2
     from v2v.v1 import types_pb2 as pb
     from v2v.workdir import WorkDir
 
@@ -65,13 +69,35 @@ FOO = textwrap.dedent('''
 ''')
 
 
+BAR = textwrap.dedent('''
+    """-o bar: -o null with an option of its own, -oo bar-note=, carried in the generic message."""
+
+    from v2v.plugins import OutputArgs, OutputCli
+    from v2v.services.output.base import OUTPUTS
+    from v2v.services.output.null import NullOutput
+    from v2v.v1 import output_pb2
+
+
+    def _from_cli(a: OutputArgs) -> output_pb2.PluginOutput:
+        return output_pb2.PluginOutput(options={"note": a.oo.value("bar-note")})
+
+
+    @OUTPUTS.register("bar")
+    class BarOutput(NullOutput):
+        cli = OutputCli(["bar"], _from_cli, oo=[("bar-note=TEXT", "a note for bar")])
+''')
+
+
 @pytest.fixture
-def foo_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """The one file, on sys.path for this test only; yields the directory it is under."""
-    monkeypatch.setattr(INPUTS, "_plugins", dict(INPUTS.plugins()))  # foo's registration is undone after
+def one_file_plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The one file of -i foo (and of -o bar), on sys.path for this test only; yields the directory
+    they are under."""
+    for registry in (INPUTS, OUTPUTS):  # the registrations are undone after
+        monkeypatch.setattr(registry, "_plugins", dict(registry.plugins()))
     plugins = tmp_path / "plugins"
-    (plugins / "v2v_plugins" / "input").mkdir(parents=True)
-    (plugins / "v2v_plugins" / "input" / "foo.py").write_text(FOO)
+    for role, text in (("input", FOO), ("output", BAR)):
+        (plugins / "v2v_plugins" / role).mkdir(parents=True)
+        (plugins / "v2v_plugins" / role / f"{'foo' if role == 'input' else 'bar'}.py").write_text(text)
     monkeypatch.syspath_prepend(str(plugins))
     importlib.invalidate_caches()
     yield plugins
@@ -91,20 +117,20 @@ def foo_spec(disk: Path, *io: str) -> input_pb2.InputSpec:
     return build_job(conversion_parser().parse_intermixed_args(args)).input
 
 
-def test_the_cli_offers_it_and_its_help(foo_plugin: Path, raw_disk: Path) -> None:
+def test_the_cli_offers_it_and_its_help(one_file_plugins: Path, raw_disk: Path) -> None:
     parser = conversion_parser()
     assert "foo" in next(a for a in parser._actions if a.dest == "input").choices
     assert "-i foo: one raw file (foo's)" in " ".join(parser.format_help().split())
     # A fresh process finds it from sys.path alone, and -io ? lists its options
     v2v = Path(sys.executable).parent / "v2v"
     res = subprocess.run([v2v, "-i", "foo", "-io", "?", str(raw_disk)], capture_output=True, text=True, check=False,
-                         env={**os.environ, "PYTHONPATH": str(foo_plugin)}, timeout=60)
+                         env={**os.environ, "PYTHONPATH": str(one_file_plugins)}, timeout=60)
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines()[0] == "-i foo takes these -io options:"
     assert "foo-host=HOST" in res.stdout and "the host the file is read from" in res.stdout
 
 
-def test_its_options_travel_in_the_generic_message(foo_plugin: Path, raw_disk: Path) -> None:
+def test_its_options_travel_in_the_generic_message(one_file_plugins: Path, raw_disk: Path) -> None:
     spec = foo_spec(raw_disk, "foo-host=store1.lab")
     assert spec.WhichOneof("kind") == "plugin"
     assert spec.plugin == input_pb2.PluginInput(name="foo", options={"path": str(raw_disk), "host": "store1.lab"})
@@ -112,7 +138,7 @@ def test_its_options_travel_in_the_generic_message(foo_plugin: Path, raw_disk: P
         foo_spec(raw_disk, "foo-colour=red")
 
 
-def test_the_coordinator_gets_its_location_and_source_host(foo_plugin: Path, raw_disk: Path) -> None:
+def test_the_coordinator_gets_its_location_and_source_host(one_file_plugins: Path, raw_disk: Path) -> None:
     spec = foo_spec(raw_disk, "foo-host=store1.lab")
     assert input_location(spec) == str(raw_disk)
     assert source_host(spec) == "store1.lab"
@@ -139,7 +165,7 @@ def test_the_coordinator_gets_its_location_and_source_host(foo_plugin: Path, raw
     assert got.is_set()
 
 
-def test_open_reaches_it(foo_plugin: Path, raw_disk: Path, workroot: Path) -> None:
+def test_open_reaches_it(one_file_plugins: Path, raw_disk: Path, workroot: Path) -> None:
     svc = InputService()
     wd = WorkDir.create("foo", workroot)
     resp = svc.open(input_pb2.OpenRequest(workdir=wd.name, guest="foo", input=foo_spec(raw_disk)))
@@ -152,3 +178,12 @@ def test_open_reaches_it(foo_plugin: Path, raw_disk: Path, workroot: Path) -> No
         h.shutdown()
     finally:
         svc.close(wd.name)
+
+
+def test_an_output_is_one_file_too(one_file_plugins: Path) -> None:
+    assert "bar" in next(a for a in conversion_parser()._actions if a.dest == "output").choices
+    assert "bar-note=TEXT" in oo_help("bar") and "compressed" in oo_help("bar")
+    spec = output_spec("bar", None, "", ["bar-note=hello"])
+    assert spec.plugin == output_pb2.PluginOutput(name="bar", options={"note": "hello"})
+    plugin, options = OUTPUTS.lookup(spec)
+    assert isinstance(plugin, NullOutput) and type(plugin).__name__ == "BarOutput" and options == spec.plugin
