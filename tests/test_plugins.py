@@ -187,3 +187,10 @@ def test_an_output_is_one_file_too(one_file_plugins: Path) -> None:
     assert spec.plugin == output_pb2.PluginOutput(name="bar", options={"note": "hello"})
     plugin, options = OUTPUTS.lookup(spec)
     assert isinstance(plugin, NullOutput) and type(plugin).__name__ == "BarOutput" and options == spec.plugin
+
+
+def test_a_plugin_this_process_lacks_is_local_and_unnamed() -> None:
+    """A coordinator whose remote Input service has a plugin it lacks still queues the guest."""
+    spec = input_pb2.InputSpec(plugin=input_pb2.PluginInput(name="elsewhere", options={"path": "/x"}))
+    assert (input_location(spec), source_host(spec)) == ("", "localhost")
+    assert (input_location(input_pb2.InputSpec()), source_host(input_pb2.InputSpec())) == ("", "localhost")
