@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import yaml
+from google.protobuf import json_format
 
 from v2v.cli.args import build_job, conversion_parser
 from v2v.cli.plan import parse_plan, plan_limits
@@ -63,3 +67,70 @@ def test_plan_mistakes_name_the_guest_and_option(text, message):
     with pytest.raises(V2VError) as exc:
         parse_plan(text)
     assert message in exc.value.message
+
+
+def test_a_bare_guest_means_the_bare_command_line():
+    """The plan's defaults are the flags' defaults: one definition of each option."""
+    assert parse_plan("guests: [{input: {files: /a.img}, output: {storage: /out}}]").jobs == \
+        [cli_job("/a.img", "-os", "/out")]
+
+
+def test_plan_input_keys_reach_the_plugin_the_same_flags_reach():
+    plan = parse_plan("""
+guests:
+  - input: {type: vmx, transport: https, password_file: /pw, options: {sslverify: false},
+            files: "https://root@esx1/folder/db/db.vmx?dcPath=ha-datacenter&dsName=ds1"}
+    output: {type: qemu, storage: /out, options: [qemu-boot]}
+    convert: {block_driver: virtio-scsi}
+""")
+    assert plan.jobs == [cli_job("-i", "vmx", "-it", "https", "-ip", "/pw", "-io", "sslverify=false",
+                                 "https://root@esx1/folder/db/db.vmx?dcPath=ha-datacenter&dsName=ds1",
+                                 "-o", "qemu", "-os", "/out", "-oo", "qemu-boot", "--block-driver", "virtio-scsi")]
+    assert plan.jobs[0].input.WhichOneof("kind") == "vmware_https"
+
+
+def test_a_guest_may_be_a_guest_job_in_protobuf_json():
+    web1 = cli_job("-i", "disk", "/img/web1.img", "-o", "local", "-os", "/out", "--verify")
+    web1.name = "web1"
+    db = cli_job("-i", "ova", "/img/db.ova", "-o", "null")
+    plan = parse_plan(yaml.safe_dump({
+        "defaults": {"output": {"type": "json", "storage": "/elsewhere"}},  # a job is whole: not applied to it
+        "guests": [{"job": json_format.MessageToDict(web1)},
+                   {"name": "db", "priority": 7, "job": json_format.MessageToDict(db)}],
+    }))
+    db.name, db.priority = "db", 7
+    assert plan.jobs == [web1, db]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("guests: [{name: web, job: {input: {dsk: {paths: [/a]}}}}]",
+     'guest web: job: Failed to parse input field: Message type "v2v.v1.InputSpec" has no field named "dsk" at '
+     '"GuestJob.input".'),
+    ("guests: [{job: {name: web, input: {disk: {paths: [/a]}}, output: {nul: {}}}}]",
+     'guest web: job: Failed to parse output field: Message type "v2v.v1.OutputSpec" has no field named "nul"'),
+    ("guests: [{name: web, job: {input: {disk: {}}}, output: {type: local}}]",
+     "guest web: job: a GuestJob stands alone, with only name and priority beside it (found output)"),
+    ("guests: [{name: web, job: [disk]}]", "guest web: job: expected a GuestJob in protobuf JSON form"),
+    ("guests: [{name: web, input: {files: [/a]}, convert: {acel: kvm}}]", "guest web: convert.acel: unknown option"),
+    ("guests: [{name: web, input: {files: [/a]}, convert: {accel: fast}}]",
+     "guest web: convert.accel: expected one of auto, kvm, tcg, not 'fast'"),
+    ("guests: [{name: web, input: {files: [/a]}, output: {type: 'null', format: vmdk}}]",
+     "guest web: output.format: expected one of raw, qcow2, not 'vmdk'"),
+    ("guests: [{name: web, input: {files: [/a]}, copy: {parallel: many}}]",
+     "guest web: copy.parallel: expected a whole number, not 'many'"),
+    ("guests: [{name: web, input: {files: [/a], uri: [a, b]}}]", "guest web: input.uri: expected one value"),
+    ("guests: [{name: web, input: {files: [/a], options: {ova-checksums: false}}, output: {type: 'null'}}]",
+     "guest web: -i disk: unknown -io option(s): ova-checksums"),
+])
+def test_bad_keys_name_the_guest_and_the_key(text, message):
+    with pytest.raises(V2VError) as exc:
+        parse_plan(text)
+    assert message in exc.value.message
+
+
+def test_the_plans_of_docs_fleet_md_parse():
+    doc = (Path(__file__).parents[1] / "docs" / "fleet.md").read_text()
+    plans = [block.split("```")[0] for block in doc.split("```yaml\n")[1:]]
+    assert len(plans) >= 2
+    jobs = [job for text in plans for job in parse_plan(text, "docs/fleet.md").jobs]
+    assert {"web1", "db", "web2", "foo1"} <= {job.name for job in jobs}

@@ -17,9 +17,10 @@ from tests.conftest import child_servers, write_reads_back
 from tests.https_datastore import DATACENTER, DATASTORE, running_datastore
 from tests.sshd import running_sshd, usable
 from tests.test_input_vmx import OFFSETS, check_real_source, make_chain, raw_at, read_at
-from v2v.cli.inputs import InputArgs, input_spec
-from v2v.cli.options import Options
+from v2v.cli.inputs import input_spec
 from v2v.errors import V2VError
+from v2v.options import Options
+from v2v.plugins import InputArgs
 from v2v.services.input import vddk, xen
 from v2v.services.input.locations import input_location
 from v2v.services.input.service import InputService

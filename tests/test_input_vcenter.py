@@ -18,9 +18,10 @@ import pytest
 from tests.conftest import child_servers, sha256, write_reads_back
 from tests.https_datastore import DATACENTER, DATASTORE, running_datastore
 from tests.test_input_vmx import OFFSETS, raw_at, read_at
-from v2v.cli.inputs import InputArgs, input_spec
-from v2v.cli.options import Options
+from v2v.cli.inputs import input_spec
 from v2v.errors import V2VError
+from v2v.options import Options
+from v2v.plugins import InputArgs
 from v2v.services.input import vcenter
 from v2v.services.input.domainxml import DiskRef
 from v2v.services.input.locations import input_location

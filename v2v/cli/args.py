@@ -4,15 +4,17 @@ parser every command borrows its input and conversion options from."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+from dataclasses import dataclass, field
 from types import FrameType
 
-from v2v.cli.inputs import BUILDERS as INPUT_BUILDERS
-from v2v.cli.inputs import InputArgs, input_spec
-from v2v.cli.options import Options
-from v2v.cli.outputs import BUILDERS, DIRECTORY_OUTPUTS, output_spec
+from v2v.cli.inputs import files_help, input_clis, input_spec, io_help
+from v2v.cli.outputs import directory_outputs, oo_help, output_clis, output_spec
 from v2v.errors import V2VError
 from v2v.networks import parse_mac, parse_network
+from v2v.options import Options
+from v2v.plugins import InputArgs
 from v2v.tls import add_tls_argument
 from v2v.v1 import convert_pb2, coordinator_pb2, copier_pb2, output_pb2
 from v2v.v1 import types_pb2 as pb
@@ -29,25 +31,26 @@ def conversion_parser() -> argparse.ArgumentParser:
                "v2v serve {input,convert,output,copier,coordinator} --listen ADDR (one service), "
                "v2v certs DIR (a CA and mutual TLS certificates)",
     )
-    p.add_argument("-i", dest="input", choices=sorted(INPUT_BUILDERS), default="disk",
+    p.add_argument("-i", dest="input", choices=list(input_clis()), default="disk",
                    help="input type (default: disk)")
     p.add_argument("-ic", dest="input_uri", default="", metavar="URI",
                    help="-i libvirt: the libvirt connection (default qemu:///system)")
     p.add_argument("-if", dest="input_format", default="", metavar="FORMAT",
                    help="-i disk: the disks' format (raw, qcow2, vmdk, ...); default: detect")
     p.add_argument("-it", dest="input_transport", default="", metavar="TRANSPORT",
-                   help="how to reach the input: ssh (-i vmx ssh://USER@HOST/PATH.vmx)")
+                   help="how to reach the input: " + "; ".join(
+                       f"-i {name}: {', '.join(t for _, cli in group for t in cli.transports)}"
+                       for name, group in input_clis().items() if any(cli.transports for _, cli in group)))
     p.add_argument("-io", dest="input_options", action="append", default=[], metavar="OPTION",
-                   help="an input option: ova-checksums=off, vmx-identity=KEYFILE, vmx-known-hosts=off")
+                   help="an input option KEY[=VALUE] of the input type (-io ? lists them)")
     p.add_argument("-ip", dest="input_password", default="", metavar="FILE",
                    help="a file holding the input's password (-it ssh)")
-    p.add_argument("-o", dest="output", choices=sorted(BUILDERS), default="local", help="output type")
+    p.add_argument("-o", dest="output", choices=list(output_clis()), default="local", help="output type")
     p.add_argument("-os", dest="output_storage", metavar="STORAGE",
-                   help="output storage: a directory (-o local, qemu, json, kubevirt) or a pool (-o libvirt)")
+                   help=f"output storage: a directory (-o {', '.join(directory_outputs())}) or a pool (-o libvirt)")
     p.add_argument("-oc", dest="output_uri", default="", metavar="URI", help="-o libvirt: the libvirt URI")
     p.add_argument("-oo", dest="output_options", action="append", default=[], metavar="OPTION",
-                   help="an output option: compressed, qemu-boot, domain-type=, pvc-prefix=, disk=, "
-                        "data-volumes, json-disks-pattern= (as the output type takes)")
+                   help="an output option KEY[=VALUE] of the output type (-oo ? lists them)")
     p.add_argument("--overwrite", action="store_true", help="replace existing target files instead of refusing")
     p.add_argument("-n", "--network", dest="networks", action="append", default=[], metavar="[IN:]OUT",
                    help="map source network IN (default: every network) to target network OUT")
@@ -56,19 +59,19 @@ def conversion_parser() -> argparse.ArgumentParser:
     p.add_argument("--mac", dest="macs", action="append", default=[], metavar="MAC:network|bridge|ip:...",
                    help="map one NIC by MAC: MAC:network:OUT, MAC:bridge:OUT, or keep its address: "
                         "MAC:ip:ADDR,GATEWAY,PREFIXLEN,NAMESERVER...")
-    p.add_argument("-of", dest="output_format", choices=("raw", "qcow2"), default="raw", help="output disk format")
-    p.add_argument("-oa", dest="output_alloc", choices=("sparse", "preallocated"), default="sparse",
+    p.add_argument("-of", dest="output_format", choices=FORMATS, default="raw", help="output disk format")
+    p.add_argument("-oa", dest="output_alloc", choices=ALLOCATIONS, default="sparse",
                    help="output allocation")
     p.add_argument("-on", dest="output_name", default="", metavar="NAME", help="rename the guest on the target")
     p.add_argument("--root", default="ask", metavar="ask|single|first|/dev/X",
                    help="which OS to convert when the disks hold several (ask = single: fail and list them)")
     p.add_argument("--block-driver", choices=sorted(BLOCK_DRIVERS), default="virtio-blk",
                    help="the converted guest's disk bus when its kernel has virtio (virtio-scsi keeps sdX names)")
-    p.add_argument("--virtio-win", default=os.environ.get("VIRTIO_WIN") or os.environ.get("VIRTIO_WIN_DIR", ""),
+    p.add_argument("--virtio-win", default=default_virtio_win(),
                    metavar="DIR|ISO", help="Windows: the virtio-win drivers, a directory or an ISO ($VIRTIO_WIN; "
                                           "default /usr/share/virtio-win/virtio-win.iso, else that directory), on "
                                           "the convert service's host")
-    p.add_argument("--virt-tools-dir", default=os.environ.get("VIRT_TOOLS_DATA_DIR", ""), metavar="DIR",
+    p.add_argument("--virt-tools-dir", default=default_virt_tools_dir(), metavar="DIR",
                    help="Windows: where the first-boot service rhsrvany.exe or pvvxsvc.exe is "
                         "($VIRT_TOOLS_DATA_DIR; default /usr/share/virt-tools)")
     p.add_argument("--print-source", action="store_true", help="print the parsed source and exit")
@@ -78,7 +81,7 @@ def conversion_parser() -> argparse.ArgumentParser:
                    help="after copying, read every disk back and compare it with its source (fails on a difference)")
     p.add_argument("--copy-while-converting", action="store_true",
                    help="copy the disks while the conversion runs, then again only what it wrote (docs/copy.md)")
-    p.add_argument("--accel", choices=sorted(ACCELERATORS), default=os.environ.get("V2V_ACCEL", "auto"),
+    p.add_argument("--accel", choices=sorted(ACCELERATORS), default=default_accel(),
                    help="how the conversion appliance runs: kvm, tcg (software) or auto (default; $V2V_ACCEL)")
     p.add_argument("--coordinator", default=os.environ.get("V2V_COORDINATOR", ""), metavar="ADDR",
                    help="use this coordinator (unix:PATH or HOST:PORT; $V2V_COORDINATOR) "
@@ -88,8 +91,7 @@ def conversion_parser() -> argparse.ArgumentParser:
     p.add_argument("-x", dest="trace", action="store_true", help="trace libguestfs calls in the logs")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     p.add_argument("files", nargs="*", metavar="FILE",
-                   help="the input: disk images or NBD URIs (-i disk), an .ova, a .vmx or ssh:// URI, a domain XML "
-                        "(-i libvirtxml), a guest's name (-i libvirt)")
+                   help=f"the input: {files_help()}")
     return p
 
 
@@ -112,34 +114,101 @@ def service_path(path: str) -> str:
     return os.path.abspath(path) if path else ""
 
 
+# -of, -oa: the choices of the options that are not plugins' (a plan's keys are checked against them too)
+FORMATS = {"raw": "raw", "qcow2": "qcow2"}
+ALLOCATIONS = {"sparse": output_pb2.ALLOCATION_SPARSE, "preallocated": output_pb2.ALLOCATION_PREALLOCATED}
+
+
+def default_accel() -> str:
+    return os.environ.get("V2V_ACCEL", "auto")
+
+
+def default_virtio_win() -> str:
+    return os.environ.get("VIRTIO_WIN") or os.environ.get("VIRTIO_WIN_DIR", "")
+
+
+def default_virt_tools_dir() -> str:
+    return os.environ.get("VIRT_TOOLS_DATA_DIR", "")
+
+
+def input_args(a: argparse.Namespace) -> InputArgs:
+    """The input options of a command line (its own or borrowed), for the input plugin to read."""
+    return InputArgs(a.input, a.files, a.input_format, a.input_uri, a.input_transport, a.input_password,
+                     Options("-io", "", a.input_options))
+
+
+@dataclass
+class JobArgs:
+    """What a GuestJob is built from, one field per conversion option, as the command line (its
+    argparse dests) or a fleet plan's keys give it; the input's own arguments go to its plugin."""
+
+    input: InputArgs
+    output: str = "local"  # -o
+    output_storage: str = ""  # -os
+    output_uri: str = ""  # -oc
+    output_options: list[str] = field(default_factory=list)  # -oo
+    output_format: str = "raw"  # -of, one of FORMATS
+    output_alloc: str = "sparse"  # -oa, one of ALLOCATIONS
+    output_name: str = ""  # -on
+    overwrite: bool = False
+    accel: str = field(default_factory=default_accel)  # one of ACCELERATORS
+    root: str = "ask"
+    verbose: bool = False
+    trace: bool = False
+    block_driver: str = "virtio-blk"  # one of BLOCK_DRIVERS
+    virtio_win: str = field(default_factory=default_virtio_win)
+    virt_tools_dir: str = field(default_factory=default_virt_tools_dir)
+    networks: list[str] = field(default_factory=list)  # -n
+    bridges: list[str] = field(default_factory=list)  # -b
+    macs: list[str] = field(default_factory=list)  # --mac
+    parallel: int = 0
+    verify: bool = False
+    copy_while_converting: bool = False
+    print_source: bool = False
+
+    @classmethod
+    def from_namespace(cls, a: argparse.Namespace) -> JobArgs:
+        fields = {f.name for f in dataclasses.fields(cls)} - {"input"}
+        return cls(input_args(a), **{k: getattr(a, k) for k in fields})
+
+    def job(self) -> coordinator_pb2.GuestJob:
+        """The typed job the coordinator takes: nothing is re-parsed later."""
+        job = coordinator_pb2.GuestJob(print_source=self.print_source)
+        job.input.CopyFrom(input_spec(self.input))
+        job.convert.CopyFrom(convert_pb2.ConvertOptions(
+            accelerator=ACCELERATORS[self.accel], root=root_choice(self.root), verbose=self.verbose, trace=self.trace,
+            block_driver=BLOCK_DRIVERS[self.block_driver], virtio_win=service_path(self.virtio_win),
+            virt_tools_dir=service_path(self.virt_tools_dir)))
+        if not self.print_source:
+            job.output.CopyFrom(output_spec(self.output, self.output_storage, self.output_uri, self.output_options,
+                                            name=self.output_name, format=FORMATS[self.output_format],
+                                            allocation=ALLOCATIONS[self.output_alloc], overwrite=self.overwrite))
+        job.networks.mappings.extend([parse_network(n, pb.NETWORK_TYPE_NETWORK) for n in self.networks]
+                                     + [parse_network(b, pb.NETWORK_TYPE_BRIDGE) for b in self.bridges])
+        for text in self.macs:
+            mac = parse_mac(text)
+            if isinstance(mac, pb.StaticIp):
+                job.networks.static_ips.append(mac)
+            else:
+                job.networks.mappings.append(mac)
+        job.copy.CopyFrom(copier_pb2.CopyOptions(parallel=max(self.parallel, 0), verify=self.verify,
+                                                 while_converting=self.copy_while_converting))
+        return job
+
+
 def build_job(a: argparse.Namespace) -> coordinator_pb2.GuestJob:
-    """The command line as the typed job the coordinator takes: nothing is re-parsed later."""
-    job = coordinator_pb2.GuestJob(print_source=a.print_source)
-    job.input.CopyFrom(input_spec(InputArgs(a.input, a.files, a.input_format, a.input_uri, a.input_transport,
-                                            a.input_password, Options("-io", "", a.input_options))))
-    job.convert.CopyFrom(convert_pb2.ConvertOptions(accelerator=ACCELERATORS[a.accel], root=root_choice(a.root),
-                                                    verbose=a.verbose, trace=a.trace,
-                                                    block_driver=BLOCK_DRIVERS[a.block_driver],
-                                                    virtio_win=service_path(a.virtio_win),
-                                                    virt_tools_dir=service_path(a.virt_tools_dir)))
-    if not a.print_source:
-        storage = a.output_storage
-        if storage and a.output in DIRECTORY_OUTPUTS:
-            storage = os.path.abspath(storage)
-        alloc = output_pb2.ALLOCATION_PREALLOCATED if a.output_alloc == "preallocated" else output_pb2.ALLOCATION_SPARSE
-        job.output.CopyFrom(output_spec(a.output, storage, a.output_uri, a.output_options, name=a.output_name,
-                                        format=a.output_format, allocation=alloc, overwrite=a.overwrite))
-    job.networks.mappings.extend([parse_network(n, pb.NETWORK_TYPE_NETWORK) for n in a.networks]
-                                 + [parse_network(b, pb.NETWORK_TYPE_BRIDGE) for b in a.bridges])
-    for text in a.macs:
-        mac = parse_mac(text)
-        if isinstance(mac, pb.StaticIp):
-            job.networks.static_ips.append(mac)
-        else:
-            job.networks.mappings.append(mac)
-    job.copy.CopyFrom(copier_pb2.CopyOptions(parallel=max(a.parallel, 0), verify=a.verify,
-                                             while_converting=a.copy_while_converting))
-    return job
+    """The command line as the typed job the coordinator takes."""
+    return JobArgs.from_namespace(a).job()
+
+
+def answer_plugin_help(a: argparse.Namespace) -> None:
+    """`-io ?` and `-oo ?` (virt-v2v's): print the options the input (output) type takes and exit,
+    as --help does. Borrowed command lines may have only the input options."""
+    answers = [io_help(a.input)] if "?" in getattr(a, "input_options", []) else []
+    answers += [oo_help(a.output)] if "?" in getattr(a, "output_options", []) else []
+    if answers:
+        print("\n\n".join(answers))
+        raise SystemExit(0)
 
 
 def terminate(signum: int, frame: FrameType | None) -> None:

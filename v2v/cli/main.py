@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 from rich.console import Console
 
-from v2v.cli.args import build_job, conversion_parser, terminate
+from v2v.cli.args import answer_plugin_help, build_job, conversion_parser, terminate
 from v2v.cli.display import HumanDisplay, MachineDisplay, print_source
 from v2v.errors import V2VError, from_rpc_error
 from v2v.grpcserver import channel, unix_socket_path, wait_ready
@@ -48,6 +48,7 @@ def run_job(address: str, job: coordinator_pb2.GuestJob, display: HumanDisplay |
 def convert_main(argv: Sequence[str]) -> int:
     parser = conversion_parser()
     a = parser.parse_intermixed_args(argv)
+    answer_plugin_help(a)
     display: HumanDisplay | MachineDisplay = MachineDisplay() if a.machine_readable else \
         HumanDisplay(quiet=a.quiet or a.print_source)
     err_console = Console(stderr=True, highlight=False, soft_wrap=True)

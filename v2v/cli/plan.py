@@ -2,41 +2,51 @@
 input, output, conversion, copy and network options, read as the typed GuestJobs the
 coordinator takes.
 
-Each guest's options become the command line `v2v` would take for it, parsed by the CLI's own
-parser and builders: a plan means exactly what the same flags mean, and there is no second
-parser of input or output options to drift from the first."""
+Each plan key is a field of the JobArgs the command line fills too (its input keys: the InputArgs
+the input's plugin maps), so a plan means exactly what the same flags mean, through the same
+builders, with no command line in between. A guest may instead be a GuestJob itself, in
+protobuf's JSON form, under `job:`."""
 
 from __future__ import annotations
 
-import argparse
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 import yaml
+from google.protobuf import json_format
 
-from v2v.cli.args import build_job, conversion_parser
+from v2v.cli.args import ACCELERATORS, ALLOCATIONS, BLOCK_DRIVERS, FORMATS, JobArgs
 from v2v.coordinator.pipeline import guest_name
 from v2v.coordinator.scheduler import Limits
 from v2v.errors import V2VError
+from v2v.options import Options
+from v2v.plugins import InputArgs
 from v2v.units import parse_size
 from v2v.v1 import coordinator_pb2
 from v2v.v1 import types_pb2 as pb
 
-# plan section -> {plan key: the CLI option's argparse dest}
+# plan section -> {plan key: the field it sets (of InputArgs for `input:`, of JobArgs for the others)}
 SECTIONS: dict[str, dict[str, str]] = {
-    "input": {"type": "input", "files": "files", "format": "input_format", "uri": "input_uri",
-              "transport": "input_transport", "options": "input_options", "password_file": "input_password"},
+    "input": {"type": "kind", "files": "files", "format": "format", "uri": "uri", "transport": "transport",
+              "options": "io", "password_file": "password_file"},
     "output": {"type": "output", "storage": "output_storage", "uri": "output_uri", "options": "output_options",
                "format": "output_format", "allocation": "output_alloc", "name": "output_name",
                "overwrite": "overwrite"},
-    "convert": {"accel": "accel", "root": "root", "verbose": "verbose", "trace": "trace"},
+    "convert": {"accel": "accel", "root": "root", "verbose": "verbose", "trace": "trace",
+                "block_driver": "block_driver", "virtio_win": "virtio_win", "virt_tools_dir": "virt_tools_dir"},
     "copy": {"parallel": "parallel", "verify": "verify", "while_converting": "copy_while_converting"},
 }
 # top-level keys of a guest (and of defaults) that are lists of -n, -b, --mac values
 NETWORK_KEYS = {"networks": "networks", "bridges": "bridges", "macs": "macs"}
-GUEST_KEYS = {"name", "priority", *SECTIONS, *NETWORK_KEYS}
+GUEST_KEYS = {"name", "priority", "job", *SECTIONS, *NETWORK_KEYS}
+# the keys a `job:` guest may have besides it
+JOB_KEYS = {"job", "name", "priority"}
 LIMIT_KEYS = {"conversions", "copy_streams", "per_source_host", "memory", "appliance_memory"}
+# JobArgs fields whose value is one of a fixed set
+CHOICES: dict[str, typing.Mapping[str, object]] = {"output_format": FORMATS, "output_alloc": ALLOCATIONS,
+                                                   "accel": ACCELERATORS, "block_driver": BLOCK_DRIVERS}
 
 
 @dataclass
@@ -54,7 +64,10 @@ def _raise(message: str) -> NoReturn:
 
 
 def _merge(defaults: dict[str, Any], guest: dict[str, Any]) -> dict[str, Any]:
-    """The guest's keys over the defaults', one level into the sections (lists are replaced)."""
+    """The guest's keys over the defaults', one level into the sections (lists are replaced). A
+    `job:` guest is whole already: defaults do not apply to it."""
+    if "job" in guest:
+        return dict(guest)
     merged = dict(defaults)
     for key, value in guest.items():
         if key in SECTIONS and isinstance(value, dict) and isinstance(merged.get(key), dict):
@@ -73,40 +86,73 @@ def _values(value: Any) -> list[str]:
     return [str(value)]
 
 
-def _argv(guest: dict[str, Any], actions: dict[str, argparse.Action]) -> list[str]:
-    """The command line the guest's options stand for."""
-    argv: list[str] = []
-    files: list[str] = []
+def _typed(where: str, kind: Any, value: Any) -> Any:
+    """A plan value as the field's type: what argparse checked for the same flag."""
+    if kind is bool:
+        if not isinstance(value, bool):
+            _raise(f"{where}: expected true or false, not {value!r}")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            _raise(f"{where}: expected a whole number, not {value!r}")
+        return value
+    if kind is Options:
+        return Options("-io", "", _values(value))
+    if kind == list[str]:
+        return _values(value)
+    if isinstance(value, (dict, list)):
+        _raise(f"{where}: expected one value, not {value!r}")
+    return str(value)
 
-    def add(dest: str, value: Any, where: str) -> None:
-        nonlocal files
-        if dest == "files":
-            files = _values(value)
-            return
-        action = actions[dest]
-        flag = action.option_strings[0]
-        if isinstance(action, argparse._StoreTrueAction):
-            if not isinstance(value, bool):
-                _raise(f"{where}: expected true or false, not {value!r}")
-            argv.extend([flag] if value else [])
-        elif isinstance(action, argparse._AppendAction):
-            for v in _values(value):
-                argv.extend([flag, v])
-        else:
-            argv.extend([flag, str(value)])
 
-    for section, keys in SECTIONS.items():
-        options = guest.get(section) or {}
-        if not isinstance(options, dict):
-            _raise(f"{section}: expected a mapping of options, not {options!r}")
-        for key, value in options.items():
-            if key not in keys:
-                _raise(f"{section}.{key}: unknown option (known: {', '.join(keys)})")
-            add(keys[key], value, f"{section}.{key}")
-    for key, dest in NETWORK_KEYS.items():
-        if key in guest:
-            add(dest, guest[key], key)
-    return [*argv, *files]
+def _fields(cls: type, section: str, keys: dict[str, str], options: Any) -> dict[str, Any]:
+    """The section's keys as keyword arguments of cls, each checked against its field's type
+    (section "": the guest's own top-level keys)."""
+    if not isinstance(options, dict):
+        _raise(f"{section}: expected a mapping of options, not {options!r}")
+    hints = typing.get_type_hints(cls)
+    found: dict[str, Any] = {}
+    for key, value in options.items():
+        if key not in keys:
+            _raise(f"{section}.{key}: unknown option (known: {', '.join(keys)})")
+        dest, where = keys[key], f"{section}.{key}" if section else key
+        found[dest] = _typed(where, hints[dest], value)
+        if dest in CHOICES and found[dest] not in CHOICES[dest]:
+            _raise(f"{where}: expected one of {', '.join(CHOICES[dest])}, not {value!r}")
+    return found
+
+
+def _job_args(guest: dict[str, Any]) -> JobArgs:
+    """The guest's keys as the JobArgs the same flags would fill."""
+    inp = {"kind": "disk", "files": [], **_fields(InputArgs, "input", SECTIONS["input"], guest.get("input") or {})}
+    fields: dict[str, Any] = {}
+    for section in ("output", "convert", "copy"):
+        fields.update(_fields(JobArgs, section, SECTIONS[section], guest.get(section) or {}))
+    network_keys = {k: v for k, v in NETWORK_KEYS.items() if k in guest}
+    fields.update(_fields(JobArgs, "", network_keys, {k: guest[k] for k in network_keys}))
+    return JobArgs(InputArgs(**inp), **fields)
+
+
+def _guest_job(guest: dict[str, Any]) -> coordinator_pb2.GuestJob:
+    if "job" in guest:
+        extra = set(guest) - JOB_KEYS
+        if extra:
+            _raise(f"job: a GuestJob stands alone, with only name and priority beside it "
+                   f"(found {', '.join(sorted(extra))})")
+        if not isinstance(guest["job"], dict):
+            _raise(f"job: expected a GuestJob in protobuf JSON form (a mapping), not {guest['job']!r}")
+        job = coordinator_pb2.GuestJob()
+        try:
+            json_format.ParseDict(guest["job"], job)
+        except json_format.ParseError as exc:
+            _raise(f"job: {str(exc).split('Available Fields')[0].strip()}")  # the fields it lists: the proto's
+    else:
+        job = _job_args(guest).job()
+    if "name" in guest:
+        job.name = str(guest["name"])
+    if "priority" in guest:
+        job.priority = _typed("priority", int, guest["priority"])
+    return job
 
 
 def parse_plan(text: str, origin: str = "plan") -> Plan:
@@ -125,9 +171,6 @@ def parse_plan(text: str, origin: str = "plan") -> Plan:
     if not isinstance(limits, dict) or set(limits) - LIMIT_KEYS:
         raise V2VError(f"{origin}: limits: known keys are {', '.join(sorted(LIMIT_KEYS))}", pb.ERROR_CODE_BAD_INPUT)
     defaults = doc.get("defaults") or {}
-    parser = conversion_parser()
-    parser.error = _raise  # type: ignore[method-assign]
-    actions = {a.dest: a for a in parser._actions}
     jobs, names = [], set()
     for n, entry in enumerate(doc["guests"]):
         where = f"{origin}: guest {n + 1}"
@@ -135,13 +178,13 @@ def parse_plan(text: str, origin: str = "plan") -> Plan:
             if not isinstance(entry, dict):
                 _raise(f"expected a mapping, not {entry!r}")
             guest = _merge(defaults, entry)
-            where = f"{origin}: guest {guest.get('name') or n + 1}"
+            job_doc = guest.get("job")
+            named = guest.get("name") or (job_doc.get("name") if isinstance(job_doc, dict) else None)
+            where = f"{origin}: guest {named or n + 1}"
             unknown = set(guest) - GUEST_KEYS
             if unknown:
                 _raise(f"unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(GUEST_KEYS))})")
-            job = build_job(parser.parse_intermixed_args(_argv(guest, actions)))
-            job.name = str(guest.get("name", ""))
-            job.priority = int(guest.get("priority", 0))
+            job = _guest_job(guest)
         except _PlanError as exc:
             raise V2VError(f"{where}: {exc}", pb.ERROR_CODE_BAD_INPUT) from None
         except V2VError as err:

@@ -18,10 +18,17 @@ from pathlib import Path
 import grpc
 from google.protobuf import json_format
 
-from v2v.cli.args import ACCELERATORS, conversion_parser, root_choice, service_path, terminate
+from v2v.cli.args import (
+    ACCELERATORS,
+    answer_plugin_help,
+    conversion_parser,
+    input_args,
+    root_choice,
+    service_path,
+    terminate,
+)
 from v2v.cli.display import HumanDisplay, MachineDisplay
-from v2v.cli.inputs import InputArgs, input_spec
-from v2v.cli.options import Options
+from v2v.cli.inputs import input_spec
 from v2v.errors import V2VError, from_rpc_error
 from v2v.v1 import convert_pb2, coordinator_pb2, input_pb2
 from v2v.v1 import types_pb2 as pb
@@ -54,9 +61,9 @@ def add_service_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> 
 
 
 def spec_of(a: argparse.Namespace) -> input_pb2.InputSpec:
-    """The input options of a borrowed command line as the typed InputSpec (coordinator/inputs.py)."""
-    return input_spec(InputArgs(a.input, a.files, a.input_format, a.input_uri, a.input_transport, a.input_password,
-                                Options("-io", "", a.input_options)))
+    """The input options of a borrowed command line as the typed InputSpec (its input plugin's mapping)."""
+    answer_plugin_help(a)
+    return input_spec(input_args(a))
 
 
 def convert_options(a: argparse.Namespace, *, inspect_only: bool = False,

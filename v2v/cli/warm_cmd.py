@@ -23,8 +23,9 @@ from pathlib import Path
 
 from google.protobuf import json_format
 
+from v2v.cli.args import answer_plugin_help
 from v2v.cli.display import HumanDisplay, MachineDisplay
-from v2v.cli.outputs import DIRECTORY_OUTPUTS, output_spec
+from v2v.cli.outputs import output_spec
 from v2v.cli.standalone import (
     CONVERT_OPTIONS,
     Display,
@@ -107,13 +108,10 @@ class WarmDisplay:
 def start_request(a: argparse.Namespace) -> warm_pb2.StartRequest:
     disks = [warm_pb2.WarmSource(qcow2=os.path.abspath(f)) for f in a.files]
     disks += [warm_pb2.WarmSource(qmp=warm_pb2.QmpDisk(socket=os.path.abspath(a.qmp), node=n)) for n in a.nodes]
-    storage = a.output_storage
-    if storage and a.output in DIRECTORY_OUTPUTS:
-        storage = os.path.abspath(storage)
     alloc = output_pb2.ALLOCATION_PREALLOCATED if a.output_alloc == "preallocated" else output_pb2.ALLOCATION_SPARSE
     return warm_pb2.StartRequest(
         name=a.name, disks=disks, convert=convert_options(a),
-        output=output_spec(a.output, storage, a.output_uri, a.output_options, name=a.output_name,
+        output=output_spec(a.output, a.output_storage, a.output_uri, a.output_options, name=a.output_name,
                            format=a.output_format, allocation=alloc, overwrite=a.overwrite))
 
 
@@ -155,6 +153,7 @@ def warm_main(argv: Sequence[str]) -> int:
         path = Path(a.workdir).resolve()
         a.workdir, a.workdir_root = path.name, a.workdir_root or str(path.parent)
     if a.command == "start":
+        answer_plugin_help(a)
         if bool(a.qmp) != bool(a.nodes):
             parser().error("start: --qmp and --node go together")
         if not a.files and not a.nodes:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from v2v.errors import V2VError
 from v2v.naming import name_from_path
-from v2v.services.input.base import INPUTS, InPlaceInput
+from v2v.plugins import InputArgs, InputCli
+from v2v.services.input.base import INPUTS, InPlaceInput, absolute
 from v2v.services.input.diskfile import is_nbd_uri, probe, probe_nbd, serve_all
 from v2v.v1 import input_pb2
 from v2v.v1 import types_pb2 as pb
@@ -19,8 +20,17 @@ GiB = 1024**3
 
 
 
+def _from_cli(a: InputArgs) -> input_pb2.DiskInput:
+    return input_pb2.DiskInput(paths=[f if "://" in f else absolute(f) for f in a.files], format=a.format)
+
+
 @INPUTS.register("disk")
 class DiskInput(InPlaceInput[input_pb2.DiskInput]):
+    cli = InputCli("disk", _from_cli, files="disk images or NBD URIs (nbd://, nbd+unix://; -if FORMAT)")
+
+    def location(self, options: input_pb2.DiskInput) -> str:
+        return options.paths[0] if options.paths else ""
+
     def open_disks(self, options: input_pb2.DiskInput, workdir: WorkDir, stack: ExitStack, in_place: bool) -> pb.Source:
         if not options.paths:
             raise V2VError("-i disk: no disk image given", pb.ERROR_CODE_BAD_INPUT)

@@ -9,7 +9,8 @@ from urllib.parse import urlsplit
 
 from v2v.errors import V2VError
 from v2v.libvirtconn import connect, failed, libvirt
-from v2v.services.input.base import INPUTS, InputPlugin
+from v2v.plugins import InputArgs, InputCli
+from v2v.services.input.base import INPUTS, InputPlugin, host_of
 from v2v.services.input.libvirtxml import open_domain_xml
 from v2v.v1 import input_pb2
 from v2v.v1 import types_pb2 as pb
@@ -33,8 +34,20 @@ def inactive_domain_xml(conn: libvirt.virConnect, uri: str, domain: str) -> str:
     return xml
 
 
+def _from_cli(a: InputArgs) -> input_pb2.LibvirtInput:
+    return input_pb2.LibvirtInput(uri=a.uri, domain=a.one())
+
+
 @INPUTS.register("libvirt")
 class LibvirtInput(InputPlugin[input_pb2.LibvirtInput]):
+    cli = InputCli("libvirt", _from_cli, files="a guest's name (-ic URI: its libvirt connection)")
+
+    def location(self, options: input_pb2.LibvirtInput) -> str:
+        return options.domain
+
+    def source_host(self, options: input_pb2.LibvirtInput) -> str:
+        return host_of(options.uri)
+
     def open(self, options: input_pb2.LibvirtInput, guest: str, workdir: WorkDir, stack: ExitStack) -> pb.Source:
         uri = options.uri or DEFAULT_URI
         if not options.domain:

@@ -10,7 +10,8 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from v2v.errors import V2VError
-from v2v.services.input.base import INPUTS, InPlaceInput
+from v2v.plugins import InputArgs, InputCli
+from v2v.services.input.base import INPUTS, InPlaceInput, absolute
 from v2v.services.input.diskfile import FORMATS, check_raw_looks_like_disk, image_info, probe, probe_nbd, serve_all
 from v2v.services.input.domainxml import DiskRef, parse_domain
 from v2v.v1 import input_pb2
@@ -85,8 +86,17 @@ def open_domain_xml(data: bytes, where: str, base: Path, workdir: WorkDir, stack
     return source
 
 
+def _from_cli(a: InputArgs) -> input_pb2.LibvirtXmlInput:
+    return input_pb2.LibvirtXmlInput(path=absolute(a.one()))
+
+
 @INPUTS.register("libvirtxml")
 class LibvirtXmlInput(InPlaceInput[input_pb2.LibvirtXmlInput]):
+    cli = InputCli("libvirtxml", _from_cli, files="a libvirt domain XML file")
+
+    def location(self, options: input_pb2.LibvirtXmlInput) -> str:
+        return options.path
+
     def open_disks(self, options: input_pb2.LibvirtXmlInput, workdir: WorkDir, stack: ExitStack,
                    in_place: bool) -> pb.Source:
         if not options.path:

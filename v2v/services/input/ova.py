@@ -31,8 +31,9 @@ from typing import Literal
 from v2v.errors import V2VError
 from v2v.naming import name_from_path
 from v2v.nbdserver import Nbdkit, NbdServer, QemuNbd
+from v2v.plugins import InputArgs, InputCli
 from v2v.process import run
-from v2v.services.input.base import INPUTS, InputPlugin
+from v2v.services.input.base import INPUTS, InputPlugin, absolute
 from v2v.services.input.diskfile import image_info, serve_overlay
 from v2v.services.input.ovf import OvfFile, parse_ovf, safe_relative
 from v2v.v1 import input_pb2
@@ -432,8 +433,18 @@ def server_for(plan: Plan, sock: Path, log: Path) -> NbdServer:
     return QemuNbd(sock, log, what, m.file, plan.disk.format, snapshot=True, image=range_spec(m, plan.disk.format))
 
 
+def _from_cli(a: InputArgs) -> input_pb2.OvaInput:
+    return input_pb2.OvaInput(path=absolute(a.one()), skip_checksums=not a.io.switch("ova-checksums", True))
+
+
 @INPUTS.register("ova")
 class OvaInput(InputPlugin[input_pb2.OvaInput]):
+    cli = InputCli("ova", _from_cli, files="an .ova file, or the directory of an unpacked one",
+                   io=[("ova-checksums=off", "do not verify the manifest's SHA1/SHA256 sums")])
+
+    def location(self, options: input_pb2.OvaInput) -> str:
+        return options.path
+
     def open(self, options: input_pb2.OvaInput, guest: str, workdir: WorkDir, stack: ExitStack) -> pb.Source:
         if not options.path:
             raise bad("-i ova: no OVA file or directory given")

@@ -10,15 +10,6 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 
-import v2v.services.input.disk  # noqa: F401  (each import registers an input)
-import v2v.services.input.libvirt  # noqa: F401
-import v2v.services.input.libvirtxml  # noqa: F401
-import v2v.services.input.ova  # noqa: F401
-import v2v.services.input.vcenter  # noqa: F401
-import v2v.services.input.vddk  # noqa: F401
-import v2v.services.input.vmware_https  # noqa: F401
-import v2v.services.input.vmx  # noqa: F401
-import v2v.services.input.xen  # noqa: F401
 from v2v.errors import V2VError
 from v2v.extents import tracks_writes
 from v2v.grpcserver import rpc

@@ -22,7 +22,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from v2v.errors import V2VError
 from v2v.libvirtconn import failed, libvirt
-from v2v.services.input.base import INPUTS, InputPlugin
+from v2v.plugins import InputArgs, InputCli
+from v2v.services.input.base import INPUTS, InputPlugin, absolute, host_of
 from v2v.services.input.domainxml import DiskRef, parse_domain, parse_xml
 from v2v.services.input.libvirt import VMWARE_SCHEMES, inactive_domain_xml
 from v2v.services.input.vmware_https import DsFile, Server, flat_extent, read_password, serve_extents
@@ -157,8 +158,31 @@ def open_vcenter_domain(xml: bytes, where: str, server: Server, workdir: WorkDir
     return source
 
 
+def _from_cli(a: InputArgs) -> input_pb2.VCenterInput:
+    return input_pb2.VCenterInput(
+        uri=a.uri, domain=a.one(), password_file=absolute(a.password_file), insecure=not a.io.switch("sslverify", True),
+        server=a.io.value("vpx-server"), datacenter=a.io.value("vpx-dcpath"))
+
+
+def _picks(a: InputArgs) -> bool:
+    """vpx:// and esx://, or a URI whose guest's disks -io vpx-server= says are on VMware datastores."""
+    return urlsplit(a.uri).scheme in ("vpx", "esx") or a.io.given("vpx-server") or a.io.given("vpx-dcpath")
+
+
 @INPUTS.register("vcenter")
 class VCenterInput(InputPlugin[input_pb2.VCenterInput]):
+    cli = InputCli("libvirt", _from_cli, picks=_picks,
+                   files="-ic vpx://USER@VCENTER/DC/ESXI | esx://USER@ESXI: a VMware guest's name (-ip FILE required)",
+                   io=[("sslverify=false", "-ic vpx:// or esx://: accept any certificate"),
+                       ("vpx-server=USER@HOST[:PORT]", "read the datastores from this server, not the URI's"),
+                       ("vpx-dcpath=DATACENTER", "the datastores' dcPath when the domain XML has none")])
+
+    def location(self, options: input_pb2.VCenterInput) -> str:
+        return options.domain
+
+    def source_host(self, options: input_pb2.VCenterInput) -> str:
+        return host_of(options.uri)
+
     def open(self, options: input_pb2.VCenterInput, guest: str, workdir: WorkDir, stack: ExitStack) -> pb.Source:
         if not options.domain:
             raise bad_input(f"-i libvirt: name the guest to convert (one of `virsh -c '{options.uri}' list --all`)")

@@ -11,12 +11,14 @@ from __future__ import annotations
 import subprocess
 from contextlib import ExitStack
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from v2v.errors import V2VError
 from v2v.nbdclient import export_size
 from v2v.nbdserver import FailFastNbdkit
-from v2v.services.input.base import INPUTS, InputPlugin
-from v2v.services.input.vmware_https import DsFile, Https, fetch_vmx
+from v2v.plugins import InputArgs, InputCli
+from v2v.services.input.base import INPUTS, InputPlugin, absolute, host_of
+from v2v.services.input.vmware_https import DsFile, Https, fetch_vmx, https_from_cli
 from v2v.v1 import input_pb2
 from v2v.v1 import types_pb2 as pb
 from v2v.workdir import WorkDir
@@ -95,8 +97,37 @@ class VddkNbdkit(FailFastNbdkit):
         return super().refusal(error)
 
 
+def _from_cli(a: InputArgs) -> input_pb2.VddkInput:
+    port = a.io.value("vddk-port")
+    if port and not (port.isdigit() and 0 < int(port) < 65536):
+        raise V2VError(f"-io vddk-port={port}: not a port number", pb.ERROR_CODE_BAD_INPUT, step="open")
+    return input_pb2.VddkInput(
+        https=https_from_cli(a), libdir=absolute(a.io.value("vddk-libdir")), thumbprint=a.io.value("vddk-thumbprint"),
+        moref=a.io.value("vddk-moref"), transports=a.io.value("vddk-transports"),
+        config=absolute(a.io.value("vddk-config")), nfchostport=a.io.value("vddk-nfchostport"), port=int(port or 0),
+        snapshot=a.io.value("vddk-snapshot"))
+
+
 @INPUTS.register("vddk")
 class VddkInput(InputPlugin[input_pb2.VddkInput]):
+    cli = InputCli("vmx", _from_cli, transports=["vddk"], picks=lambda a: a.transport == "vddk",
+                   files="-it vddk: the .vmx's https:// URL as -it https; the disks through VDDK",
+                   io=[("sslverify=false", "-it vddk: accept any certificate for the .vmx"),
+                       ("vddk-libdir=DIR", "where VDDK is unpacked (holds lib64/libvixDiskLib.so.N)"),
+                       ("vddk-thumbprint=SHA1", "the server certificate's SHA1 fingerprint"),
+                       ("vddk-moref=vm-NNN", "the VM's managed object reference"),
+                       ("vddk-transports=T:T", "VDDK's transports in order, e.g. nbdssl:nbd"),
+                       ("vddk-config=FILE", "a VDDK configuration file"),
+                       ("vddk-nfchostport=PORT", "VDDK's nfchostport"),
+                       ("vddk-port=PORT", "the server's port when not 443"),
+                       ("vddk-snapshot=snapshot-NNN", "read this snapshot")])
+
+    def location(self, options: input_pb2.VddkInput) -> str:
+        return urlsplit(options.https.url).path
+
+    def source_host(self, options: input_pb2.VddkInput) -> str:
+        return host_of(options.https.url)
+
     def open(self, options: input_pb2.VddkInput, guest: str, workdir: WorkDir, stack: ExitStack) -> pb.Source:
         check_available(options.libdir)
         if not options.https.url:

@@ -27,7 +27,8 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from v2v.errors import V2VError
 from v2v.nbdserver import FailFastNbdkit
-from v2v.services.input.base import INPUTS, InputPlugin
+from v2v.plugins import InputArgs, InputCli
+from v2v.services.input.base import INPUTS, InputPlugin, absolute, host_of
 from v2v.services.input.vmx import DESCRIPTOR_MAX, bad_input, check_local_file, read_vmx, remote_extent
 from v2v.services.input.vmxfile import Vmx
 from v2v.v1 import input_pb2
@@ -315,8 +316,32 @@ def serve_extents(session: Session[S], disks: Sequence[pb.SourceDisk], flats: Se
         cookie_file.unlink(missing_ok=True)
 
 
+def https_from_cli(a: InputArgs) -> input_pb2.VmwareHttpsInput:
+    """-i vmx -it https, and the .vmx half of -it vddk."""
+    url = a.one()
+    if not url.startswith("https://"):
+        raise V2VError(f"-it {a.transport or 'https'}: expected https://[USER@]HOST[:PORT]/folder/PATH.vmx"
+                       f"?dcPath=DATACENTER&dsName=DATASTORE, not {url}", pb.ERROR_CODE_BAD_INPUT, step="open")
+    return input_pb2.VmwareHttpsInput(url=url, password_file=absolute(a.password_file),
+                                      insecure=not a.io.switch("sslverify", True))
+
+
+def _picks(a: InputArgs) -> bool:
+    return a.transport == "https" or (not a.transport and a.files[:1] != [] and a.files[0].startswith("https://"))
+
+
 @INPUTS.register("vmware_https")
 class VmwareHttpsInput(InputPlugin[input_pb2.VmwareHttpsInput]):
+    cli = InputCli("vmx", https_from_cli, transports=["https"], picks=_picks,
+                   files="-it https: https://[USER@]HOST/folder/PATH.vmx?dcPath=DC&dsName=DATASTORE (-ip FILE)",
+                   io=[("sslverify=false", "-it https: accept any certificate (ESXi's self-signed one)")])
+
+    def location(self, options: input_pb2.VmwareHttpsInput) -> str:
+        return urlsplit(options.url).path
+
+    def source_host(self, options: input_pb2.VmwareHttpsInput) -> str:
+        return host_of(options.url)
+
     def open(self, options: input_pb2.VmwareHttpsInput, guest: str, workdir: WorkDir,
              stack: ExitStack) -> pb.Source:
         if not options.url:

@@ -21,7 +21,8 @@ from urllib.parse import unquote, urlsplit
 from v2v.errors import V2VError
 from v2v.naming import name_from_path
 from v2v.nbdserver import FailFastNbdkit
-from v2v.services.input.base import INPUTS, InputPlugin
+from v2v.plugins import InputArgs, InputCli
+from v2v.services.input.base import INPUTS, LOCAL_HOST, InputPlugin, absolute, host_of
 from v2v.services.input.diskfile import probe, serve_all
 from v2v.services.input.vmxfile import Vmx, VmxError, is_sparse_vmdk, parse_descriptor, parse_vmx
 from v2v.v1 import input_pb2
@@ -60,8 +61,30 @@ def check_local_file(path: str, what: str) -> str:
     return str(p)
 
 
+def _from_cli(a: InputArgs) -> input_pb2.VmxInput:
+    location = a.one()
+    if a.transport == "ssh" and not location.startswith("ssh://"):
+        raise V2VError(f"-it ssh: expected ssh://[USER@]HOST[:PORT]/PATH.vmx, not {location}", pb.ERROR_CODE_BAD_INPUT,
+                       step="open")
+    return input_pb2.VmxInput(
+        location=location if location.startswith("ssh://") else absolute(location),
+        identity_file=absolute(a.io.value("vmx-identity")), password_file=absolute(a.password_file),
+        insecure_host_key=not a.io.switch("vmx-known-hosts", True))
+
+
 @INPUTS.register("vmx")
 class VmxInput(InputPlugin[input_pb2.VmxInput]):
+    cli = InputCli("vmx", _from_cli, transports=["ssh"],
+                   files="a .vmx file, or ssh://[USER@]HOST[:PORT]/PATH.vmx (-it ssh, -ip FILE: its password)",
+                   io=[("vmx-identity=KEYFILE", "-it ssh: the ssh private key (default: ssh's own)"),
+                       ("vmx-known-hosts=off", "-it ssh: accept any host key (tests, labs)")])
+
+    def location(self, options: input_pb2.VmxInput) -> str:
+        return options.location
+
+    def source_host(self, options: input_pb2.VmxInput) -> str:
+        return host_of(options.location) if options.location.startswith("ssh://") else LOCAL_HOST
+
     def open(self, options: input_pb2.VmxInput, guest: str, workdir: WorkDir, stack: ExitStack) -> pb.Source:
         if not options.location:
             raise bad_input("-i vmx: no .vmx file or ssh:// URI given")

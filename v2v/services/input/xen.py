@@ -18,7 +18,8 @@ from v2v.errors import V2VError
 from v2v.libvirtconn import connect
 from v2v.nbdclient import export_size, nbd_uri
 from v2v.nbdserver import NbdServer, QemuNbd
-from v2v.services.input.base import INPUTS, InputPlugin
+from v2v.plugins import InputArgs, InputCli
+from v2v.services.input.base import INPUTS, InputPlugin, absolute, host_of
 from v2v.services.input.diskfile import FORMATS
 from v2v.services.input.domainxml import DiskRef, parse_domain
 from v2v.services.input.libvirt import inactive_domain_xml
@@ -142,8 +143,21 @@ def open_xen_domain(xml: bytes, where: str, ssh: SshSource, workdir: WorkDir, st
     return source
 
 
+def _from_cli(a: InputArgs) -> input_pb2.XenSshInput:
+    return input_pb2.XenSshInput(uri=a.uri, domain=a.one(), password_file=absolute(a.password_file))
+
+
 @INPUTS.register("xen")
 class XenSshInput(InputPlugin[input_pb2.XenSshInput]):
+    cli = InputCli("libvirt", _from_cli, picks=lambda a: a.uri.startswith("xen+ssh://"),
+                   files="-ic xen+ssh://[USER@]HOST: a Xen guest's name (-ip FILE: the ssh password for its disks)")
+
+    def location(self, options: input_pb2.XenSshInput) -> str:
+        return options.domain
+
+    def source_host(self, options: input_pb2.XenSshInput) -> str:
+        return host_of(options.uri)
+
     def open(self, options: input_pb2.XenSshInput, guest: str, workdir: WorkDir, stack: ExitStack) -> pb.Source:
         if not options.domain:
             raise bad_input(f"-i libvirt: name the guest to convert (one of `virsh -c {options.uri} list --all`)")

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from contextlib import ExitStack
+from typing import ClassVar
 
 from v2v.errors import V2VError
-from v2v.plugins import PluginRegistry
+from v2v.plugins import OutputCli, PluginRegistry
 from v2v.v1 import output_pb2
 from v2v.v1 import types_pb2 as pb
 from v2v.workdir import WorkDir
@@ -15,6 +16,8 @@ from v2v.workdir import WorkDir
 
 class OutputPlugin(ABC):
     """One output type (`-o NAME`). `setup` must register every process it starts on `stack`."""
+
+    cli: ClassVar[OutputCli | None] = None  # how the command line and fleet plans reach it; None: the API only
 
     # Whether the disks setup creates read as zeros, so the copy may skip the source's zero ranges.
     target_is_zero: bool = False
@@ -42,7 +45,7 @@ class OutputPlugin(ABC):
         """Removes the disks in target.disks. Must not fail on what is already gone."""
 
 
-OUTPUTS: PluginRegistry[OutputPlugin] = PluginRegistry("output")
+OUTPUTS: PluginRegistry[OutputPlugin] = PluginRegistry("output", ("v2v.services.output", "v2v_plugins.output"))
 
 
 def target_name(spec: output_pb2.OutputSpec, target: pb.TargetMeta) -> str:

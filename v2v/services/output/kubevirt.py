@@ -25,6 +25,7 @@ import yaml
 from v2v.drives import block_bus, drive_letters
 from v2v.errors import V2VError
 from v2v.osinfo import short_id
+from v2v.plugins import OutputArgs, OutputCli
 from v2v.services.output.base import OUTPUTS
 from v2v.services.output.files import FileOutput, disk_format
 from v2v.v1 import output_pb2
@@ -264,8 +265,18 @@ def virtual_machine_yaml(target: pb.TargetMeta, disks: list[pb.TargetDisk],
             + yaml.safe_dump(doc, sort_keys=False, default_flow_style=False))
 
 
+def _from_cli(a: OutputArgs) -> output_pb2.KubevirtOutput:
+    return output_pb2.KubevirtOutput(directory=a.directory(), pvc_prefix=a.oo.value("pvc-prefix"),
+                                     disk_claims=a.oo.values("disk"), data_volumes=a.oo.flag("data-volumes"))
+
+
 @OUTPUTS.register("kubevirt")
 class KubevirtOutput(FileOutput):
+    cli = OutputCli(["kubevirt"], _from_cli, directory=True,
+                    oo=[("pvc-prefix=P", "persistentVolumeClaim volumes named P<name>-sda, ..."),
+                        ("disk=NAME", "(repeated, in disk order) those claim names instead"),
+                        ("data-volumes", "dataVolume volumes instead of persistentVolumeClaim")])
+
     extension = "yaml"
 
     def check(self, spec: output_pb2.OutputSpec, target: pb.TargetMeta) -> None:

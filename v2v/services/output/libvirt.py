@@ -18,6 +18,7 @@ from pathlib import Path
 from v2v.drives import drive_letters
 from v2v.errors import V2VError
 from v2v.libvirtconn import connect, failed, libvirt
+from v2v.plugins import OutputArgs, OutputCli
 from v2v.services.output.base import OUTPUTS, OutputPlugin
 from v2v.services.output.files import create_disks, disk_format, refuse_existing, target_exists
 from v2v.services.output.libvirtxml import domain_xml, libvirt_arch
@@ -146,8 +147,15 @@ def _undefine(dom: libvirt.virDomain) -> None:
             raise failed(f"cannot undefine domain {dom.name()}", exc) from None
 
 
+def _from_cli(a: OutputArgs) -> output_pb2.LibvirtOutput:
+    return output_pb2.LibvirtOutput(uri=a.uri, pool=a.storage, domain_type=a.oo.value("domain-type"))
+
+
 @OUTPUTS.register("libvirt")
 class LibvirtOutput(OutputPlugin):
+    cli = OutputCli(["libvirt"], _from_cli,
+                    oo=[("domain-type=kvm|qemu", "the <domain type> (default: kvm if the host offers it)")])
+
     target_is_zero = True  # fresh files from qemu-img, as in files.FileOutput
 
     def _check(self, conn: libvirt.virConnect, spec: output_pb2.OutputSpec,

@@ -7,14 +7,21 @@ from contextlib import ExitStack
 
 from v2v.drives import device_name, target_bus
 from v2v.nbdserver import Nbdkit
+from v2v.plugins import OutputArgs, OutputCli
 from v2v.services.output.base import OUTPUTS, OutputPlugin
 from v2v.v1 import output_pb2
 from v2v.v1 import types_pb2 as pb
 from v2v.workdir import WorkDir
 
 
+def _from_cli(a: OutputArgs) -> output_pb2.NullOutput:
+    return output_pb2.NullOutput()
+
+
 @OUTPUTS.register("null")
 class NullOutput(OutputPlugin):
+    cli = OutputCli(["null"], _from_cli)
+
     target_is_zero = True
 
     def check(self, spec: output_pb2.OutputSpec, target: pb.TargetMeta) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from v2v.drives import block_bus
 from v2v.errors import V2VError
+from v2v.plugins import OutputArgs, OutputCli
 from v2v.services.output.base import OUTPUTS
 from v2v.services.output.files import FileOutput, os_error, output_directory
 from v2v.v1 import output_pb2
@@ -244,8 +245,15 @@ def boot(script: Path, log: Path) -> None:
         raise V2VError(f"-oo qemu-boot: cannot start {script} (see {log})", pb.ERROR_CODE_PROCESS_FAILED)
 
 
+def _from_cli(a: OutputArgs) -> output_pb2.QemuOutput:
+    return output_pb2.QemuOutput(directory=a.directory(), boot=a.oo.flag("qemu-boot"))
+
+
 @OUTPUTS.register("qemu")
 class QemuOutput(FileOutput):
+    cli = OutputCli(["qemu"], _from_cli, directory=True,
+                    oo=[("qemu-boot", "run the script once the guest is written")])
+
     extension = "sh"
 
     def description_names(self, target: pb.TargetMeta) -> list[str]:

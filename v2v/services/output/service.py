@@ -11,12 +11,6 @@ from pathlib import Path
 import grpc
 
 # Each import registers an output plugin.
-import v2v.services.output.kubevirt  # noqa: F401
-import v2v.services.output.libvirt  # noqa: F401
-import v2v.services.output.local  # noqa: F401
-import v2v.services.output.null  # noqa: F401
-import v2v.services.output.qemu  # noqa: F401
-import v2v.services.output.target_json  # noqa: F401
 from v2v.drives import device_name, target_bus
 from v2v.errors import V2VError
 from v2v.grpcserver import rpc

@@ -10,6 +10,7 @@ from google.protobuf import json_format
 
 from v2v.drives import drive_letters
 from v2v.errors import V2VError
+from v2v.plugins import OutputArgs, OutputCli
 from v2v.services.output.base import OUTPUTS
 from v2v.services.output.files import FileOutput
 from v2v.v1 import output_pb2
@@ -25,8 +26,16 @@ def target_json(target: pb.TargetMeta) -> str:
     return json.dumps(doc, indent=2) + "\n"
 
 
+def _from_cli(a: OutputArgs) -> output_pb2.JsonOutput:
+    return output_pb2.JsonOutput(directory=a.directory(), disks_pattern=a.oo.value("json-disks-pattern"))
+
+
 @OUTPUTS.register("json")
 class JsonOutput(FileOutput):
+    cli = OutputCli(["json"], _from_cli, directory=True,
+                    oo=[("json-disks-pattern=PATTERN",
+                         "where disk N goes: %{GuestName}, %{DiskNo}, %{DiskDeviceName} replaced")])
+
     extension = "json"
 
     def disk_path(self, spec: output_pb2.OutputSpec, target: pb.TargetMeta, directory: Path, index: int) -> Path:

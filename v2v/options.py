@@ -21,6 +21,11 @@ class Options:
         self.items = [(k, v) for k, v in self.items if k != key]
         return found
 
+    def given(self, key: str) -> bool:
+        """Whether KEY is among the options, left for the builder that takes it: which plugin takes
+        them may depend on it (-io vpx-server= makes -i libvirt read VMware datastores)."""
+        return any(k == key for k, _ in self.items)
+
     def flag(self, key: str) -> bool:
         found = self._take(key)
         if any(v not in (None, "true", "yes", "1") for v in found):
