@@ -174,8 +174,9 @@ def _add_source_arguments(p: argparse.ArgumentParser) -> None:
 
 @contextmanager
 def _coordinator(a: argparse.Namespace) -> Iterator[FleetClient]:
-    """The coordinator named by --coordinator, else a read-only one over the --state database."""
-    if a.coordinator:
+    """The coordinator named by --coordinator (or $V2V_COORDINATOR, unless --state is given), else a
+    read-only one over the state database."""
+    if a.coordinator and a.state is None:
         with FleetClient(a.coordinator) as fleet:
             yield fleet
         return
