@@ -204,7 +204,7 @@ def status_main(argv: Sequence[str]) -> int:
         print(f"v2v status: error: {exc.one_line()}", file=sys.stderr)
         return 1
     except grpc.RpcError as exc:
-        print(f"v2v status: error: {from_rpc_error(exc, step='status').one_line()}", file=sys.stderr)
+        print(f"v2v status: error: {from_rpc_error(exc, step='coordinator').message}", file=sys.stderr)
         return 1
     if a.json:
         for g in guests:
@@ -257,7 +257,7 @@ def logs_main(argv: Sequence[str]) -> int:
         print(f"v2v logs: error: {exc.one_line()}", file=sys.stderr)
         return 1
     except grpc.RpcError as exc:
-        print(f"v2v logs: error: {from_rpc_error(exc, step='logs').one_line()}", file=sys.stderr)
+        print(f"v2v logs: error: {from_rpc_error(exc, step='coordinator').message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
