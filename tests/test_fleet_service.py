@@ -6,23 +6,33 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 import yaml
 
 from tests.conftest import V2V
 from tests.test_fleet import free_port
 from v2v.client import FleetClient
-from v2v.coordinator.scheduler import Limits
-from v2v.coordinator.servers import EmbeddedServices
+from v2v.coordinator.clients import ServiceAddresses
+from v2v.coordinator.scheduler import Limits, Worker
+from v2v.coordinator.servers import CoordinatorConfig, EmbeddedServices, coordinator_servicer
 from v2v.coordinator.service import EventLog
 from v2v.coordinator.state import GuestRecord, State
-from v2v.v1 import coordinator_pb2, input_pb2, output_pb2
+from v2v.grpcserver import RunningService
+from v2v.services.input.service import InputService
+from v2v.services.servicers import PHASES, phase_servicer
+from v2v.v1 import coordinator_pb2, input_pb2, input_pb2_grpc, output_pb2
 from v2v.v1 import types_pb2 as pb
 from v2v.workdir import WorkDir
 
@@ -210,3 +220,158 @@ def test_event_log_keeps_steps_and_only_the_latest_progress():
     assert newest == {("a", 0): 1000, ("a", 1): 1000, ("b", 0): 1000}
     _, tail = log.after(seen)  # a follower that had the first event resumes after it
     assert tail == rest[1:]
+
+
+# ----------------------------------------------------- status and logs through the coordinator's RPCs
+
+class LoggingInput(InputService):
+    """The real input service, whose Open also writes to the work directory's logs/ as the processes
+    it starts do (a complete line, and one still being written), and first waits, for a guest named
+    "held", until the test lets it go."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.held = threading.Event()
+        self.release = threading.Event()
+
+    def open(self, request: input_pb2.OpenRequest) -> input_pb2.OpenResponse:
+        if request.guest == "held":
+            self.held.set()
+            assert self.release.wait(60)
+        resp = super().open(request)
+        with open(WorkDir(resp.workdir, self.root).log("input-note.log"), "a") as f:
+            f.write(f"{request.guest}: served by a worker elsewhere\nhalf a li")
+        return resp
+
+
+@contextmanager
+def remote_worker_coordinator(workroot: Path, state: Path) -> Iterator[tuple[str, LoggingInput]]:
+    """A coordinator whose one worker's work-directory root is, for it, on another host (a path it
+    does not have): what it learns of the work directories, it learns through the services' RPCs."""
+    sockets = Path(tempfile.mkdtemp(prefix="v2v-c.", dir="/tmp"))
+    logging_input = LoggingInput(workroot)
+    with ExitStack() as stack:
+        stack.callback(shutil.rmtree, sockets)
+        running = {s: RunningService(f"unix:{sockets}/{s}.sock", phase_servicer(s, workroot)) for s in PHASES
+                   if s != "input"}
+        running["input"] = RunningService(f"unix:{sockets}/input.sock", (
+            logging_input, input_pb2_grpc.add_InputServicer_to_server, "v2v.v1.Input"))
+        for svc in running.values():
+            stack.callback(svc.stop)
+        worker = Worker("far", ServiceAddresses(**{s: str(svc.address) for s, svc in running.items()}),
+                        workdir_root=Path("/nonexistent/another-host"))
+        coord = RunningService(f"unix:{sockets}/coordinator.sock",
+                               coordinator_servicer(CoordinatorConfig([worker], state=state)))
+        stack.callback(coord.stop)
+        yield str(coord.address), logging_input
+
+
+def v2v_json(*args: str) -> list[dict[str, Any]]:
+    r = subprocess.run([V2V, *args], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return [json.loads(line) for line in r.stdout.splitlines()]
+
+
+def test_status_and_logs_ask_the_coordinator(phony, workroot, tmp_path):
+    """`v2v status` and `v2v logs --coordinator ADDR` show what the coordinator holds, its worker's
+    process log lines included (through the input's ReadLogs: the coordinator cannot see the
+    files); `logs --follow` streams a guest live until it ends; and the same answers come from the
+    state database alone once the coordinator is gone."""
+    disk = phony / "debian-single.img"
+    state = tmp_path / "state" / "s.db"
+    with remote_worker_coordinator(workroot, state) as (address, logging_input), FleetClient(address) as fleet:
+        [done] = fleet.submit([source_only("done", disk)])
+        fleet.wait([done])
+        [held] = fleet.submit([source_only("held", disk)])
+        assert logging_input.held.wait(30)
+        live: list[GS.LogRecord] = []
+        started = threading.Event()
+
+        def follow() -> None:
+            for r in fleet.logs("held", follow=True):
+                live.append(r)
+                started.set()
+
+        follower = threading.Thread(target=follow)
+        follower.start()
+        assert started.wait(30)  # the open step's start, while the guest is held in it
+        assert [(r.step, r.event.state) for r in live] == [("open", pb.STEP_STATE_STARTED)]
+        logging_input.release.set()
+        follower.join(timeout=60)
+        assert not follower.is_alive()  # the stream ended with the guest
+        assert fleet.status(held).state == GS.GUEST_STATE_SUCCEEDED
+        assert ("open", "input-note.log", "held: served by a worker elsewhere") in [
+            (r.step, r.process.process, r.process.line) for r in live if r.HasField("process")]
+        assert [(r.step, r.event.state) for r in live if r.HasField("event")][-1] == ("open",
+                                                                                   pb.STEP_STATE_SUCCEEDED)
+
+        rows = {r["name"]: r for r in v2v_json("status", "--coordinator", address, "--json")}
+        assert rows["done"]["state"] == rows["held"]["state"] == "succeeded"
+        assert rows["done"]["worker"] == "far" and rows["done"]["id"] == done
+        [step] = rows["done"]["steps"]  # print_source: the source opened, reported, closed
+        assert (step["step"], step["state"], step["attempt"], step["disk"]) == ("open", "succeeded", 1, None)
+        assert step["duration"] > 0 and step["ended"] >= step["started"] >= rows["done"]["submitted"]
+        logs = v2v_json("logs", "done", "--coordinator", address)
+        assert {"guest": "done", "attempt": 1, "step": "open", "process": "input-note.log",
+                "line": "done: served by a worker elsewhere"} in logs
+        assert not any("half a li" in r.get("line", "") for r in logs)  # not a line until it ends
+        assert {r["step"] for r in v2v_json("logs", done, "open", "--coordinator", address)} == {"open"}
+        missing = subprocess.run([V2V, "logs", "nobody", "--coordinator", address], capture_output=True, text=True)
+        assert missing.returncode == 1 and "no guest with id or name 'nobody'" in missing.stderr
+
+    offline = v2v_json("status", "--state", str(state), "--json")
+    assert [(r["name"], r["state"]) for r in offline] == [("done", "succeeded"), ("held", "succeeded")]
+    assert offline[0]["steps"] == rows["done"]["steps"]
+    assert v2v_json("logs", "done", "--state", str(state)) == logs
+
+
+def test_status_without_a_coordinator_resumes_nothing(tmp_path):
+    """Asking the database of a coordinator that stopped mid-run shows the guest as it was left and
+    leaves it so: the read-only view runs nothing (a coordinator started on it would resume it)."""
+    state = State(tmp_path / "s.db")
+    state.add(GuestRecord(id="r1", seq=0, name="running", job=source_only("running", tmp_path / "x.img"),
+                          state=GS.GUEST_STATE_RUNNING, submitted=time.time(), attempt=1))
+    state.update("r1", step="copy", worker="w1")
+    state.close()
+    [row] = v2v_json("status", "--state", str(tmp_path / "s.db"), "--json")
+    assert (row["name"], row["state"], row["step"], row["attempt"]) == ("running", "running", "copy", 1)
+    human = subprocess.run([V2V, "status", "--state", str(tmp_path / "s.db")], capture_output=True, text=True,
+                           check=True)
+    assert "running" in human.stdout and "copy" in human.stdout
+    again = State(tmp_path / "s.db").guest("r1")
+    assert (again.state, again.attempt) == (GS.GUEST_STATE_RUNNING, 1)
+    none = subprocess.run([V2V, "status", "--state", str(tmp_path / "none.db")], capture_output=True, text=True)
+    assert none.returncode == 1 and "no state database at" in none.stderr
+
+
+def test_read_logs_gives_complete_lines_after_offsets(workroot):
+    """The input's ReadLogs: each log file's complete lines after the offset asked, the next offset,
+    and at most about a MiB an answer (`more`), a line longer than that cut rather than never sent."""
+    wd = WorkDir("logs-guest.1", workroot).ensure()
+    wd.log("a.log").write_text("one\ntwo\nthr")
+    wd.log("b.log").write_bytes(b"\xff bad utf-8\n")
+    svc = RunningService(f"unix:{workroot}/in.sock", phase_servicer("input", workroot))
+    ch = grpc.insecure_channel(str(svc.address))
+    try:
+        stub = input_pb2_grpc.InputStub(ch)
+        first = stub.ReadLogs(input_pb2.ReadLogsRequest(workdir=wd.name))
+        assert [(log.name, log.offset, list(log.lines)) for log in first.logs] == [
+            ("a.log", 8, ["one", "two"]), ("b.log", 12, ["\ufffd bad utf-8"])] and not first.more
+        with open(wd.log("a.log"), "a") as f:
+            f.write("ee\n" + "x" * (3 << 20) + "\n")
+        offsets = {log.name: log.offset for log in first.logs}
+        lines: list[str] = []
+        for _ in range(10):
+            answer = stub.ReadLogs(input_pb2.ReadLogsRequest(workdir=wd.name, offsets=offsets))
+            assert sum(len(line) + 1 for log in answer.logs for line in log.lines) <= (1 << 20) + 1
+            for log in answer.logs:
+                offsets[log.name] = log.offset
+                lines += log.lines
+            if not answer.more:
+                break
+        assert not answer.more and offsets["a.log"] == wd.log("a.log").stat().st_size
+        assert lines[0] == "three" and "".join(lines[1:]) == "x" * (3 << 20) and len(lines) > 3
+        assert stub.ReadLogs(input_pb2.ReadLogsRequest(workdir="gone.1")).logs == []
+    finally:
+        ch.close()
+        svc.stop()

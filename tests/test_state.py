@@ -6,9 +6,13 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import sqlite3
 from pathlib import Path
 
-from v2v.coordinator.state import GuestRecord, State
+import pytest
+
+from v2v.coordinator.state import SCHEMA_VERSION, GuestRecord, State
+from v2v.errors import V2VError
 from v2v.v1 import coordinator_pb2, input_pb2
 from v2v.v1 import types_pb2 as pb
 
@@ -83,3 +87,63 @@ def test_a_killed_writer_leaves_every_committed_write(tmp_path):
     assert proc.exitcode == -signal.SIGKILL
     g = State(tmp_path / "s.db").guest("k")
     assert (g.state, g.step, g.target_open) == (GS.GUEST_STATE_RUNNING, "copy", True)
+
+
+# The schema of the databases made before the schema had a version (user_version 0), as they are.
+_UNVERSIONED = """
+CREATE TABLE guests (id TEXT PRIMARY KEY, seq INTEGER NOT NULL, name TEXT NOT NULL, job BLOB NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0, state INTEGER NOT NULL, step TEXT NOT NULL DEFAULT '',
+    worker TEXT NOT NULL DEFAULT '', workdir TEXT NOT NULL DEFAULT '', attempt INTEGER NOT NULL DEFAULT 0,
+    error BLOB, source BLOB, files TEXT NOT NULL DEFAULT '[]', bytes_copied INTEGER NOT NULL DEFAULT 0,
+    target_open INTEGER NOT NULL DEFAULT 0, target_interrupted INTEGER NOT NULL DEFAULT 0,
+    submitted REAL NOT NULL, started REAL, ended REAL);
+CREATE TABLE steps (guest TEXT NOT NULL REFERENCES guests(id), attempt INTEGER NOT NULL, step TEXT NOT NULL,
+    parent TEXT NOT NULL DEFAULT '', disk INTEGER NOT NULL DEFAULT -1, state TEXT NOT NULL, started REAL NOT NULL,
+    ended REAL, duration REAL, error TEXT NOT NULL DEFAULT '', PRIMARY KEY (guest, attempt, step, parent, disk));
+"""
+
+
+def test_an_unversioned_database_migrates_and_keeps_its_rows(tmp_path):
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript(_UNVERSIONED)
+    error = pb.Error(step="copy", code=pb.ERROR_CODE_NO_SPACE, message="No space left on device")
+    for seq, (gid, state) in enumerate((("o1", GS.GUEST_STATE_SUCCEEDED), ("o2", GS.GUEST_STATE_FAILED))):
+        db.execute("INSERT INTO guests (id, seq, name, job, state, attempt, files, bytes_copied, error, submitted, "
+                   "ended) VALUES (?, ?, 'web1', ?, ?, 1, '[\"/out/web1-sda\"]', 4096, ?, 10.0, 20.0)",
+                   (gid, seq, job("web1").SerializeToString(), state,
+                    error.SerializeToString() if state == GS.GUEST_STATE_FAILED else None))
+    db.execute("INSERT INTO steps (guest, attempt, step, state, started, ended, duration) "
+               "VALUES ('o1', 1, 'open', 'succeeded', 11.0, 12.5, 1.5)")
+    db.commit()
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 0
+    db.close()
+
+    st = State(path)
+    st.close()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND name = 'guests_by_name'").fetchone()
+    db.close()
+    st = State(path)  # a migrated database opens as it is
+    first, second = st.guests()
+    assert (first.id, first.state, first.files, first.bytes_copied) == ("o1", GS.GUEST_STATE_SUCCEEDED,
+                                                                        ["/out/web1-sda"], 4096)
+    assert first.job == job("web1") and first.error is None and (first.submitted, first.ended) == (10.0, 20.0)
+    assert second.error == error
+    assert st.guest("web1").id == "o2"  # by name: the latest of that name
+    [step] = st.steps("o1")
+    assert (step.step, step.state, step.disk, step.duration) == ("open", "succeeded", None, 1.5)
+    add(st, "n3", "new")  # and takes new rows after them
+    assert [g.seq for g in st.guests()] == [0, 1, 2]
+
+
+def test_a_database_of_a_newer_v2v_is_refused(tmp_path):
+    path = tmp_path / "new.db"
+    State(path).close()
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.commit()
+    db.close()
+    with pytest.raises(V2VError, match=f"schema version {SCHEMA_VERSION + 1}, newer than this v2v's"):
+        State(path)

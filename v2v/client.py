@@ -46,8 +46,13 @@ class FleetClient:
         """Every event of one guest, or of all (""), past then live, until they have ended."""
         yield from self.stub.Follow(coordinator_pb2.GuestRef(id=gid))
 
-    def list(self) -> list[coordinator_pb2.GuestStatus]:
-        return list(self.stub.List(coordinator_pb2.ListRequest()).guests)
+    def list(self, steps: bool = False) -> list[coordinator_pb2.GuestStatus]:
+        """Every guest's status; with `steps`, each with its steps (GuestStatus.steps)."""
+        return list(self.stub.List(coordinator_pb2.ListRequest(steps=steps)).guests)
+
+    def logs(self, guest: str, step: str = "", follow: bool = False) -> Iterator[coordinator_pb2.LogRecord]:
+        """A guest's (by id or name) step logs; `follow`: then the new records until it ends."""
+        yield from self.stub.Logs(coordinator_pb2.LogsRequest(guest=guest, step=step, follow=follow))
 
     def status(self, gid: str) -> coordinator_pb2.GuestStatus:
         status: coordinator_pb2.GuestStatus = self.stub.Status(coordinator_pb2.GuestRef(id=gid))

@@ -66,6 +66,7 @@ def test_no_request_reaches_a_directory_outside_the_root(services, phony, tmp_pa
         assert expected in message, (name, message)
         refused(inp.Close, input_pb2.CloseRequest(workdir=name, remove=True))
         refused(inp.Describe, input_pb2.DescribeRequest(workdir=name))
+        refused(inp.ReadLogs, input_pb2.ReadLogsRequest(workdir=name))  # reads no logs/ of a directory outside
     assert not Path("/.v2v-workdir").exists() and not (root / WorkDir.TAG).exists()
     assert not (outside / WorkDir.TAG).exists() and (outside / "data").read_text() == "keep"
     assert sorted(p.name for p in root.iterdir()) == ["g1.aaaa", "g2.bbbb"]

@@ -2,23 +2,30 @@
 
     v2v fleet plan.yaml                      the plan's guests, embedded services, a live table
     v2v fleet plan.yaml --coordinator ADDR   submitted to a running coordinator
-    v2v status                               every guest of the state database
-    v2v logs web1 convert                    a guest's step log: events and its processes' stderr
+    v2v status [--coordinator ADDR]          every guest of a coordinator (else: of its state database)
+    v2v logs web1 convert [--coordinator ADDR] [--follow]
+                                             a guest's step log: events and its processes' stderr
+
+`status` and `logs` ask the coordinator's List and Logs; with no coordinator named, a read-only
+one over the state database answers them (v2v.coordinator.view), in this process.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf import timestamp_pb2
 from rich.console import Console
 from rich.table import Table
 
@@ -28,9 +35,8 @@ from v2v.client import FleetClient
 from v2v.coordinator.clients import SERVICES, ServiceAddresses
 from v2v.coordinator.pipeline import guest_name
 from v2v.coordinator.scheduler import Limits, Worker
-from v2v.coordinator.servers import CoordinatorConfig, EmbeddedServices, PhaseWorkers, parse_worker
-from v2v.coordinator.state import FINAL, GuestRecord, State, state_name
-from v2v.coordinator.steplogs import read_logs
+from v2v.coordinator.servers import CoordinatorConfig, EmbeddedServices, PhaseWorkers, parse_worker, state_view
+from v2v.coordinator.state import FINAL, state_name
 from v2v.errors import V2VError, from_rpc_error
 from v2v.units import human_size, parse_size
 from v2v.v1 import coordinator_pb2
@@ -158,48 +164,76 @@ def _run_plan(address: str, jobs: list[coordinator_pb2.GuestJob], machine: bool,
     return 1 if failed else 0
 
 
-def _open_state(path: Path | None) -> State:
-    path = path or default_state()
+def _add_source_arguments(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--coordinator", default=os.environ.get("V2V_COORDINATOR", ""), metavar="ADDR",
+                     help="ask this running coordinator (unix:PATH or HOST:PORT; $V2V_COORDINATOR)")
+    src.add_argument("--state", type=Path, default=None,
+                     help="else read this state database (default: <work root>/coordinator.db)")
+
+
+@contextmanager
+def _coordinator(a: argparse.Namespace) -> Iterator[FleetClient]:
+    """The coordinator named by --coordinator (or $V2V_COORDINATOR, unless --state is given), else a
+    read-only one over the state database."""
+    if a.coordinator and a.state is None:
+        with FleetClient(a.coordinator) as fleet:
+            yield fleet
+        return
+    path = a.state or default_state()
     if not path.exists():
-        raise V2VError(f"no state database at {path}: give --state PATH")
-    return State(path)
+        raise V2VError(f"no state database at {path}: give --state PATH or --coordinator ADDR")
+    with state_view(path) as address, FleetClient(address) as fleet:
+        yield fleet
+
+
+def _seconds(ts: timestamp_pb2.Timestamp, present: bool = True) -> float | None:
+    return ts.ToNanoseconds() / 1e9 if present else None
 
 
 def status_main(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="v2v status", description="The guests of a coordinator's state database.")
-    p.add_argument("--state", type=Path, default=None, help="the state database (default: <work root>/coordinator.db)")
-    p.add_argument("--json", action="store_true", help="one JSON object per guest")
+    p = argparse.ArgumentParser(prog="v2v status", description="Every guest of a coordinator: its state, step, "
+                                "attempt, bytes copied and error.")
+    _add_source_arguments(p)
+    p.add_argument("--json", action="store_true", help="one JSON object per guest, with its steps")
     a = p.parse_args(argv)
     try:
-        state = _open_state(a.state)
+        with _coordinator(a) as fleet:
+            guests = fleet.list(steps=a.json)
     except V2VError as exc:
-        print(f"v2v status: error: {exc.message}", file=sys.stderr)
+        print(f"v2v status: error: {exc.one_line()}", file=sys.stderr)
         return 1
-    guests = state.guests()
+    except grpc.RpcError as exc:
+        print(f"v2v status: error: {from_rpc_error(exc, step='coordinator').message}", file=sys.stderr)
+        return 1
     if a.json:
         for g in guests:
-            print(json.dumps(_guest_dict(state, g), separators=(",", ":")))
+            print(json.dumps(_guest_dict(g), separators=(",", ":")))
         return 0
     t = Table()
     for col in ("guest", "id", "state", "step", "attempt", "copied", "elapsed", "error"):
         t.add_column(col)
     for g in guests:
-        elapsed = ((g.ended or time.time()) - g.started) if g.started else 0.0
+        started = _seconds(g.started, g.HasField("started"))
+        elapsed = ((_seconds(g.ended, g.HasField("ended")) or time.time()) - started) if started else 0.0
         t.add_row(g.name, g.id, state_name(g.state) + (" (target interrupted)" if g.target_interrupted else ""),
                   g.step, str(g.attempt), human_size(g.bytes_copied), f"{elapsed:.0f} s",
-                  f"{g.error.step}: {g.error.message}" if g.error else "")
+                  f"{g.error.step}: {g.error.message}" if g.HasField("error") else "")
     Console(highlight=False).print(t)
     return 0
 
 
-def _guest_dict(state: State, g: GuestRecord) -> dict[str, Any]:
+def _guest_dict(g: coordinator_pb2.GuestStatus) -> dict[str, Any]:
     return {"id": g.id, "name": g.name, "state": state_name(g.state), "step": g.step, "attempt": g.attempt,
             "worker": g.worker, "bytes_copied": g.bytes_copied, "target_interrupted": g.target_interrupted,
-            "files": g.files, "error": to_dict(g.error) if g.error else None,
-            "submitted": g.submitted, "started": g.started, "ended": g.ended,
-            "steps": [{"step": s.step, "parent": s.parent, "disk": s.disk, "state": s.state, "attempt": s.attempt,
-                       "started": s.started, "ended": s.ended, "duration": s.duration, "error": s.error}
-                      for s in state.steps(g.id)]}
+            "files": list(g.files), "error": to_dict(g.error) if g.HasField("error") else None,
+            "submitted": _seconds(g.submitted, g.HasField("submitted")),
+            "started": _seconds(g.started, g.HasField("started")), "ended": _seconds(g.ended, g.HasField("ended")),
+            "steps": [{"step": s.step, "parent": s.parent, "disk": s.disk if s.HasField("disk") else None,
+                       "state": s.state, "attempt": s.attempt, "started": _seconds(s.started),
+                       "ended": _seconds(s.ended, s.HasField("ended")),
+                       "duration": s.duration if s.HasField("ended") else None, "error": s.error}
+                      for s in g.steps]}
 
 
 def logs_main(argv: Sequence[str]) -> int:
@@ -207,18 +241,24 @@ def logs_main(argv: Sequence[str]) -> int:
                                 "and the stderr of the processes the services ran for it.")
     p.add_argument("guest", help="the guest's name or id")
     p.add_argument("step", nargs="?", default="", help="one step (open, check, convert, setup, copy, finalize)")
-    p.add_argument("--state", type=Path, default=None, help="the state database (default: <work root>/coordinator.db)")
+    _add_source_arguments(p)
+    p.add_argument("-f", "--follow", action="store_true",
+                   help="with --coordinator: then print what comes, until the guest ends")
     a = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
-        state = _open_state(a.state)
-        g = state.guest(a.guest)
-        if g is None:
-            raise V2VError(f"no guest {a.guest!r} in {state.path}")
+        with _coordinator(a) as fleet:
+            for r in fleet.logs(a.guest, a.step, a.follow):
+                record = {"event": to_dict(r.event)} if r.HasField("event") else \
+                    {"process": r.process.process, "line": r.process.line}
+                print(json.dumps({"guest": r.guest, "attempt": r.attempt, "step": r.step, **record},
+                                 separators=(",", ":")), flush=a.follow)
     except V2VError as exc:
-        print(f"v2v logs: error: {exc.message}", file=sys.stderr)
+        print(f"v2v logs: error: {exc.one_line()}", file=sys.stderr)
         return 1
-    steps = list(dict.fromkeys((s.attempt, s.step) for s in state.steps(g.id)
-                               if not s.parent and (not a.step or s.step == a.step)))
-    for attempt, step, record in read_logs(state.path.parent / "logs", g.id, steps):
-        print(json.dumps({"guest": g.name, "attempt": attempt, "step": step, **record}, separators=(",", ":")))
+    except grpc.RpcError as exc:
+        print(f"v2v logs: error: {from_rpc_error(exc, step='coordinator').message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
     return 0

@@ -38,7 +38,7 @@ class PhaseClients:
     guest for ever. (Open and the streams have none: an OVA can take long to open, a copy or a
     conversion longer; those are cancelled, not timed.)"""
 
-    quick = 120.0  # seconds: Check, Abort, Close, Describe, Cancel
+    quick = 120.0  # seconds: Check, Abort, Close, Describe, ReadLogs, Cancel
     disk_work = 3600.0  # Setup and Finalize, which create and flush the target disks
 
     def __init__(self, addresses: ServiceAddresses) -> None:

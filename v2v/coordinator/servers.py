@@ -4,7 +4,8 @@ and the coordinator's configuration: its workers, limits, state and metrics."""
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
@@ -158,3 +159,22 @@ class EmbeddedServices:
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
+
+
+@contextmanager
+def state_view(path: Path) -> Iterator[str]:
+    """A read-only Coordinator (StateView: List, Status, Logs) over the state database at `path`, on
+    a private Unix socket; yields its address. What `v2v status` and `v2v logs` ask with no
+    coordinator named: the same calls as to a running one, and nothing resumed by asking."""
+    from v2v.coordinator.state import State
+    from v2v.coordinator.view import StateView
+    from v2v.v1 import coordinator_pb2_grpc as m
+
+    with tempfile.TemporaryDirectory(prefix="v2v-view.") as d:
+        address = f"unix:{d}/coordinator.sock"
+        running = RunningService(address, (StateView(State(path)), m.add_CoordinatorServicer_to_server,
+                                           "v2v.v1.Coordinator"))
+        try:
+            yield address
+        finally:
+            running.stop()

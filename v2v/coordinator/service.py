@@ -8,36 +8,27 @@ import bisect
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import grpc
-from google.protobuf import timestamp_pb2
 
 from v2v.coordinator.clients import PhaseClients
 from v2v.coordinator.metrics import FleetMetrics
 from v2v.coordinator.pipeline import RESUMABLE_STEPS, Converted, GuestRun, guest_name
 from v2v.coordinator.scheduler import Scheduler, Ticket, TicketGates
 from v2v.coordinator.state import FINAL, GuestRecord, State
-from v2v.coordinator.steplogs import StepLogs
+from v2v.coordinator.steplogs import LogReader, StepLogs, log_records
+from v2v.coordinator.view import guest_status, logged_steps, step_record
 from v2v.errors import V2VError, from_rpc_error, to_status
 from v2v.events import step_event
-from v2v.grpcserver import StreamSlots, rpc
+from v2v.grpcserver import StreamSlots, rpc, stream_rpc
 from v2v.services.input.locations import source_host
 from v2v.v1 import coordinator_pb2, coordinator_pb2_grpc, input_pb2, output_pb2
 from v2v.v1 import types_pb2 as pb
-from v2v.workdir import WorkDir
 
 GS = coordinator_pb2
 _STEP_STATES = {pb.STEP_STATE_SUCCEEDED: "succeeded", pb.STEP_STATE_FAILED: "failed"}
 _BYTES_SAVE_INTERVAL = 2.0  # seconds between saves of a copy's byte count: progress comes many times a second
-
-
-def _timestamp(seconds: float | None) -> timestamp_pb2.Timestamp | None:
-    if seconds is None:
-        return None
-    ts = timestamp_pb2.Timestamp()
-    ts.FromNanoseconds(int(seconds * 1e9))
-    return ts
 
 
 class EventLog:
@@ -98,18 +89,8 @@ class Guest:
         self.thread: threading.Thread | None = None
 
     def status(self) -> coordinator_pb2.GuestStatus:
-        r = self.rec
-        st = GS.GuestStatus(id=r.id, name=r.name, state=r.state, step=r.step, files=r.files, worker=r.worker,
-                            bytes_copied=r.bytes_copied, priority=r.job.priority, attempt=r.attempt,
-                            target_interrupted=r.target_interrupted, submitted=_timestamp(r.submitted),
-                            started=_timestamp(r.started), ended=_timestamp(r.ended))
-        if r.state == GS.GUEST_STATE_RUNNING and r.step == "copy":
-            st.copy_rate = sum(self.disk_rates.values())
-        if r.error is not None:
-            st.error.CopyFrom(r.error)
-        if r.source is not None:
-            st.source.CopyFrom(r.source)
-        return st
+        copying = self.rec.state == GS.GUEST_STATE_RUNNING and self.rec.step == "copy"
+        return guest_status(self.rec, sum(self.disk_rates.values()) if copying else 0.0)
 
 
 class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
@@ -170,8 +151,8 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         rec, at = guest.rec, s.timestamp.ToNanoseconds() / 1e9
         disk = s.disk if s.HasField("disk") else None
         if guest.logs is not None:
-            if guest.logs.workdir_logs is None and guest.run is not None and guest.run.workdir is not None:
-                guest.logs.workdir_logs = guest.run.workdir.path / "logs"
+            if guest.logs.reader is None and guest.run is not None and guest.run.workdir is not None:
+                guest.logs.reader = self._log_reader(guest, guest.run.workdir.name)
                 self._set(guest, workdir=guest.run.workdir.name)
             guest.logs.event(s)
         if s.state == pb.STEP_STATE_STARTED:
@@ -189,6 +170,21 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
                     self._set(guest, target_open=False)
                 if s.step == "open" and guest.run is not None and guest.run.source is not None:
                     self._set(guest, source=guest.run.source)
+
+    def _log_reader(self, guest: Guest, workdir: str) -> LogReader:
+        """The process logs of the guest's work directory, from its worker's input service: the
+        worker may be another host, whose files this coordinator cannot see."""
+        clients = self.clients[guest.rec.worker]
+
+        def read(offsets: Mapping[str, int]) -> input_pb2.ReadLogsResponse:
+            try:
+                gained: input_pb2.ReadLogsResponse = clients.input.ReadLogs(
+                    input_pb2.ReadLogsRequest(workdir=workdir, offsets=offsets), timeout=clients.quick)
+            except grpc.RpcError:  # the worker is gone, and its logs with it; the step log says what it had
+                return input_pb2.ReadLogsResponse()
+            return gained
+
+        return read
 
     def _on_progress(self, guest: Guest, p: pb.Progress) -> None:
         gained = p.bytes_done - guest.disk_bytes.get(p.disk, 0)
@@ -233,7 +229,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
                 self._set(guest, state=GS.GUEST_STATE_RUNNING, worker=worker.name, started=time.time(),
                           error=None)
                 if resume is not None:
-                    guest.logs.workdir_logs = WorkDir(resume.workdir, worker.workdir_root).path / "logs"
+                    guest.logs.reader = self._log_reader(guest, resume.workdir)
                 try:
                     run.run(resume)
                 finally:
@@ -401,7 +397,44 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
 
     @rpc
     def List(self, request: coordinator_pb2.ListRequest, context: grpc.ServicerContext) -> coordinator_pb2.ListResponse:
-        return GS.ListResponse(guests=[g.status() for g in list(self.guests.values())])
+        guests = [g.status() for g in list(self.guests.values())]
+        if request.steps:
+            for st in guests:
+                st.steps.extend(step_record(s) for s in self.state.steps(st.id))
+        return GS.ListResponse(guests=guests)
+
+    def _find(self, ref: str) -> Guest:
+        """By id, else by name: the latest guest of that name."""
+        named = [g for g in list(self.guests.values()) if g.rec.name == ref]
+        guest = self.guests.get(ref) or max(named, key=lambda g: g.rec.seq, default=None)
+        if guest is None:
+            raise V2VError(f"no guest with id or name {ref!r}", pb.ERROR_CODE_NOT_FOUND)
+        return guest
+
+    def logs(self, ref: str, only: str, follow: bool,
+             context: grpc.ServicerContext) -> Iterator[coordinator_pb2.LogRecord]:
+        """The guest's step logs, then (`follow`) what they gain, until the guest has ended: each
+        pass reads what the files gained, then waits for the guest's next event, which is written
+        to its step log before it is published."""
+        rec = self._find(ref).rec
+        offsets: dict[tuple[int, str], int] = {}
+        while True:
+            with self._log_lock:
+                seen, ended = self._log.last_of(rec.id), self._ended(rec.id)
+            yield from log_records(self.logs_root, rec.id, rec.name, logged_steps(self.state.steps(rec.id), only),
+                                   offsets)
+            if not follow or ended or not context.is_active():
+                return
+            with self._log_lock:
+                changed = self._condition(rec.id)
+                while self._log.last_of(rec.id) <= seen and not self._ended(rec.id) and context.is_active():
+                    changed.wait(timeout=1.0)
+
+    @stream_rpc
+    def Logs(self, request: coordinator_pb2.LogsRequest,
+             context: grpc.ServicerContext) -> Iterator[coordinator_pb2.LogRecord]:
+        with self._streams.slot(context, "Logs"):
+            yield from self.logs(request.guest, request.step, request.follow, context)
 
     def cancel(self, gid: str) -> coordinator_pb2.GuestStatus:
         guest = self._get(gid)

@@ -2,7 +2,9 @@
 every guest's job, state, steps (start, end, duration, error) and bytes copied.
 
 Each write commits at once, so a coordinator killed at any point leaves a database that says what
-had finished, what was running, and which guest had a target half-written."""
+had finished, what was running, and which guest had a target half-written. The database carries
+its schema's version (`PRAGMA user_version`); opening one of an older version migrates it in place,
+step by step, each step one transaction, so a coordinator upgraded over a fleet's state keeps it."""
 
 from __future__ import annotations
 
@@ -10,15 +12,17 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from v2v.errors import V2VError
 from v2v.v1 import coordinator_pb2
 from v2v.v1 import types_pb2 as pb
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS guests (
+# Version 1: the first schema (databases made before versions were kept are version 0 and hold it).
+_TABLES = (
+    """CREATE TABLE IF NOT EXISTS guests (
     id TEXT PRIMARY KEY,
     seq INTEGER NOT NULL,               -- submission order: the queue's order after a restart
     name TEXT NOT NULL,
@@ -38,8 +42,8 @@ CREATE TABLE IF NOT EXISTS guests (
     submitted REAL NOT NULL,
     started REAL,
     ended REAL
-);
-CREATE TABLE IF NOT EXISTS steps (
+)""",
+    """CREATE TABLE IF NOT EXISTS steps (
     guest TEXT NOT NULL REFERENCES guests(id),
     attempt INTEGER NOT NULL,
     step TEXT NOT NULL,
@@ -51,8 +55,49 @@ CREATE TABLE IF NOT EXISTS steps (
     duration REAL,
     error TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (guest, attempt, step, parent, disk)
-);
-"""
+)""",
+)
+
+
+def _create_tables(db: sqlite3.Connection) -> None:
+    for sql in _TABLES:
+        db.execute(sql)
+
+
+def _index_names(db: sqlite3.Connection) -> None:
+    """Version 2: guests are looked up by name (`v2v logs web1`, Status and Logs take a name), the
+    latest of a name first: without an index each lookup read every guest of the fleet."""
+    db.execute("CREATE INDEX IF NOT EXISTS guests_by_name ON guests (name, seq)")
+
+
+# MIGRATIONS[n] takes a database of version n to version n + 1; the last one gives SCHEMA_VERSION.
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_create_tables, _index_names)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def schema_version(db: sqlite3.Connection) -> int:
+    return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(db: sqlite3.Connection, path: Path) -> None:
+    """Brings the database to SCHEMA_VERSION (a new, empty one too); refuses one of a newer v2v,
+    whose columns this one would not know."""
+    version = schema_version(db)
+    if version > SCHEMA_VERSION:
+        raise V2VError(f"the state database {path} is of schema version {version}, newer than this v2v's "
+                       f"{SCHEMA_VERSION}: run the v2v that wrote it, or give another --state",
+                       pb.ERROR_CODE_BAD_INPUT)
+    for n in range(version, SCHEMA_VERSION):
+        db.execute("BEGIN IMMEDIATE")  # one coordinator migrates; another opening it waits, then sees it done
+        try:
+            if schema_version(db) == n:
+                MIGRATIONS[n](db)
+                db.execute(f"PRAGMA user_version = {n + 1}")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
 
 FINAL = (coordinator_pb2.GUEST_STATE_SUCCEEDED, coordinator_pb2.GUEST_STATE_FAILED,
          coordinator_pb2.GUEST_STATE_CANCELLED)
@@ -109,9 +154,14 @@ class State:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self._db.row_factory = sqlite3.Row
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            migrate(self._db, path)
+        except BaseException:
+            self._db.close()
+            raise
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -122,9 +172,12 @@ class State:
         with self._lock:
             return self._db.execute(sql, args)
 
+    def _rows(self, sql: str, args: tuple[object, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
     def next_seq(self) -> int:
-        row = self._exec("SELECT COALESCE(MAX(seq), -1) + 1 FROM guests").fetchone()
-        return int(row[0])
+        return int(self._rows("SELECT COALESCE(MAX(seq), -1) + 1 AS next FROM guests")[0]["next"])
 
     def add(self, rec: GuestRecord) -> None:
         self._exec("INSERT INTO guests (id, seq, name, job, priority, state, attempt, submitted) "
@@ -164,41 +217,38 @@ class State:
                                  (*key, state, at - duration, at, duration, error))
 
     def guests(self) -> list[GuestRecord]:
-        with self._lock:
-            rows = self._db.execute("SELECT id, seq, name, job, state, step, worker, workdir, attempt, error, source, "
-                                    "files, bytes_copied, target_open, target_interrupted, submitted, started, "
-                                    "ended FROM guests ORDER BY seq").fetchall()
-        return [_record(row) for row in rows]
+        return [_record(row) for row in self._rows("SELECT * FROM guests ORDER BY seq")]
 
     def guest(self, ref: str) -> GuestRecord | None:
         """By id, else by name (the latest guest of that name)."""
-        found = [g for g in self.guests() if g.id == ref] or [g for g in self.guests() if g.name == ref]
-        return found[-1] if found else None
+        rows = self._rows("SELECT * FROM guests WHERE id = ?", (ref,)) or \
+            self._rows("SELECT * FROM guests WHERE name = ? ORDER BY seq DESC LIMIT 1", (ref,))
+        return _record(rows[0]) if rows else None
 
     def steps(self, gid: str) -> list[StepRecord]:
-        with self._lock:
-            rows = self._db.execute("SELECT step, parent, disk, state, started, ended, duration, error, attempt "
-                                    "FROM steps WHERE guest = ? ORDER BY attempt, started", (gid,)).fetchall()
-        return [StepRecord(r[0], r[1], None if r[2] < 0 else r[2], r[3], r[4], r[5], r[6], r[7], r[8]) for r in rows]
+        rows = self._rows("SELECT * FROM steps WHERE guest = ? ORDER BY attempt, started", (gid,))
+        return [StepRecord(step=r["step"], parent=r["parent"], disk=None if r["disk"] < 0 else r["disk"],
+                           state=r["state"], started=r["started"], ended=r["ended"], duration=r["duration"],
+                           error=r["error"], attempt=r["attempt"]) for r in rows]
 
     def completed_steps(self, gid: str, attempt: int) -> set[str]:
-        with self._lock:
-            rows = self._db.execute("SELECT step FROM steps WHERE guest = ? AND attempt = ? AND parent = '' "
-                                    "AND disk = -1 AND state = 'succeeded'", (gid, attempt)).fetchall()
-        return {r[0] for r in rows}
+        rows = self._rows("SELECT step FROM steps WHERE guest = ? AND attempt = ? AND parent = '' "
+                          "AND disk = -1 AND state = 'succeeded'", (gid, attempt))
+        return {r["step"] for r in rows}
 
 
-def _record(row: tuple[Any, ...]) -> GuestRecord:
+def _record(row: sqlite3.Row) -> GuestRecord:
     job = coordinator_pb2.GuestJob()
-    job.ParseFromString(row[3])
+    job.ParseFromString(row["job"])
     error = source = None
-    if row[9]:
+    if row["error"]:
         error = pb.Error()
-        error.ParseFromString(row[9])
-    if row[10]:
+        error.ParseFromString(row["error"])
+    if row["source"]:
         source = pb.Source()
-        source.ParseFromString(row[10])
-    return GuestRecord(id=row[0], seq=row[1], name=row[2], job=job, state=row[4], step=row[5], worker=row[6],
-                       workdir=row[7], attempt=row[8], error=error, source=source, files=json.loads(row[11]),
-                       bytes_copied=row[12], target_open=bool(row[13]), target_interrupted=bool(row[14]),
-                       submitted=row[15], started=row[16], ended=row[17])
+        source.ParseFromString(row["source"])
+    return GuestRecord(id=row["id"], seq=row["seq"], name=row["name"], job=job, state=row["state"], step=row["step"],
+                       worker=row["worker"], workdir=row["workdir"], attempt=row["attempt"], error=error,
+                       source=source, files=json.loads(row["files"]), bytes_copied=row["bytes_copied"],
+                       target_open=bool(row["target_open"]), target_interrupted=bool(row["target_interrupted"]),
+                       submitted=row["submitted"], started=row["started"], ended=row["ended"])

@@ -1,22 +1,30 @@
-"""Per-guest, per-step logs as JSON lines (`v2v logs GUEST [STEP]`):
+"""Per-guest, per-step logs as JSON lines (`v2v logs GUEST [STEP]`, the Coordinator's Logs):
 
     <logs root>/<guest id>/<attempt>-<step>.jsonl
         {"event": StepEvent}                                  every event of the step
         {"process": "convert-appliance.log", "line": "..."}   stderr of the processes the services ran
 
-A process's lines go to the step that ends after they were written: the appliance's to convert,
-nbdcopy's to copy, an input nbdkit's to whichever step it spoke in."""
+The processes' lines come from the guest's worker: its input service's ReadLogs reads the work
+directory's logs/ (every phase service of a worker writes there), so a worker on another host
+sends them as well as one in this process. A process's lines go to the step that ends after they
+were written: the appliance's to convert, nbdcopy's to copy, an input nbdkit's to whichever step it
+spoke in."""
 
 from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from google.protobuf import json_format
 
+from v2v.v1 import coordinator_pb2, input_pb2
 from v2v.v1 import types_pb2 as pb
+
+# What a guest's work directory's process logs gained after the offsets (its worker's ReadLogs).
+LogReader = Callable[[Mapping[str, int]], input_pb2.ReadLogsResponse]
 
 
 class StepLogs:
@@ -26,9 +34,10 @@ class StepLogs:
         self.dir = root / gid
         self.dir.mkdir(parents=True, exist_ok=True)
         self.attempt = attempt
-        self.workdir_logs: Path | None = None
+        self.reader: LogReader | None = None  # set once the guest has a work directory
         self._offsets: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._collecting = threading.Lock()
 
     def path(self, step: str) -> Path:
         return self.dir / f"{self.attempt}-{step}.jsonl"
@@ -46,29 +55,43 @@ class StepLogs:
 
     def collect(self, step: str) -> None:
         """Appends what the work directory's process logs gained since the last collection."""
-        if self.workdir_logs is None or not self.workdir_logs.is_dir():
+        if self.reader is None:
             return
-        lines: list[dict[str, Any]] = []
-        for log in sorted(self.workdir_logs.iterdir()):
-            start = self._offsets.get(log.name, 0)
-            try:
-                with open(log, "rb") as f:
-                    f.seek(start)
-                    data = f.read()
-            except OSError:
-                continue
-            complete = data[:data.rfind(b"\n") + 1]  # a line still being written waits for the next step
-            self._offsets[log.name] = start + len(complete)
-            lines += [{"process": log.name, "line": line} for line in complete.decode(errors="replace").splitlines()]
-        if lines:
-            self._append(step, lines)
+        with self._collecting:
+            lines: list[dict[str, Any]] = []
+            while True:
+                gained = self.reader(self._offsets)
+                for log in gained.logs:
+                    self._offsets[log.name] = log.offset
+                    lines += [{"process": log.name, "line": line} for line in log.lines]
+                if not gained.more:
+                    break
+            if lines:
+                self._append(step, lines)
 
 
-def read_logs(root: Path, gid: str, steps: list[tuple[int, str]]) -> list[tuple[int, str, dict[str, Any]]]:
-    """(attempt, step, record) of a guest's logs for the given (attempt, step)s, in that order."""
+def log_records(root: Path, gid: str, name: str, steps: list[tuple[int, str]],
+                offsets: dict[tuple[int, str], int]) -> list[coordinator_pb2.LogRecord]:
+    """The records the logs of guest `gid` (named `name`) gained for the given (attempt, step)s, in
+    that order, after `offsets` (bytes read of each, advanced here): complete lines only."""
     records = []
     for attempt, step in steps:
         path = root / gid / f"{attempt}-{step}.jsonl"
-        if path.exists():
-            records += [(attempt, step, json.loads(line)) for line in path.read_text().splitlines() if line]
+        start = offsets.get((attempt, step), 0)
+        try:
+            with open(path, "rb") as f:
+                f.seek(start)
+                data = f.read()
+        except FileNotFoundError:
+            continue
+        complete = data[:data.rfind(b"\n") + 1]  # a record still being written comes next time
+        offsets[(attempt, step)] = start + len(complete)
+        for line in complete.decode(errors="replace").splitlines():
+            obj = json.loads(line)
+            rec = coordinator_pb2.LogRecord(id=gid, guest=name, attempt=attempt, step=step)
+            if "event" in obj:
+                json_format.ParseDict(obj["event"], rec.event, ignore_unknown_fields=True)
+            else:
+                rec.process.process, rec.process.line = obj["process"], obj["line"]
+            records.append(rec)
     return records

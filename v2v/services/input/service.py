@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,40 @@ def open_in_place(plugin: InputPlugin[Any], options: Message, request: input_pb2
                        "be converted in place (in place takes -i disk or -i libvirtxml; convert a copy instead)",
                        pb.ERROR_CODE_BAD_INPUT)
     return plugin.open_in_place(options, request.guest, workdir, stack)
+
+
+_LOGS_PER_ANSWER = 1 << 20  # bytes of lines in one ReadLogsResponse: well under gRPC's 4 MiB message limit
+
+
+def read_process_logs(wd: WorkDir, offsets: Mapping[str, int]) -> input_pb2.ReadLogsResponse:
+    """The complete lines each file of the work directory's logs/ gained after its offset, up to
+    about _LOGS_PER_ANSWER bytes in all (`more` says there is more)."""
+    resp = input_pb2.ReadLogsResponse()
+    logs = wd.path / "logs"
+    if not wd.is_workdir() or not logs.is_dir():
+        return resp
+    budget = _LOGS_PER_ANSWER
+    for log in sorted(logs.iterdir()):
+        start = offsets.get(log.name, 0)
+        try:
+            with open(log, "rb") as f:
+                f.seek(start)
+                data = f.read(budget + 1)
+        except OSError:
+            continue
+        complete = data[:data.rfind(b"\n") + 1]  # a line still being written waits for the next call
+        if len(data) > budget:
+            resp.more = True
+            if not complete:  # one line longer than an answer: sent cut, rather than never
+                complete = data[:budget]
+        if complete:
+            resp.logs.add(name=log.name, offset=start + len(complete),
+                          lines=complete.decode(errors="replace").splitlines())
+            budget -= len(complete)
+        if budget <= 0:
+            resp.more = True
+            break
+    return resp
 
 
 class InputService(input_pb2_grpc.InputServicer):
@@ -133,3 +168,8 @@ class InputService(input_pb2_grpc.InputServicer):
     def Describe(self, request: input_pb2.DescribeRequest,
                  context: grpc.ServicerContext) -> input_pb2.DescribeResponse:
         return self.describe(request.workdir)
+
+    @rpc
+    def ReadLogs(self, request: input_pb2.ReadLogsRequest,
+                 context: grpc.ServicerContext) -> input_pb2.ReadLogsResponse:
+        return read_process_logs(WorkDir(request.workdir, self.root), request.offsets)
