@@ -22,11 +22,10 @@ import hivex
 import pytest
 
 from tests.conftest import V2V, Run, sha256
-from tests.guests.windows.build import Built, cached
+from tests.guests.windows.build import Built
 
 pytestmark = pytest.mark.appliance
 
-WINDOWS_GUESTS = Path("/var/tmp/guests/windows")
 # The source NICs of each guest's domain XML: win2k22's first carries the MAC its adapter's
 # NetworkAddress names, its second is tied by the connection name Ethernet1, its third is DHCP.
 NICS = {
@@ -87,11 +86,6 @@ def dword(val: tuple[int, bytes]) -> int:
     return int(struct.unpack("<I", val[1])[0])
 
 
-@pytest.fixture(scope="module")
-def windows() -> Built:
-    return cached(WINDOWS_GUESTS)
-
-
 def run_v2v(v2v, name: str, image: Path, out: Path, *extra: str, uefi: bool = False) -> tuple[int, str]:  # noqa: ANN001
     xml = out.parent / f"{name}.xml"
     xml.write_text(domain_xml(name, image, NICS.get(name, []), uefi))
@@ -101,7 +95,7 @@ def run_v2v(v2v, name: str, image: Path, out: Path, *extra: str, uefi: bool = Fa
 
 
 @pytest.fixture(scope="module")
-def converted(windows: Built, tmp_path_factory: pytest.TempPathFactory, workroot_module: Path,
+def converted(windows_build: Built, tmp_path_factory: pytest.TempPathFactory, workroot_module: Path,
               v2v_module) -> Iterator[dict[str, Conversion]]:  # noqa: ANN001
     """Each good guest converted once: the ISO image for win11 (read through the appliance), the
     directory tree for the others; winxp-32 with an empty tools directory (it needs no first boot)."""
@@ -109,11 +103,10 @@ def converted(windows: Built, tmp_path_factory: pytest.TempPathFactory, workroot
     empty_tools = top / "no-tools"
     empty_tools.mkdir()
     runs = {}
-    for name, drivers, tools in (("win2k22", windows.virtio_win, windows.virt_tools),
-                                 ("win11", windows.virtio_win_iso, windows.virt_tools),
-                                 ("win7-32", windows.virtio_win, windows.virt_tools),
-                                 ("winxp-32", windows.virtio_win, empty_tools)):
-        image = windows.guests[name]
+    w = windows_build
+    for name, drivers, tools in (("win2k22", w.virtio_win, w.virt_tools), ("win11", w.virtio_win_iso, w.virt_tools),
+                                 ("win7-32", w.virtio_win, w.virt_tools), ("winxp-32", w.virtio_win, empty_tools)):
+        image = w.guests[name]
         before = sha256(image)
         rc, err = run_v2v(v2v_module, name, image, top / name, "--virtio-win", str(drivers), "--virt-tools-dir",
                           str(tools), uefi=name == "win11")
@@ -300,12 +293,12 @@ def test_xp_without_drivers_falls_back_to_emulated_devices_without_first_boot(
     ("win2k22-bitlocker", "BitLocker"),
     ("win2k22-truncated-hive", "hive"),
 ])
-def test_bad_guests_fail_with_one_line_and_nothing_written(windows: Built, tmp_path: Path, v2v, name: str,  # noqa: ANN001
+def test_bad_guests_fail_with_one_line_and_nothing_written(windows_build: Built, tmp_path: Path, v2v, name: str,  # noqa: ANN001
                                                            expected: str) -> None:
-    image = windows.guests[name]
+    image = windows_build.guests[name]
     before = sha256(image)
-    rc, err = run_v2v(v2v, name, image, tmp_path / "out", "--virtio-win", str(windows.virtio_win),
-                      "--virt-tools-dir", str(windows.virt_tools))
+    rc, err = run_v2v(v2v, name, image, tmp_path / "out", "--virtio-win", str(windows_build.virtio_win),
+                      "--virt-tools-dir", str(windows_build.virt_tools))
     assert rc != 0
     errors = [line for line in err.splitlines() if "error" in line]
     assert len(errors) == 1 and name in errors[0] and expected in errors[0], err
@@ -313,11 +306,11 @@ def test_bad_guests_fail_with_one_line_and_nothing_written(windows: Built, tmp_p
     assert not list((tmp_path / "out").iterdir())
 
 
-def test_no_firstboot_service_refused_before_anything_is_written(windows: Built, tmp_path: Path, v2v) -> None:  # noqa: ANN001
-    image = windows.guests["win2k22"]
+def test_no_firstboot_service_refused_before_anything_is_written(windows_build: Built, tmp_path: Path, v2v) -> None:  # noqa: ANN001
+    image = windows_build.guests["win2k22"]
     empty = tmp_path / "tools"
     empty.mkdir()
-    rc, err = run_v2v(v2v, "win2k22", image, tmp_path / "out", "--virtio-win", str(windows.virtio_win),
+    rc, err = run_v2v(v2v, "win2k22", image, tmp_path / "out", "--virtio-win", str(windows_build.virtio_win),
                       "--virt-tools-dir", str(empty))
     assert rc != 0 and "rhsrvany.exe" in err and str(empty) in err, err
     assert not list((tmp_path / "out").iterdir())

@@ -101,7 +101,10 @@ class Hive:
         node = self.node(path)
         if node is None:
             return None
-        val = self.h.node_get_value(node, key)
+        try:
+            val = self.h.node_get_value(node, key)
+        except RuntimeError:  # python3-hivex raises (errno 0, "Success") for a value that is not there
+            return None
         if not val:
             return None
         kind, raw = self.h.value_value(val)
