@@ -20,6 +20,7 @@ from v2v.errors import V2VError
 from v2v.events import StepReporter
 from v2v.services.convert.checks import check_free_space
 from v2v.services.convert.guest_os import Converted, register
+from v2v.services.convert.guestpath import guest_path
 from v2v.services.convert.netconfig import generated_mac
 from v2v.services.convert.registry import REG_DWORD, REG_NONE, REG_QWORD, Hive
 from v2v.services.convert.virtio_win import Selection, location, opened, select
@@ -113,7 +114,7 @@ class WindowsConversion:
             with self.report.step("network"):
                 ips = found_addresses(system, self.ccs, self.macs, list(self.request.networks.static_ips),
                                       self.report)
-            temp = f"{self.g.case_sensitive_path(self.systemroot)}/Temp"
+            temp = f"{guest_path(self.g, self.systemroot)}/Temp"
             self.g.mkdir_p(temp)
             tree = stack.enter_context(opened(self.g, where[0], where[1], f"{temp}/v2v-virtio-win")) if where else None
             sel = select(tree.files(), self.win.osinfo, self.insp.arch) if tree else Selection({}, None)

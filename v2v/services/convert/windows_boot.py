@@ -9,6 +9,7 @@ from pathlib import Path
 import guestfs
 
 from v2v.events import StepReporter
+from v2v.services.convert.guestpath import guest_path
 from v2v.services.convert.registry import Hive, decode_string
 
 ESP_GUID = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
@@ -34,7 +35,7 @@ def fix_esp(g: guestfs.GuestFS, systemroot: str, scratch: Path, report: StepRepo
     """Each ESP: the default BCD entry loses graphicsmodedisabled, and EFI/Boot/bootx64.efi becomes
     Windows' boot manager, which firmware starts when it has no boot entry for the disk."""
     for part in esp_partitions(g):
-        mp = f"{g.case_sensitive_path(systemroot)}/Temp/v2v-esp-{secrets.token_hex(4)}"
+        mp = f"{guest_path(g, systemroot)}/Temp/v2v-esp-{secrets.token_hex(4)}"
         g.mkdir_p(mp)
         try:
             g.mount(part, mp)
@@ -48,7 +49,7 @@ def fix_esp(g: guestfs.GuestFS, systemroot: str, scratch: Path, report: StepRepo
 
 
 def _fix_bcd(g: guestfs.GuestFS, mp: str, scratch: Path, report: StepReporter) -> None:
-    bcd = g.case_sensitive_path(f"{mp}/EFI/Microsoft/Boot/BCD")
+    bcd = guest_path(g, f"{mp}/EFI/Microsoft/Boot/BCD")
     if not g.is_file(bcd):
         return
     hive = Hive(g, bcd, "BCD", scratch, report, step="bootloader")
@@ -62,11 +63,11 @@ def _fix_bcd(g: guestfs.GuestFS, mp: str, scratch: Path, report: StepReporter) -
 
 
 def _fallback_loader(g: guestfs.GuestFS, mp: str, report: StepReporter) -> None:
-    bootmgfw = g.case_sensitive_path(f"{mp}/EFI/Microsoft/Boot/bootmgfw.efi")
+    bootmgfw = guest_path(g, f"{mp}/EFI/Microsoft/Boot/bootmgfw.efi")
     if not g.is_file(bootmgfw):
         return
-    boot_dir = g.case_sensitive_path(f"{mp}/EFI/Boot")
-    fallback = g.case_sensitive_path(f"{boot_dir}/bootx64.efi")
+    boot_dir = guest_path(g, f"{mp}/EFI/Boot")
+    fallback = guest_path(g, f"{boot_dir}/bootx64.efi")
     if g.is_file(fallback) and g.checksum("sha256", fallback) == g.checksum("sha256", bootmgfw):
         return
     if g.is_dir(boot_dir):

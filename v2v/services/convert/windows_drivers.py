@@ -10,6 +10,7 @@ import posixpath
 import guestfs
 
 from v2v.events import StepReporter
+from v2v.services.convert.guestpath import guest_path
 from v2v.services.convert.registry import REG_BINARY, REG_DWORD, REG_EXPAND_SZ, REG_MULTI_SZ, REG_SZ, Hive
 from v2v.services.convert.virtio_win import DriverTree, Selection
 from v2v.v1 import types_pb2 as pb
@@ -43,11 +44,12 @@ def ddb_label(arch: str) -> str:
 def copy_drivers(g: guestfs.GuestFS, tree: DriverTree, sel: Selection, systemroot: str, report: StepReporter) -> str:
     """Copies the guest's drivers, flattened and lower-cased, into <systemroot>/Drivers/VirtIO;
     returns that directory's guest path."""
-    target = f"{g.case_sensitive_path(systemroot)}/{_VIRTIO_DIR}"
+    target = guest_path(g, f"{systemroot}/{_VIRTIO_DIR}")
     g.mkdir_p(target)
     for name, path in sorted(sel.drivers.items()):
         tree.copy(path, f"{target}/{name}")
-    report.note(f"copied {len(sel.drivers)} virtio-win files into {systemroot}\\Drivers\\VirtIO", step="drivers")
+    shown = "C:" + systemroot.replace("/", "\\")
+    report.note(f"copied {len(sel.drivers)} virtio-win files into {shown}\\Drivers\\VirtIO", step="drivers")
     return target
 
 
@@ -56,7 +58,7 @@ def install_boot_driver(g: guestfs.GuestFS, system: Hive, ccs: str, driver: str,
     """The driver's .sys in system32\\drivers and a Services key that starts it at boot, bound to
     the virtio disk's PCI ids: through CriticalDeviceDatabase before Windows 8 / 2012, through the
     DriverDatabase after (whose presence tells which)."""
-    drivers_dir = g.case_sensitive_path(f"{systemroot}/system32/drivers")
+    drivers_dir = guest_path(g, f"{systemroot}/system32/drivers")
     g.mkdir_p(drivers_dir)
     g.cp(f"{virtio_dir}/{driver}.sys", f"{drivers_dir}/{driver}.sys")
     why = f"boot driver {driver}"

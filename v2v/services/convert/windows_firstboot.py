@@ -17,6 +17,7 @@ from pathlib import Path
 import guestfs
 
 from v2v.errors import V2VError
+from v2v.services.convert.guestpath import guest_path
 from v2v.services.convert.registry import REG_DWORD, REG_SZ, Hive
 from v2v.v1 import types_pb2 as pb
 
@@ -85,7 +86,7 @@ def missing_service(option: str) -> V2VError:
 def guest_dir(g: guestfs.GuestFS) -> str:
     """The directory as the guest spells the parts that exist (NTFS through ntfs-3g is
     case-sensitive; Windows is not)."""
-    return str(g.case_sensitive_path(GUEST_DIR))
+    return guest_path(g, GUEST_DIR)
 
 
 def script_name(prio: int, seq: int, name: str) -> str:
