@@ -183,8 +183,7 @@ def test_cancel_while_queued():
         th = threading.Thread(target=wait_b)
         th.start()
         time.sleep(0.1)
-        b.cancelled.set()
-        s.wake()
+        s.cancel(b)
         th.join(timeout=5)
     assert errors and errors[0].code == pb.ERROR_CODE_CANCELLED
     assert s.in_use() == {}
