@@ -7,8 +7,9 @@ terminal, the peak thread count and RSS, and the ratios 2000 / 20.
 
 One process: a real coordinator whose worker's input fails every Open at once, so a guest's whole
 run is one quick open and what is measured is the coordinator's admission of the queue; every
-guest reads from one source host limited to `--per-host` guests at once, so the rest wait. The
-guests are submitted in one Submit, as a fleet plan is. A guest's first event is its "open" step
+guest reads from one source host limited to `--per-host` guests at once (0: no limit), and the
+worker has the default capacities (2 conversions, 4 copy streams: 12 guests at once), so the rest
+wait. The guests are submitted in one Submit, as a fleet plan is. A guest's first event is its "open" step
 starting (its run began); the times come from the events' own timestamps, replayed by Follow.
 """
 
@@ -108,7 +109,8 @@ def measure(guests: int, per_host: int, timeout: float) -> Figures:
         inp = RunningService(f"unix:{d}/input.sock", (FailingOpen(), input_pb2_grpc.add_InputServicer_to_server,
                                                       "v2v.v1.Input"))
         try:
-            with coordinator_over(Path(d), Limits(per_source_host=per_host), input=inp) as ch, Sampler() as sampler:
+            with coordinator_over(Path(d), Limits(per_source_host=per_host), conversions=2, input=inp) as ch, \
+                    Sampler() as sampler:
                 stub = coordinator_pb2_grpc.CoordinatorStub(ch)
                 t0 = time.time()
                 ids = stub.Submit(GS.SubmitRequest(jobs=[job(n) for n in range(guests)]), timeout=600).ids
@@ -142,8 +144,8 @@ def main() -> int:
     a = p.parse_args()
     small, big = (int(n) for n in a.guests.split(","))
     runs = [measure(small, a.per_host, a.timeout), measure(big, a.per_host, a.timeout)]
-    print(f"guests failing at open, one source host, {a.per_host} at once; coordinator, input and client "
-          "in one process")
+    print(f"guests failing at open, one source host ({a.per_host or 'no limit'} at once), one worker (2 "
+          "conversions, 4 copy streams); coordinator, input and client in one process")
     print(f"{'guests':>7} {'ended':>6} {'Submit':>9} {'first p50':>10} {'first p95':>10} {'all ended':>10} "
           f"{'per guest':>10} {'threads':>8} {'RSS':>8}")
     for f in runs:

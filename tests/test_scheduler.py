@@ -70,7 +70,7 @@ def test_pipelining_b_converts_while_a_copies():
         with s.copying(a, 1):
             # a holds the only copy stream; b's conversion does not wait for it
             with s.converting(b):
-                assert s.in_use() == {("host", "localhost"): 2, ("copy", "w"): 1, ("convert", "w"): 1}
+                assert s.in_use() == {("host", "localhost"): 2, ("run", ""): 2, ("copy", "w"): 1, ("convert", "w"): 1}
 
 
 def test_priority_then_fifo():

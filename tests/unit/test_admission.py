@@ -43,7 +43,7 @@ def test_a_guest_is_admitted_at_once_when_there_is_room():
     a.submit("c")
     assert a.started == ["a", "b"]
     assert a.scheduler.queued() == ["c"]
-    assert a.scheduler.in_use() == {("host", "esx1"): 2}
+    assert a.scheduler.in_use() == {("host", "esx1"): 2, ("run", ""): 2}
 
 
 def test_the_room_a_guest_frees_goes_to_the_next_by_priority_then_order():
@@ -71,11 +71,39 @@ def test_a_full_source_host_does_not_hold_up_another():
     assert a.started == ["a1", "b1", "a2"]
 
 
-def test_one_end_admits_exactly_the_guests_its_room_fits():
-    a = Admissions(per_source_host=0)  # no limit: everyone at once, nobody queued
+def test_a_worker_runs_twice_its_conversions_and_copy_streams_and_one_end_admits_one():
+    a = Admissions(per_source_host=0)  # no source host limit: the worker's places are the limit
+    assert a.scheduler.workers["w"].running == 12  # 2 conversions, 4 copy streams
     for n in range(50):
         a.submit(f"g{n}")
-    assert a.started == [f"g{n}" for n in range(50)] and a.scheduler.queued() == []
+    assert a.started == [f"g{n}" for n in range(12)] and len(a.scheduler.queued()) == 38
+    a.end("g3")
+    assert a.started[12:] == ["g12"]
+    # a guest waiting for a place holds its source host's slot (here there is no host limit)
+    assert a.scheduler.in_use() == {("host", "esx1"): 49, ("run", ""): 12}
+
+
+def test_a_full_source_host_keeps_no_worker_place_from_another_host():
+    """esx1's queued guests wait for esx1, not in front of esx2's in the workers' queue."""
+    a = Admissions(per_source_host=1, workers=[Worker("w", ADDRS, guests=2)])
+    for name in ("a1", "a2", "a3"):
+        a.submit(name, host="esx1")
+    a.submit("b1", host="esx2")
+    assert a.started == ["a1", "b1"]
+
+
+def test_a_resumed_guest_waits_for_a_place_on_its_own_worker():
+    a = Admissions(per_source_host=0, workers=[Worker("w1", ADDRS, guests=1), Worker("w2", ADDRS, guests=1)])
+    a.submit("on-w1")
+    assert a.tickets["on-w1"].worker is a.scheduler.workers["w1"]
+    resumed = a.scheduler.ticket("resumed", 0, "esx1")
+    resumed.worker = a.scheduler.workers["w1"]
+    a.scheduler.admit(resumed, lambda worker: a.started.append(f"resumed on {worker.name}"))
+    a.submit("other")  # w2 has a place, but nobody passes the head of the line: it is not starved of w1
+    assert a.started == ["on-w1"]
+    a.end("on-w1")
+    assert a.started == ["on-w1", "resumed on w1", "other"]
+    assert a.tickets["other"].worker is a.scheduler.workers["w2"]
 
 
 def test_a_cancelled_queued_guest_leaves_the_queue_at_once_and_never_starts():

@@ -41,6 +41,15 @@ class Worker:
     conversions: int = 2  # appliances at once (each a core and memory)
     copy_streams: int = 4  # disks copied at once
     memory: int = 0  # bytes of appliance memory; 0 = unlimited
+    guests: int = 0  # guests between open and close at once; 0 = twice conversions + copy streams
+
+    @property
+    def running(self) -> int:
+        """How many guests it runs at once (0 = no limit): by default enough to keep every conversion
+        slot and copy stream busy while as many guests again open, set up and finalize."""
+        if self.guests or not (self.conversions and self.copy_streams):
+            return self.guests
+        return 2 * (self.conversions + self.copy_streams)
 
 
 class Ticket:
@@ -53,7 +62,10 @@ class Ticket:
         self.host = host
         self.worker: Worker | None = None
         self.cancelled = threading.Event()
-        self.admission: _Request | None = None  # while admitted or waiting to be
+        # Admission in two steps, so that a full source host does not hold up the guests of
+        # another: a slot of its source host, then a place on a worker ("run").
+        self.admission: _Request | None = None  # its source host's slot: asked for, or held
+        self.run: _Request | None = None  # its place on a worker: asked for once it has the slot, or held
 
     @property
     def rank(self) -> tuple[int, int]:
@@ -83,6 +95,9 @@ class _Request:
 
 def _rank(req: _Request) -> tuple[int, int, int]:
     return req.rank
+
+
+_RUN: Key = ("run", "")  # a place on any worker: one queue, so admissions go in rank order
 
 
 class Scheduler:
@@ -119,6 +134,9 @@ class Scheduler:
         kind, name = key
         if kind == "host":
             return self.limits.per_source_host
+        if kind == "run":
+            places = [w.running for w in self.workers.values()]
+            return 0 if 0 in places else sum(places)
         worker = self.workers[name]
         return {"convert": worker.conversions, "copy": worker.copy_streams, "memory": worker.memory}[kind]
 
@@ -133,7 +151,12 @@ class Scheduler:
             cap = self._capacity(key)
             if cap and self._used.get(key, 0) + amount > cap:
                 return False
-        return True
+        return req is not req.ticket.run or bool(self._free_workers(req.ticket))
+
+    def _free_workers(self, ticket: Ticket) -> list[Worker]:
+        """Where the ticket may be placed now: its own worker (a resumed run), or any with a free place."""
+        return [w for w in ([ticket.worker] if ticket.worker else self.workers.values())
+                if not w.running or self._placed[w.name] < w.running]
 
     def _dequeue(self, req: _Request) -> list[_Request]:
         """Takes `req` out of its queues; returns the requests that head a queue in its place."""
@@ -161,22 +184,38 @@ class Scheduler:
             for key, amount in req.demand.items():
                 self._used[key] = self._used.get(key, 0) + amount
             req.granted = True
-            if req is req.ticket.admission:
-                self._place(req.ticket)
+            ticket = req.ticket
+            if req is ticket.admission:  # the source host's slot: now a place on a worker
+                ticket.run = _Request(ticket, {_RUN: 1}, next(self._seq), req.on_grant, req.on_withdraw)
+                self._enqueue(ticket.run)
+                candidates.append(ticket.run)
+                continue
+            if req is ticket.run:
+                ticket.worker = self._least_loaded(self._free_workers(ticket))
+                self._placed[ticket.worker.name] += 1
             granted.append(req)
         return granted
 
-    def _place(self, ticket: Ticket) -> None:
-        ticket.worker = ticket.worker or self._least_loaded()
-        self._placed[ticket.worker.name] += 1
-
-    def _least_loaded(self) -> Worker:
+    def _least_loaded(self, workers: list[Worker]) -> Worker:
         """The worker with the most free capacity: fewest placed guests per conversion slot, then
         fewest copy streams in use per stream; ties go to the first configured."""
         def load(w: Worker) -> tuple[float, float]:
             return (self._placed[w.name] / max(w.conversions, 1),
                     self._used.get(("copy", w.name), 0) / max(w.copy_streams, 1))
-        return min(self.workers.values(), key=load)
+        return min(workers, key=load)
+
+    def _enqueue(self, req: _Request) -> None:
+        for key in req.demand:
+            bisect.insort(self._queues.setdefault(key, []), req, key=_rank)
+
+    def _give_back(self, req: _Request) -> list[_Request]:
+        """Returns what a granted request holds; returns the requests that head its queues."""
+        for key, amount in req.demand.items():
+            self._used[key] -= amount
+        if _RUN in req.demand:  # a place on the ticket's worker
+            assert req.ticket.worker is not None
+            self._placed[req.ticket.worker.name] -= 1
+        return [q[0] for key in req.demand if (q := self._queues.get(key))]
 
     # -- requests -------------------------------------------------------------------------------
 
@@ -185,20 +224,13 @@ class Scheduler:
         with self._lock:
             if req.ticket.cancelled.is_set():
                 raise V2VError("cancelled while queued", pb.ERROR_CODE_CANCELLED, guest=req.ticket.guest)
-            for key in req.demand:
-                bisect.insort(self._queues.setdefault(key, []), req, key=_rank)
+            self._enqueue(req)
             granted = self._grant([req])
         self._tell(granted)
 
-    def _release(self, req: _Request) -> None:
+    def _release(self, *reqs: _Request) -> None:
         with self._lock:
-            for key, amount in req.demand.items():
-                self._used[key] -= amount
-            if req is req.ticket.admission:
-                assert req.ticket.worker is not None
-                self._placed[req.ticket.worker.name] -= 1
-                req.ticket.admission = None
-            granted = self._grant([q[0] for key in req.demand if (q := self._queues.get(key))])
+            granted = self._grant([head for req in reqs for head in self._give_back(req)])
         self._tell(granted)
 
     @staticmethod
@@ -220,16 +252,19 @@ class Scheduler:
         finally:
             self._release(req)
 
-    def admit(self, ticket: Ticket, start: Callable[[Worker], None]) -> None:
-        """Queues the guest for its source host; once admitted it is placed on a worker and
-        `start(worker)` is called, by this thread or by the one that freed the room: it should only
-        start the guest's run, which calls `leave()` when it ends. A ticket is admitted once at a time."""
+    def admit(self, ticket: Ticket, start: Callable[[Worker], None],
+              withdrawn: Callable[[], None] = lambda: None) -> None:
+        """Queues the guest for its source host, then for a place on a worker; once admitted and
+        placed, `start(worker)` is called, by this thread or by the one that freed the room: it
+        should only start the guest's run, which calls `leave()` when it ends. `withdrawn`: called
+        if it is cancelled while queued. A ticket is admitted once at a time."""
         assert ticket.admission is None, f"{ticket.guest} is admitted or queued already"
+
         def granted() -> None:
             assert ticket.worker is not None, "admitted unplaced"
             start(ticket.worker)
 
-        ticket.admission = _Request(ticket, {("host", ticket.host): 1}, next(self._seq), granted)
+        ticket.admission = _Request(ticket, {("host", ticket.host): 1}, next(self._seq), granted, withdrawn)
         try:
             self._request(ticket.admission)
         except V2VError:
@@ -237,19 +272,20 @@ class Scheduler:
             raise
 
     def leave(self, ticket: Ticket) -> None:
-        """The end of an admitted guest's run: its source host's slot goes to the next in line."""
-        assert ticket.admission is not None and ticket.admission.granted, f"{ticket.guest} is not admitted"
-        self._release(ticket.admission)
+        """The end of an admitted guest's run: its source host's slot and its place on the worker
+        go to the next in line."""
+        host, run = ticket.admission, ticket.run
+        assert host is not None and run is not None and run.granted, f"{ticket.guest} is not admitted"
+        ticket.admission = ticket.run = None
+        self._release(host, run)
 
     @contextmanager
     def admitted(self, ticket: Ticket) -> Iterator[Worker]:
         """The guest's whole run, in this thread: waits for its source host, then places it on a worker."""
         settled = threading.Event()
-        self.admit(ticket, lambda worker: settled.set())
-        assert ticket.admission is not None
-        ticket.admission.on_withdraw = settled.set
+        self.admit(ticket, lambda worker: settled.set(), settled.set)
         settled.wait()
-        if not ticket.admission or not ticket.admission.granted:
+        if ticket.run is None or not ticket.run.granted:
             raise V2VError("cancelled while queued", pb.ERROR_CODE_CANCELLED, guest=ticket.guest)
         assert ticket.worker is not None
         try:
@@ -259,18 +295,22 @@ class Scheduler:
 
     def cancel(self, ticket: Ticket) -> bool:
         """Cancels the ticket: what it waits for is withdrawn at once (its waiters raise CANCELLED),
-        and it can ask for nothing more. True if the guest was waiting to be admitted: it never started."""
+        and it can ask for nothing more. True if the guest was waiting to be admitted: it never
+        started (a source host's slot it held for it is given back)."""
         with self._lock:
             ticket.cancelled.set()
-            withdrawn = [r for q in self._queues.values() for r in q if r.ticket is ticket]
+            withdrawn = list(dict.fromkeys(r for q in self._queues.values() for r in q if r.ticket is ticket))
             heads: list[_Request] = []
-            for req in dict.fromkeys(withdrawn):  # a request waits in one queue per resource
+            for req in withdrawn:
                 heads.extend(self._dequeue(req))
-            queued = ticket.admission is not None and not ticket.admission.granted
+            queued = ticket.admission is not None and (ticket.run is None or not ticket.run.granted)
             if queued:
-                ticket.admission = None
+                assert ticket.admission is not None
+                if ticket.admission.granted:
+                    heads.extend(self._give_back(ticket.admission))
+                ticket.admission = ticket.run = None
             granted = self._grant(heads)
-        for req in dict.fromkeys(withdrawn):
+        for req in withdrawn:
             req.on_withdraw()
         self._tell(granted)
         return queued
