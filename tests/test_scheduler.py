@@ -70,7 +70,7 @@ def test_pipelining_b_converts_while_a_copies():
         with s.copying(a, 1):
             # a holds the only copy stream; b's conversion does not wait for it
             with s.converting(b):
-                assert s.in_use() == {("host", "localhost"): 2, ("copy", "w"): 1, ("convert", "w"): 1}
+                assert s.in_use() == {("host", "localhost"): 2, ("run", ""): 2, ("copy", "w"): 1, ("convert", "w"): 1}
 
 
 def test_priority_then_fifo():
@@ -183,8 +183,7 @@ def test_cancel_while_queued():
         th = threading.Thread(target=wait_b)
         th.start()
         time.sleep(0.1)
-        b.cancelled.set()
-        s.wake()
+        s.cancel(b)
         th.join(timeout=5)
     assert errors and errors[0].code == pb.ERROR_CODE_CANCELLED
     assert s.in_use() == {}

@@ -122,8 +122,9 @@ def test_an_unversioned_database_migrates_and_keeps_its_rows(tmp_path):
     st = State(path)
     st.close()
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
-    assert db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND name = 'guests_by_name'").fetchone()
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    for index in ("guests_by_name", "guests_by_seq"):
+        assert db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND name = ?", (index,)).fetchone()
     db.close()
     st = State(path)  # a migrated database opens as it is
     first, second = st.guests()

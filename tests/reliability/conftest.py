@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from v2v.coordinator.clients import ServiceAddresses
-from v2v.coordinator.scheduler import Worker
+from v2v.coordinator.scheduler import Limits, Worker
 from v2v.coordinator.servers import CoordinatorConfig, coordinator_servicer
 from v2v.grpcserver import RunningService, rpc
 from v2v.services.servicers import PHASES
@@ -47,14 +47,19 @@ HELD_JOB = coordinator_pb2.GuestJob(name="held", input=input_pb2.InputSpec(
 
 
 @contextmanager
-def coordinator_over(directory: Path, **services: RunningService) -> Iterator[grpc.Channel]:
+def coordinator_over(directory: Path, limits: Limits | None = None, conversions: int = 1000,
+                     **services: RunningService) -> Iterator[grpc.Channel]:
     """A real coordinator with one worker made of the given phase services (input=, output=, ...);
-    the others are addresses nothing answers on. Yields a channel to it."""
+    the others are addresses nothing answers on. Yields a channel to it. By default the worker
+    runs any number of guests at once; `conversions` sets it its conversions (and with them how
+    many guests it runs at once, Worker.running)."""
     nowhere = f"unix:{directory}/none.sock"
     addresses = {s: str(services[s].address) if s in services else nowhere for s in PHASES}
-    worker = Worker("w", ServiceAddresses(**addresses), workdir_root=directory / "root", conversions=1000)
+    worker = Worker("w", ServiceAddresses(**addresses), workdir_root=directory / "root",
+                    conversions=conversions)
     coord = RunningService(f"unix:{directory}/coordinator.sock",
-                           coordinator_servicer(CoordinatorConfig([worker], state=directory / "state.db")))
+                           coordinator_servicer(CoordinatorConfig([worker], limits or Limits(),
+                                                                     state=directory / "state.db")))
     ch = grpc.insecure_channel(str(coord.address))
     try:
         yield ch

@@ -51,7 +51,7 @@ def add_coordinator_arguments(p: argparse.ArgumentParser) -> None:
     """`v2v serve coordinator`'s workers, limits, state and metrics (docs/fleet.md)."""
     g = p.add_argument_group("coordinator: workers, limits, state, metrics")
     g.add_argument("--worker", action="append", default=[], metavar="NAME=input@ADDR,convert@ADDR,output@ADDR,"
-                   "copier@ADDR[,conversions=N][,copy-streams=N][,memory=SIZE][,workdir-root=PATH]",
+                   "copier@ADDR[,conversions=N][,copy-streams=N][,memory=SIZE][,guests=N][,workdir-root=PATH]",
                    help="a worker: four phase services sharing a work-directory root; repeat for several "
                         "(default: one, from --input ... --copier or $V2V_INPUT ...)")
     g.add_argument("--embedded", type=int, default=0, metavar="N",
@@ -60,6 +60,9 @@ def add_coordinator_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--copy-streams", type=int, default=4, metavar="N", help="disks copied at once per worker (4)")
     g.add_argument("--memory", default="0", metavar="SIZE",
                    help="appliance memory budget per worker, e.g. 8G (default 0: unlimited)")
+    g.add_argument("--guests", type=int, default=0, metavar="N",
+                   help="guests between open and close at once per worker; the others wait in the queue, "
+                        "without a thread (default 0: twice conversions + copy streams)")
     g.add_argument("--appliance-memory", default="2G", metavar="SIZE", help="what one conversion costs of it (2G)")
     g.add_argument("--per-source-host", type=int, default=0, metavar="N",
                    help="guests read from one source host at once (default 0: unlimited)")
@@ -74,7 +77,7 @@ def coordinator_config(a: argparse.Namespace) -> CoordinatorConfig:
     """The coordinator's configuration from `add_coordinator_arguments`' options (and the older
     --input ... --copier / $V2V_INPUT ... for one worker). Starts the --embedded phase services."""
     template = Worker("default", ServiceAddresses("", "", "", ""), a.workdir_root, a.conversions, a.copy_streams,
-                      parse_size(a.memory))
+                      parse_size(a.memory), a.guests)
     limits = Limits(per_source_host=a.per_source_host, appliance_memory=parse_size(a.appliance_memory))
     state = a.state or (a.workdir_root or default_root()) / "coordinator.db"
     if a.embedded:

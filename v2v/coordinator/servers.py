@@ -23,8 +23,8 @@ from v2v.workdir import default_root
 
 def parse_worker(text: str, defaults: Worker) -> Worker:
     """A worker from `NAME=input@ADDR,convert@ADDR,output@ADDR,copier@ADDR[,conversions=N]
-    [,copy-streams=N][,memory=SIZE][,workdir-root=PATH]` (docs/fleet.md); unset capacities from
-    `defaults`."""
+    [,copy-streams=N][,memory=SIZE][,guests=N][,workdir-root=PATH]` (docs/fleet.md); unset
+    capacities from `defaults`."""
     name, sep, rest = text.partition("=")
     if not sep or not name:
         raise ValueError(f"--worker {text}: expected NAME=input@ADDR,convert@ADDR,output@ADDR,copier@ADDR")
@@ -36,9 +36,9 @@ def parse_worker(text: str, defaults: Worker) -> Worker:
             addrs[service] = addr
             continue
         key, eq, value = item.partition("=")
-        if not eq or key not in ("conversions", "copy-streams", "memory", "workdir-root"):
+        if not eq or key not in ("conversions", "copy-streams", "memory", "guests", "workdir-root"):
             raise ValueError(f"--worker {name}: unknown item {item!r} (SERVICE@ADDR, conversions=N, copy-streams=N, "
-                             "memory=SIZE, workdir-root=PATH)")
+                             "memory=SIZE, guests=N, workdir-root=PATH)")
         caps[key] = value
     missing = [s for s in SERVICES if s not in addrs]
     if missing:
@@ -47,6 +47,7 @@ def parse_worker(text: str, defaults: Worker) -> Worker:
                    conversions=int(caps.get("conversions", defaults.conversions)),
                    copy_streams=int(caps.get("copy-streams", defaults.copy_streams)),
                    memory=parse_size(caps["memory"]) if "memory" in caps else defaults.memory,
+                   guests=int(caps.get("guests", defaults.guests)),
                    workdir_root=Path(caps["workdir-root"]) if "workdir-root" in caps else defaults.workdir_root)
 
 

@@ -15,7 +15,7 @@ import grpc
 from v2v.coordinator.clients import PhaseClients
 from v2v.coordinator.metrics import FleetMetrics
 from v2v.coordinator.pipeline import RESUMABLE_STEPS, Converted, GuestRun, guest_name
-from v2v.coordinator.scheduler import Scheduler, Ticket, TicketGates
+from v2v.coordinator.scheduler import Scheduler, Ticket, TicketGates, Worker
 from v2v.coordinator.state import FINAL, GuestRecord, State
 from v2v.coordinator.steplogs import LogReader, StepLogs, log_records
 from v2v.coordinator.view import guest_status, logged_steps, step_record
@@ -112,6 +112,8 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         self._changed: dict[str, threading.Condition] = {"": threading.Condition(self._log_lock)}
         self._streams = StreamSlots()  # Watch and Follow: the server keeps threads for the other calls
         self._stopping = False
+        self._launching = threading.Lock()  # a run started by an admission, or the shutdown that stops them
+        self._closed = False  # no run starts any more: the shutdown waits for those that did
         self._recover()
 
     # -- the event log ------------------------------------------------------------------------
@@ -211,14 +213,21 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         return guest
 
     def _start(self, guest: Guest, resume: Converted | None = None) -> None:
-        guest.thread = threading.Thread(target=self._execute, args=(guest, resume), name=f"guest-{guest.rec.name}",
-                                        daemon=True)
-        guest.thread.start()
+        """Queues the guest; its run starts (in a thread of its own) when the scheduler admits it."""
+        self.scheduler.admit(guest.ticket, lambda worker: self._launch(guest, worker, resume))
 
-    def _execute(self, guest: Guest, resume: Converted | None) -> None:
+    def _launch(self, guest: Guest, worker: Worker, resume: Converted | None) -> None:
+        with self._launching:
+            if self._closed:
+                return  # admitted as the coordinator stops: it stays queued for the next coordinator
+            guest.thread = threading.Thread(target=self._execute, args=(guest, worker, resume),
+                                            name=f"guest-{guest.rec.name}", daemon=True)
+            guest.thread.start()
+
+    def _execute(self, guest: Guest, worker: Worker, resume: Converted | None) -> None:
         rec = guest.rec
         try:
-            with self.scheduler.admitted(guest.ticket) as worker:
+            try:
                 guest.logs = StepLogs(self.logs_root, rec.id, rec.attempt)
                 guest.disk_bytes.clear()
                 guest.disk_rates.clear()
@@ -226,6 +235,8 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
                                worker.workdir_root, TicketGates(self.scheduler, guest.ticket),
                                keep_converted=self.keep_converted)
                 guest.run = run
+                if guest.ticket.cancelled.is_set():  # cancelled between its admission and now
+                    run.cancel()
                 self._set(guest, state=GS.GUEST_STATE_RUNNING, worker=worker.name, started=time.time(),
                           error=None)
                 if resume is not None:
@@ -235,6 +246,8 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
                 finally:
                     self._set(guest, target_open=False,  # finalized, or aborted by the run's cleanup
                               workdir=run.workdir.name if run.kept and run.workdir else "")
+            finally:
+                self.scheduler.leave(guest.ticket)  # the next guest of its source host may start
             self._set(guest, state=GS.GUEST_STATE_SUCCEEDED, files=run.files, ended=time.time())
         except V2VError as err:
             cancelled = err.code == pb.ERROR_CODE_CANCELLED
@@ -439,9 +452,9 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
     def cancel(self, gid: str) -> coordinator_pb2.GuestStatus:
         guest = self._get(gid)
         if not guest.rec.finished:
-            guest.ticket.cancelled.set()
-            self.scheduler.wake()
-            if guest.run is not None:
+            if self.scheduler.cancel(guest.ticket):  # it was queued: it leaves the queue, never started
+                self._end(guest, V2VError("cancelled while queued", pb.ERROR_CODE_CANCELLED), GS.GUEST_STATE_CANCELLED)
+            elif guest.run is not None:
                 guest.run.cancel()
         elif guest.run is not None and guest.run.kept:
             guest.run.release()
@@ -490,11 +503,10 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         self._stopping = True
         guests = list(self.guests.values())
         for g in guests:
-            if not g.rec.finished:
-                g.ticket.cancelled.set()
-                if g.run is not None:
-                    g.run.cancel()
-        self.scheduler.wake()
+            if not g.rec.finished and not self.scheduler.cancel(g.ticket) and g.run is not None:
+                g.run.cancel()  # a queued guest just leaves the queue, and stays queued in the state
+        with self._launching:
+            self._closed = True
         for g in guests:
             if g.thread is not None:
                 g.thread.join(timeout=60)
