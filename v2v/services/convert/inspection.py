@@ -31,6 +31,10 @@ def inspect(g: guestfs.GuestFS, choice: convert_pb2.RootChoice) -> pb.Inspection
     try:
         roots = g.inspect_os()
     except RuntimeError as exc:
+        if "Hivex" in str(exc):  # libguestfs 1.48 lets a damaged Windows hive escape as an exception
+            raise V2VError("inspection failed: a Windows registry hive on the disks is damaged or truncated "
+                           f"(SYSTEM or SOFTWARE): run chkdsk in the source guest, or restore the hive ({exc})",
+                           pb.ERROR_CODE_NO_OS) from None
         raise V2VError(f"inspection failed: {exc}", pb.ERROR_CODE_NO_OS) from None
     if not roots:
         refuse_bitlocker(g)
