@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from v2v.cli.options import Options
 from v2v.errors import V2VError
+from v2v.steps import Step
 from v2v.v1 import input_pb2
 from v2v.v1 import types_pb2 as pb
 
@@ -28,7 +29,7 @@ class InputArgs:
     def one(self) -> str:
         if len(self.files) != 1:
             raise V2VError(f"-i {self.kind} takes one argument, not {len(self.files)}", pb.ERROR_CODE_BAD_INPUT,
-                           step="open")
+                           step=Step.OPEN)
         return self.files[0]
 
 
@@ -52,10 +53,10 @@ def _vmx(spec: input_pb2.InputSpec, a: InputArgs) -> None:
         return
     if a.transport not in ("", "ssh"):
         raise V2VError(f"-it {a.transport}: -i vmx knows ssh, {', '.join(_VMX_TRANSPORTS)}", pb.ERROR_CODE_BAD_INPUT,
-                       step="open")
+                       step=Step.OPEN)
     if a.transport == "ssh" and not location.startswith("ssh://"):
         raise V2VError(f"-it ssh: expected ssh://[USER@]HOST[:PORT]/PATH.vmx, not {location}", pb.ERROR_CODE_BAD_INPUT,
-                       step="open")
+                       step=Step.OPEN)
     spec.vmx.CopyFrom(input_pb2.VmxInput(
         location=location if location.startswith("ssh://") else _local(location),
         identity_file=_local(a.io.value("vmx-identity")), password_file=_local(a.password_file),
@@ -88,7 +89,7 @@ def _https(a: InputArgs) -> input_pb2.VmwareHttpsInput:
     url = a.one()
     if not url.startswith("https://"):
         raise V2VError(f"-it {a.transport or 'https'}: expected https://[USER@]HOST[:PORT]/folder/PATH.vmx"
-                       f"?dcPath=DATACENTER&dsName=DATASTORE, not {url}", pb.ERROR_CODE_BAD_INPUT, step="open")
+                       f"?dcPath=DATACENTER&dsName=DATASTORE, not {url}", pb.ERROR_CODE_BAD_INPUT, step=Step.OPEN)
     return input_pb2.VmwareHttpsInput(url=url, password_file=_local(a.password_file),
                                       insecure=not a.io.switch("sslverify", True))
 
@@ -100,7 +101,7 @@ def _vmware_https(spec: input_pb2.InputSpec, a: InputArgs) -> None:
 def _vddk(spec: input_pb2.InputSpec, a: InputArgs) -> None:
     port = a.io.value("vddk-port")
     if port and not (port.isdigit() and 0 < int(port) < 65536):
-        raise V2VError(f"-io vddk-port={port}: not a port number", pb.ERROR_CODE_BAD_INPUT, step="open")
+        raise V2VError(f"-io vddk-port={port}: not a port number", pb.ERROR_CODE_BAD_INPUT, step=Step.OPEN)
     spec.vddk.CopyFrom(input_pb2.VddkInput(
         https=_https(a), libdir=_local(a.io.value("vddk-libdir")), thumbprint=a.io.value("vddk-thumbprint"),
         moref=a.io.value("vddk-moref"), transports=a.io.value("vddk-transports"),
@@ -125,7 +126,7 @@ BUILDERS: dict[str, Callable[[input_pb2.InputSpec, InputArgs], None]] = {
 
 def input_spec(a: InputArgs) -> input_pb2.InputSpec:
     if not a.files:
-        raise V2VError(f"-i {a.kind}: no input given", pb.ERROR_CODE_BAD_INPUT, step="open")
+        raise V2VError(f"-i {a.kind}: no input given", pb.ERROR_CODE_BAD_INPUT, step=Step.OPEN)
     spec = input_pb2.InputSpec()
     a.io.owner = f"-i {a.kind}"
     BUILDERS[a.kind](spec, a)

@@ -21,6 +21,7 @@ from v2v.cli.args import build_job, conversion_parser, terminate
 from v2v.cli.display import HumanDisplay, MachineDisplay, print_source
 from v2v.errors import V2VError, from_rpc_error
 from v2v.grpcserver import channel, unix_socket_path, wait_ready
+from v2v.steps import Step
 from v2v.tls import TLS_DIR_ENV, add_tls_argument, use_tls_dir
 from v2v.v1 import coordinator_pb2, coordinator_pb2_grpc
 
@@ -65,7 +66,7 @@ def convert_main(argv: Sequence[str]) -> int:
     except V2VError as err:
         status = coordinator_pb2.GuestStatus(state=coordinator_pb2.GUEST_STATE_FAILED, error=err.to_proto())
     except grpc.RpcError as exc:
-        rpc_err = from_rpc_error(exc, step="coordinator")
+        rpc_err = from_rpc_error(exc, step=Step.COORDINATOR)
         status = coordinator_pb2.GuestStatus(state=coordinator_pb2.GUEST_STATE_FAILED, error=rpc_err.to_proto())
     display.status(status)
     if status.state != coordinator_pb2.GUEST_STATE_SUCCEEDED:

@@ -8,13 +8,14 @@ from collections.abc import Callable
 
 from v2v.cli.options import Options
 from v2v.errors import V2VError
+from v2v.steps import Step
 from v2v.v1 import output_pb2
 from v2v.v1 import types_pb2 as pb
 
 
 def _directory(kind: str, storage: str | None) -> str:
     if not storage:
-        raise V2VError(f"-o {kind}: give the output directory with -os DIR", pb.ERROR_CODE_BAD_INPUT, step="check")
+        raise V2VError(f"-o {kind}: give the output directory with -os DIR", pb.ERROR_CODE_BAD_INPUT, step=Step.CHECK)
     return storage
 
 

@@ -23,6 +23,7 @@ from v2v.errors import V2VError, from_rpc_error, to_status
 from v2v.events import step_event
 from v2v.grpcserver import StreamSlots, rpc
 from v2v.services.input.locations import source_host
+from v2v.steps import Step
 from v2v.v1 import coordinator_pb2, coordinator_pb2_grpc, input_pb2, output_pb2
 from v2v.v1 import types_pb2 as pb
 from v2v.workdir import WorkDir
@@ -103,7 +104,7 @@ class Guest:
                             bytes_copied=r.bytes_copied, priority=r.job.priority, attempt=r.attempt,
                             target_interrupted=r.target_interrupted, submitted=_timestamp(r.submitted),
                             started=_timestamp(r.started), ended=_timestamp(r.ended))
-        if r.state == GS.GUEST_STATE_RUNNING and r.step == "copy":
+        if r.state == GS.GUEST_STATE_RUNNING and r.step == Step.COPY:
             st.copy_rate = sum(self.disk_rates.values())
         if r.error is not None:
             st.error.CopyFrom(r.error)
@@ -177,7 +178,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         if s.state == pb.STEP_STATE_STARTED:
             self.state.step_started(rec.id, rec.attempt, s.step, s.parent, disk, at)
             if not s.parent:
-                self._set(guest, step=s.step, **({"target_open": True} if s.step == "setup" else {}))
+                self._set(guest, step=s.step, **({"target_open": True} if s.step == Step.SETUP else {}))
         elif s.state in _STEP_STATES:
             seconds = s.duration.ToTimedelta().total_seconds()
             self.state.step_ended(rec.id, rec.attempt, s.step, s.parent, disk, _STEP_STATES[s.state], at, seconds,
@@ -185,9 +186,9 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
             if not s.parent and disk is None:
                 if self.metrics:
                     self.metrics.step_ended(s.step, seconds, s.state == pb.STEP_STATE_FAILED)
-                if s.step == "finalize" and s.state == pb.STEP_STATE_SUCCEEDED:
+                if s.step == Step.FINALIZE and s.state == pb.STEP_STATE_SUCCEEDED:
                     self._set(guest, target_open=False)
-                if s.step == "open" and guest.run is not None and guest.run.source is not None:
+                if s.step == Step.OPEN and guest.run is not None and guest.run.source is not None:
                     self._set(guest, source=guest.run.source)
 
     def _on_progress(self, guest: Guest, p: pb.Progress) -> None:
@@ -198,7 +199,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         if self.metrics:
             self.metrics.copied(gained)
             self.metrics.rate(sum(sum(g.disk_rates.values()) for g in list(self.guests.values())
-                                  if g.rec.step == "copy" and g.rec.state == GS.GUEST_STATE_RUNNING))
+                                  if g.rec.step == Step.COPY and g.rec.state == GS.GUEST_STATE_RUNNING))
         now = time.monotonic()
         if now - guest.bytes_saved_at >= _BYTES_SAVE_INTERVAL or p.bytes_done >= p.bytes_total:
             guest.bytes_saved_at = now
@@ -277,7 +278,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         run again from open. A target that was being written is aborted first, and marked."""
         rec = guest.rec
         done = self.state.completed_steps(rec.id, rec.attempt)
-        if "finalize" in done:
+        if Step.FINALIZE in done:
             self._set(guest, state=GS.GUEST_STATE_SUCCEEDED, ended=time.time(), target_open=False)
             return None
         clients = self.clients.get(rec.worker) or next(iter(self.clients.values()))
@@ -289,14 +290,14 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
                 pass  # that input service is gone, and its overlays with it
         if rec.target_open:
             self._abort_target(guest, clients, found.target if found and found.HasField("target") else None)
-        if found and found.open and "convert" in found.done and found.HasField("converted"):
+        if found and found.open and Step.CONVERT in found.done and found.HasField("converted"):
             self._note(guest, f"resuming from setup: the conversion in {found.path} survived")
             return Converted(found.workdir, found.source, found.converted, list(found.sockets))
         if found and found.exists:
             try:
                 clients.input.Close(input_pb2.CloseRequest(workdir=found.workdir, remove=True), timeout=clients.quick)
             except grpc.RpcError as exc:
-                self._note(guest, f"removing {found.path}: {from_rpc_error(exc, step='close').message}",
+                self._note(guest, f"removing {found.path}: {from_rpc_error(exc, step=Step.CLOSE).message}",
                            pb.SEVERITY_WARNING)
         guest.ticket.worker = None  # nothing binds it to its old worker now
         return None
@@ -308,7 +309,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         try:
             removed = clients.output.Abort(output_pb2.AbortRequest(workdir=rec.workdir), timeout=clients.quick).removed
         except grpc.RpcError as exc:
-            self._note(guest, f"abort of the interrupted target: {from_rpc_error(exc, step='abort').message}",
+            self._note(guest, f"abort of the interrupted target: {from_rpc_error(exc, step=Step.ABORT).message}",
                        pb.SEVERITY_WARNING)
             removed = False
         what = "it was removed"
@@ -426,12 +427,12 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
                 (guest.thread is not None and guest.thread.is_alive()):
             raise V2VError(f"guest {rec.name} is {GS.GuestState.Name(rec.state)}: only a failed or cancelled "
                            "guest can be retried", pb.ERROR_CODE_BAD_INPUT, guest=rec.name)
-        from_step = from_step or "open"
+        from_step = from_step or Step.OPEN
         if from_step not in RESUMABLE_STEPS:
             raise V2VError(f"retry from {from_step!r}: a guest can be retried from {' or '.join(RESUMABLE_STEPS)}",
                            pb.ERROR_CODE_BAD_INPUT, guest=rec.name)
         resume = None
-        if from_step == "setup":
+        if from_step == Step.SETUP:
             run = guest.run
             if run is None or run.converted is None:
                 raise V2VError(f"guest {rec.name} has no kept conversion to retry from setup: retry from open",
