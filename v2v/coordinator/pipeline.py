@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import grpc
 
 from v2v.coordinator.clients import PhaseClients
-from v2v.errors import V2VError, from_rpc_error
+from v2v.errors import V2VError
 from v2v.events import StepReporter
 from v2v.naming import name_from_path
 from v2v.services.input.locations import input_location
@@ -125,7 +125,7 @@ class GuestRun:
             except grpc.RpcError as exc:
                 if self._cancelled.is_set():
                     raise V2VError("cancelled", pb.ERROR_CODE_CANCELLED) from None
-                raise from_rpc_error(exc, step=step, guest=self.name) from None
+                raise self.clients.rpc_error(exc, step=step, guest=self.name) from None
 
     @property
     def workdir(self) -> WorkDir | None:
@@ -332,7 +332,7 @@ class GuestRun:
                 self.sink(ev)
         except grpc.RpcError as exc:
             # A copier that died cannot say which disk it was on; the disks not yet done can.
-            err = from_rpc_error(exc, step=step, guest=self.name)
+            err = self.clients.rpc_error(exc, step=step, guest=self.name)
             if err.disk is None and len(pending) == 1:
                 err.disk = pending.pop()
             elif err.disk is None and pending:
@@ -369,7 +369,7 @@ class GuestRun:
         try:
             fn()
         except grpc.RpcError as exc:
-            self.report.warn(f"{what}: {from_rpc_error(exc, step=what).message}", step=what)
+            self.report.warn(f"{what}: {self.clients.rpc_error(exc, step=what).message}", step=what)
 
     def _track(self, call: Any) -> None:
         """An in-flight streaming call, for _cancel_calls; cancelled at once if they were already."""

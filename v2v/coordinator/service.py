@@ -19,7 +19,7 @@ from v2v.coordinator.pipeline import RESUMABLE_STEPS, Converted, GuestRun, guest
 from v2v.coordinator.scheduler import Scheduler, Ticket, TicketGates
 from v2v.coordinator.state import FINAL, GuestRecord, State
 from v2v.coordinator.steplogs import StepLogs
-from v2v.errors import V2VError, from_rpc_error, to_status
+from v2v.errors import V2VError, to_status
 from v2v.events import step_event
 from v2v.grpcserver import StreamSlots, rpc
 from v2v.services.input.locations import source_host
@@ -297,7 +297,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
             try:
                 clients.input.Close(input_pb2.CloseRequest(workdir=found.workdir, remove=True), timeout=clients.quick)
             except grpc.RpcError as exc:
-                self._note(guest, f"removing {found.path}: {from_rpc_error(exc, step=Step.CLOSE).message}",
+                self._note(guest, f"removing {found.path}: {clients.rpc_error(exc, step=Step.CLOSE).message}",
                            pb.SEVERITY_WARNING)
         guest.ticket.worker = None  # nothing binds it to its old worker now
         return None
@@ -309,7 +309,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         try:
             removed = clients.output.Abort(output_pb2.AbortRequest(workdir=rec.workdir), timeout=clients.quick).removed
         except grpc.RpcError as exc:
-            self._note(guest, f"abort of the interrupted target: {from_rpc_error(exc, step=Step.ABORT).message}",
+            self._note(guest, f"abort of the interrupted target: {clients.rpc_error(exc, step=Step.ABORT).message}",
                        pb.SEVERITY_WARNING)
             removed = False
         what = "it was removed"
