@@ -34,12 +34,15 @@ def run_job(address: str, job: coordinator_pb2.GuestJob, display: HumanDisplay |
     stub = coordinator_pb2_grpc.CoordinatorStub(ch)
     gid = stub.Submit(coordinator_pb2.SubmitRequest(job=job)).id
     ref = coordinator_pb2.GuestRef(id=gid)
+    seen = 0  # the last event's sequence number
     try:
-        for ev in stub.Watch(ref):
-            display.event(ev)
+        for fe in stub.Follow(ref):
+            seen = fe.seq
+            if fe.HasField("event"):
+                display.event(fe.event)
     except KeyboardInterrupt:
         stub.Cancel(ref)
-        for _ in stub.Watch(ref):  # wait until its cleanup is done
+        for _ in stub.Follow(coordinator_pb2.GuestRef(id=gid, after_seq=seen)):  # until its cleanup is done
             pass
     status: coordinator_pb2.GuestStatus = stub.Status(ref)
     ch.close()

@@ -46,11 +46,15 @@ class EventLog:
     is most of a fleet's events (one a second per disk being copied) and only its latest value
     matters, so every `compact_every` progress events the ones a later progress of the same disk
     supersedes are dropped: the log grows with steps and states, not with copy time. A follower
-    keeps its place by sequence number, so dropped events are simply not sent."""
+    keeps its place by sequence number, so dropped events are simply not sent.
 
-    def __init__(self, compact_every: int = 20000) -> None:
+    Numbers start after `start`: the coordinator gives its start time in microseconds, so that a
+    client's number from before a restart is below every number after it and it gets the new log
+    whole (numbers grow by one an event: never near a million a second)."""
+
+    def __init__(self, compact_every: int = 20000, start: int = 0) -> None:
         self.compact_every = compact_every
-        self.last = 0  # sequence number of the newest event
+        self.last = start  # sequence number of the newest event
         self._last_of: dict[str, int] = {}  # guest id -> sequence number of its newest event
         self._events: list[tuple[int, coordinator_pb2.FleetEvent]] = []
         self._latest: dict[tuple[str, int], int] = {}  # (guest id, disk) -> sequence of its newest progress
@@ -61,6 +65,7 @@ class EventLog:
 
     def add(self, fe: coordinator_pb2.FleetEvent) -> None:
         self.last += 1
+        fe.seq = self.last
         self._last_of[fe.id] = self.last
         self._events.append((self.last, fe))
         if fe.HasField("event") and fe.event.HasField("progress"):
@@ -124,7 +129,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         self.logs_root = state.path.parent / "logs"
         self.clients = {name: PhaseClients(w.addresses) for name, w in scheduler.workers.items()}
         self.guests: dict[str, Guest] = {}
-        self._log = EventLog()  # Watch and Follow replay it, then follow it live
+        self._log = EventLog(start=time.time_ns() // 1000)  # Follow replays it, then follows it live
         # Followers of one guest wait on that guest's condition, so an event wakes only its own
         # followers and those of every guest (""): with one condition for all, each event woke 500
         # dashboards and Submit slowed 10-25 times (bench/streams.py). All share one lock.
@@ -361,11 +366,14 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         ids = self.submit(jobs)
         return GS.SubmitResponse(id=ids[0], ids=ids)
 
-    def follow(self, gid: str, context: grpc.ServicerContext) -> Iterator[coordinator_pb2.FleetEvent]:
-        """The log of one guest (or all: gid ""), past then live, until it (every guest) has ended."""
+    def follow(self, gid: str, context: grpc.ServicerContext, after: int = 0) -> Iterator[coordinator_pb2.FleetEvent]:
+        """The log of one guest (or all: gid "") after sequence number `after`, past then live, until
+        it (every guest) has ended. A number above the log's newest is not from this coordinator's
+        life (a client of a clock set back): the whole log, rather than nothing until it catches up."""
         if gid:
             self._get(gid)
-        sent = 0  # sequence number of the last event sent
+        with self._log_lock:
+            sent = after if after <= self._log.last else 0  # sequence number of the last event sent
         while True:
             with self._log_lock:
                 changed = self._condition(gid)
@@ -385,7 +393,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
                context: grpc.ServicerContext) -> Iterator[coordinator_pb2.FleetEvent]:
         try:
             with self._streams.slot(context, "Follow"):
-                yield from self.follow(request.id, context)
+                yield from self.follow(request.id, context, request.after_seq)
         except V2VError as err:
             context.abort_with_status(to_status(err))
 
