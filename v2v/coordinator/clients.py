@@ -18,9 +18,12 @@ SERVICES = PHASES
 # The phase service that answers the coordinator's call in each of its steps: an error about the
 # call itself (a deadline passed, the service gone) names that service and its address, which a
 # person can go and look at, and not only the step.
-STEP_SERVICE = {Step.OPEN: "input", Step.CLOSE: "input", Step.CHECK: "output", Step.SETUP: "output",
-                Step.FINALIZE: "output", Step.ABORT: "output", Step.CONVERT: "convert", Step.PRECOPY: "copier",
-                Step.COPY: "copier"}
+STEP_SERVICE: dict[str, str] = {
+    Step.OPEN: "input", Step.CLOSE: "input",
+    Step.CHECK: "output", Step.SETUP: "output", Step.FINALIZE: "output", Step.ABORT: "output",
+    Step.CONVERT: "convert",
+    Step.PRECOPY: "copier", Step.COPY: "copier",
+}
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,7 @@ class PhaseClients:
 
     def rpc_error(self, exc: grpc.RpcError, *, step: str, guest: str = "") -> V2VError:
         """from_rpc_error for a call made in `step`, naming the service called and its address."""
-        service = STEP_SERVICE.get(Step(step)) if step in set(Step) else None
+        service = STEP_SERVICE.get(step)
         who = f"{service} service at {getattr(self.addresses, service)}" if service else ""
         return from_rpc_error(exc, step=step, guest=guest, service=who)
 
