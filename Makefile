@@ -16,10 +16,12 @@ DEB_PACKAGES := nbdkit libnbd-bin python3-libnbd python3-guestfs libguestfs-tool
 	python3-hivex libwin-hivex-perl libhivex-bin genisoimage
 PROTOS := $(wildcard protos/v2v/v1/*.proto)
 GENERATED := $(patsubst protos/%.proto,%_pb2.py,$(PROTOS))
+# The buf CLI is npm's @bufbuild/buf (PyPI's `buf` is another program), pinned in package-lock.json.
+BUF := node_modules/.bin/buf
 
-.PHONY: setup deps docker demo test unit lint protos clean
+.PHONY: setup deps docker demo test unit lint buf protos clean
 
-setup: deps $(VENV)/.installed protos
+setup: deps $(VENV)/.installed $(BUF) protos
 
 # Debian packages: installed only when one is missing, so repeated runs cost nothing.
 deps:
@@ -29,11 +31,21 @@ deps:
 		echo "installing Debian packages:" $$missing; \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	fi
+	@# npm (for buf) comes with the machine's Node.js; Debian's pair only where there is none, since
+	@# Debian's npm package conflicts with a Node.js that bundles its own npm.
+	@command -v npm >/dev/null || { apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm; }
 
 # --system-site-packages: the nbd and guestfs bindings come from Debian, not PyPI.
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || /usr/bin/python3 -m venv --system-site-packages $(VENV)
 	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+# npm ci installs exactly the locked versions into ./node_modules. npm 11 skips buf's postinstall
+# script; buf's launcher finds the platform binary (@bufbuild/buf-linux-x64) without it.
+$(BUF): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
 protos: $(GENERATED)
@@ -55,7 +67,7 @@ demo: setup
 docker:
 	deploy/docker-engine.sh setup
 
-test: setup docker
+test: setup docker buf
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -v -rs --durations=40 $(PYTEST_ARGS)
@@ -64,9 +76,15 @@ test: setup docker
 unit: setup
 	$(PY) -m pytest -q tests/unit
 
-lint: setup
+lint: setup buf
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
+# The protos' style (buf.yaml says which rules and why some are off) and their compatibility with
+# the last published API (protos/buf-breaking.sh says which commit that is).
+buf: $(BUF)
+	$(BUF) lint
+	BUF=$(BUF) protos/buf-breaking.sh
+
 clean:
-	rm -rf $(VENV) v2v/v1/*_pb2*.py *.egg-info
+	rm -rf $(VENV) node_modules v2v/v1/*_pb2*.py *.egg-info

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -193,13 +194,15 @@ class Qemu:
 
 @contextmanager
 def running_qemu(image: Path, tmp_path: Path, machine: Sequence[str] = ("-machine", "none")) -> Iterator[Qemu]:
-    vm = Qemu(image, Path("/tmp") / f"v2v-warm-qmp-{tmp_path.name}.sock", machine)
-    try:
-        yield vm
-    finally:
-        vm.proc.kill()
-        vm.proc.wait()
-        vm.qmp.unlink(missing_ok=True)
+    # A short path (AF_UNIX's 108 bytes) of its own: named after tmp_path alone, it was the same
+    # path for this test run from two checkouts at once, and one run's qemu answered the other's QMP.
+    with tempfile.TemporaryDirectory(prefix="v2v-qmp-", dir="/tmp") as sockets:
+        vm = Qemu(image, Path(sockets) / "qmp.sock", machine)
+        try:
+            yield vm
+        finally:
+            vm.proc.kill()
+            vm.proc.wait()
 
 
 @pytest.fixture

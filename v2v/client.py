@@ -42,9 +42,10 @@ class FleetClient:
     def submit_plan(self, path: str | Path) -> list[str]:
         return self.submit(read_plan(Path(path)).jobs)
 
-    def follow(self, gid: str = "") -> Iterator[coordinator_pb2.FleetEvent]:
-        """Every event of one guest, or of all (""), past then live, until they have ended."""
-        yield from self.stub.Follow(coordinator_pb2.GuestRef(id=gid))
+    def follow(self, gid: str = "", after_seq: int = 0) -> Iterator[coordinator_pb2.FleetEvent]:
+        """Every event of one guest, or of all (""), past then live, until they have ended; with
+        after_seq (the `seq` of the last event seen), only the ones after it: a stream resumed."""
+        yield from self.stub.Follow(coordinator_pb2.GuestRef(id=gid, after_seq=after_seq))
 
     def list(self, steps: bool = False) -> list[coordinator_pb2.GuestStatus]:
         """Every guest's status; with `steps`, each with its steps (GuestStatus.steps)."""

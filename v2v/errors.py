@@ -128,8 +128,11 @@ def internal_status(exc: BaseException) -> grpc.Status:
                      error_details_pb2.DebugInfo(stack_entries=[line.rstrip() for line in stack], detail=repr(exc)))
 
 
-def from_rpc_error(exc: grpc.RpcError, *, step: str, guest: str = "", disk: int | None = None) -> V2VError:
-    """Turns a failed call back into the V2VError the service raised, or names the transport failure."""
+def from_rpc_error(exc: grpc.RpcError, *, step: str, guest: str = "", disk: int | None = None,
+                   service: str = "") -> V2VError:
+    """Turns a failed call back into the V2VError the service raised, or names the transport failure.
+    service: who was called, as a person needs it to go and look ("output service at unix:/run/v2v/
+    output.sock"); without it, the step's name stands in ("coordinator service")."""
     status = rpc_status.from_call(exc)  # type: ignore[arg-type]
     if status is not None:
         for any_detail in status.details:
@@ -138,12 +141,13 @@ def from_rpc_error(exc: grpc.RpcError, *, step: str, guest: str = "", disk: int 
                 return V2VError.from_proto(err).fill(step=step, guest=guest, disk=disk)
     code = exc.code() if hasattr(exc, "code") else None
     text = exc.details() if hasattr(exc, "details") else str(exc)
+    who = service or f"{step} service"
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return V2VError(f"the {step} service did not answer in time ({text})", pb.ERROR_CODE_SERVICE_UNAVAILABLE,
-                        step=step, guest=guest, disk=disk)
+        return V2VError(f"the {who} did not answer in time in step {step} ({text})",
+                        pb.ERROR_CODE_SERVICE_UNAVAILABLE, step=step, guest=guest, disk=disk)
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
         return V2VError(
-            f"the {step} service went away: {text}",
+            f"the {who} went away: {text}",
             pb.ERROR_CODE_SERVICE_UNAVAILABLE,
             step=step,
             guest=guest,

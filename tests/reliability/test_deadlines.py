@@ -1,6 +1,6 @@
 """Issue "One road" point 8: the coordinator's unary calls to the phase services have deadlines. An
 output service that hangs in Check used to hold its guest for ever; now the guest fails at step
-check, naming the service, and is cleaned up (its input closed)."""
+check, naming the service and its address, and is cleaned up (its input closed)."""
 
 from __future__ import annotations
 
@@ -53,7 +53,9 @@ def test_a_hung_output_fails_the_guest_at_check_naming_the_service(phony, tmp_pa
                 time.sleep(0.2)
         assert status.state == GS.GUEST_STATE_FAILED
         assert (status.error.step, status.error.code) == ("check", pb.ERROR_CODE_SERVICE_UNAVAILABLE)
-        assert "the check service did not answer in time" in status.error.message
+        # the service and its address (where to look), and the step (what it was asked)
+        assert f"the output service at unix:{tmp_path}/output.sock did not answer in time in step check" \
+            in status.error.message, status.error.message
         assert hung.gave_up.wait(10)  # the service saw its caller leave
         assert not any(p.is_socket() for p in root.rglob("*.sock"))  # the input was closed
     finally:

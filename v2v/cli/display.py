@@ -18,6 +18,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from v2v.coordinator.state import FINAL, state_name
+from v2v.steps import Step
 from v2v.units import human_size
 from v2v.v1 import coordinator_pb2
 from v2v.v1 import types_pb2 as pb
@@ -70,7 +71,7 @@ class HumanDisplay:
         if s.state == pb.STEP_STATE_STARTED and not s.parent:
             self._say(f"{s.step}{disk} ...")
         elif s.state == pb.STEP_STATE_SUCCEEDED:
-            if s.step in ("precopy", "copy") and not s.parent:
+            if s.step in (Step.PRECOPY, Step.COPY) and not s.parent:
                 self._stop_bars()
             self._say(f"{indent}{s.step}{disk} done in {took:.1f} s" + (f": {s.message}" if s.message else ""))
         elif s.state == pb.STEP_STATE_FAILED:

@@ -38,6 +38,7 @@ from v2v.coordinator.scheduler import Limits, Worker
 from v2v.coordinator.servers import CoordinatorConfig, EmbeddedServices, PhaseWorkers, parse_worker, state_view
 from v2v.coordinator.state import FINAL, state_name
 from v2v.errors import V2VError, from_rpc_error
+from v2v.steps import Step
 from v2v.units import human_size, parse_size
 from v2v.v1 import coordinator_pb2
 from v2v.workdir import default_root
@@ -123,7 +124,7 @@ def fleet_main(argv: Sequence[str]) -> int:
         err.print(f"v2v fleet: error: {exc.one_line()}", markup=False)
         return 1
     except grpc.RpcError as exc:
-        err.print(f"v2v fleet: error: {from_rpc_error(exc, step='coordinator').one_line()}", markup=False)
+        err.print(f"v2v fleet: error: {from_rpc_error(exc, step=Step.COORDINATOR).one_line()}", markup=False)
         return 1
 
 

@@ -23,6 +23,7 @@ from v2v.cli.standalone import (
     write_report,
 )
 from v2v.coordinator.phases import OpenedGuest, PhaseServices, convert_guest
+from v2v.steps import Step
 from v2v.v1 import coordinator_pb2
 
 INCONSISTENT = ("the guest's disks were being converted in place and may now be in an inconsistent state: "
@@ -41,7 +42,7 @@ def parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 def finished(display: Display, guest: OpenedGuest, files: list[str]) -> int:
     display.status(coordinator_pb2.GuestStatus(name=guest.name, state=coordinator_pb2.GUEST_STATE_SUCCEEDED,
-                                               step="close", source=guest.opened.source, files=files))
+                                               step=Step.CLOSE, source=guest.opened.source, files=files))
     return 0
 
 

@@ -21,6 +21,7 @@ from v2v.cli.args import answer_plugin_help, build_job, conversion_parser, termi
 from v2v.cli.display import HumanDisplay, MachineDisplay, print_source
 from v2v.errors import V2VError, from_rpc_error
 from v2v.grpcserver import channel, unix_socket_path, wait_ready
+from v2v.steps import Step
 from v2v.tls import TLS_DIR_ENV, add_tls_argument, use_tls_dir
 from v2v.v1 import coordinator_pb2, coordinator_pb2_grpc
 
@@ -33,12 +34,15 @@ def run_job(address: str, job: coordinator_pb2.GuestJob, display: HumanDisplay |
     stub = coordinator_pb2_grpc.CoordinatorStub(ch)
     gid = stub.Submit(coordinator_pb2.SubmitRequest(job=job)).id
     ref = coordinator_pb2.GuestRef(id=gid)
+    seen = 0  # the last event's sequence number
     try:
-        for ev in stub.Watch(ref):
-            display.event(ev)
+        for fe in stub.Follow(ref):
+            seen = fe.seq
+            if fe.HasField("event"):
+                display.event(fe.event)
     except KeyboardInterrupt:
         stub.Cancel(ref)
-        for _ in stub.Watch(ref):  # wait until its cleanup is done
+        for _ in stub.Follow(coordinator_pb2.GuestRef(id=gid, after_seq=seen)):  # until its cleanup is done
             pass
     status: coordinator_pb2.GuestStatus = stub.Status(ref)
     ch.close()
@@ -66,7 +70,7 @@ def convert_main(argv: Sequence[str]) -> int:
     except V2VError as err:
         status = coordinator_pb2.GuestStatus(state=coordinator_pb2.GUEST_STATE_FAILED, error=err.to_proto())
     except grpc.RpcError as exc:
-        rpc_err = from_rpc_error(exc, step="coordinator")
+        rpc_err = from_rpc_error(exc, step=Step.COORDINATOR)
         status = coordinator_pb2.GuestStatus(state=coordinator_pb2.GUEST_STATE_FAILED, error=rpc_err.to_proto())
     display.status(status)
     if status.state != coordinator_pb2.GUEST_STATE_SUCCEEDED:

@@ -30,6 +30,7 @@ from v2v.cli.args import (
 from v2v.cli.display import HumanDisplay, MachineDisplay
 from v2v.cli.inputs import input_spec
 from v2v.errors import V2VError, from_rpc_error
+from v2v.steps import Step
 from v2v.v1 import convert_pb2, coordinator_pb2, input_pb2
 from v2v.v1 import types_pb2 as pb
 
@@ -102,7 +103,7 @@ def guarded(body: Callable[[list[str]], int], display: Display) -> int:
     except V2VError as exc:
         err = exc
     except grpc.RpcError as exc:
-        err = from_rpc_error(exc, step="service")
+        err = from_rpc_error(exc, step=Step.SERVICE)
     except KeyboardInterrupt:
         err = V2VError("cancelled", pb.ERROR_CODE_CANCELLED)
     display.status(coordinator_pb2.GuestStatus(name=err.guest, state=coordinator_pb2.GUEST_STATE_FAILED,

@@ -7,11 +7,23 @@ from dataclasses import dataclass
 
 import grpc
 
+from v2v.errors import V2VError, from_rpc_error
 from v2v.grpcserver import channel
 from v2v.services.servicers import PHASES
+from v2v.steps import Step
 from v2v.v1 import convert_pb2_grpc, copier_pb2_grpc, input_pb2_grpc, output_pb2_grpc
 
 SERVICES = PHASES
+
+# The phase service that answers the coordinator's call in each of its steps: an error about the
+# call itself (a deadline passed, the service gone) names that service and its address, which a
+# person can go and look at, and not only the step.
+STEP_SERVICE: dict[str, str] = {
+    Step.OPEN: "input", Step.CLOSE: "input",
+    Step.CHECK: "output", Step.SETUP: "output", Step.FINALIZE: "output", Step.ABORT: "output",
+    Step.CONVERT: "convert",
+    Step.PRECOPY: "copier", Step.COPY: "copier",
+}
 
 
 @dataclass(frozen=True)
@@ -53,6 +65,12 @@ class PhaseClients:
         ch = channel(address)
         self._channels.append(ch)
         return ch
+
+    def rpc_error(self, exc: grpc.RpcError, *, step: str, guest: str = "") -> V2VError:
+        """from_rpc_error for a call made in `step`, naming the service called and its address."""
+        service = STEP_SERVICE.get(step)
+        who = f"{service} service at {getattr(self.addresses, service)}" if service else ""
+        return from_rpc_error(exc, step=step, guest=guest, service=who)
 
     def close(self) -> None:
         for ch in self._channels:

@@ -19,6 +19,7 @@ from v2v.events import StepReporter
 from v2v.grpcserver import RunningService, channel
 from v2v.nbdclient import nbd_uri
 from v2v.services.servicers import phase_servicer
+from v2v.steps import Step
 from v2v.v1 import convert_pb2, convert_pb2_grpc, coordinator_pb2, input_pb2, input_pb2_grpc
 from v2v.v1 import types_pb2 as pb
 from v2v.workdir import WorkDir
@@ -97,7 +98,7 @@ class OpenedGuest:
 
     def __enter__(self) -> OpenedGuest:
         try:
-            with self.phase("open"):
+            with self.phase(Step.OPEN):
                 self.opened = self._input.Open(input_pb2.OpenRequest(
                     workdir=self.workdir.name, guest=self.name, input=self.spec, in_place=self.in_place))
         except BaseException as exc:
@@ -113,7 +114,7 @@ class OpenedGuest:
         try:
             self._input.Close(input_pb2.CloseRequest(workdir=self.workdir.name, remove=remove))
         except grpc.RpcError as exc:
-            self.report.warn(f"close: {from_rpc_error(exc, step='close').message}", step="close")
+            self.report.warn(f"close: {from_rpc_error(exc, step=Step.CLOSE).message}", step=Step.CLOSE)
         finally:
             self._channel.close()
         if not remove:
@@ -125,7 +126,7 @@ def convert_guest(guest: OpenedGuest, address: str, options: convert_pb2.Convert
     which makes the service kill its appliance."""
     ch = channel(address)
     try:
-        with guest.phase("convert"):
+        with guest.phase(Step.CONVERT):
             call = convert_pb2_grpc.ConvertStub(ch).Convert(convert_pb2.ConvertRequest(
                 workdir=guest.workdir.name, guest=guest.name, options=options, source=guest.opened.source,
                 disks=guest.opened.sockets))

@@ -19,17 +19,18 @@ from typing import Any, Protocol
 import grpc
 
 from v2v.coordinator.clients import PhaseClients
-from v2v.errors import V2VError, from_rpc_error
+from v2v.errors import V2VError
 from v2v.events import StepReporter
 from v2v.naming import name_from_path
 from v2v.services.input.locations import input_location
+from v2v.steps import Step
 from v2v.units import human_size
 from v2v.v1 import convert_pb2, coordinator_pb2, copier_pb2, input_pb2, output_pb2
 from v2v.v1 import types_pb2 as pb
 from v2v.workdir import WorkDir
 
 EventSink = Callable[[pb.Event], None]
-RESUMABLE_STEPS = ("open", "setup")  # where a run may start: from scratch, or from a kept conversion
+RESUMABLE_STEPS = (Step.OPEN, Step.SETUP)  # where a run may start: from scratch, or from a kept conversion
 
 
 class Gates(Protocol):
@@ -124,7 +125,7 @@ class GuestRun:
             except grpc.RpcError as exc:
                 if self._cancelled.is_set():
                     raise V2VError("cancelled", pb.ERROR_CODE_CANCELLED) from None
-                raise from_rpc_error(exc, step=step, guest=self.name) from None
+                raise self.clients.rpc_error(exc, step=step, guest=self.name) from None
 
     @property
     def workdir(self) -> WorkDir | None:
@@ -152,7 +153,7 @@ class GuestRun:
             if resume is None:
                 if not self._open(workdir):
                     return
-                with self.phase("check"):
+                with self.phase(Step.CHECK):
                     self.clients.output.Check(output_pb2.CheckRequest(guest=self.name, output=self.job.output,
                                                                       source=self.source), timeout=self.clients.quick)
             else:
@@ -166,18 +167,18 @@ class GuestRun:
                     converted = self._convert_and_precopy(setup)
                 else:
                     if resume is None:
-                        with self.gates.converting(), self.phase("convert"):
+                        with self.gates.converting(), self.phase(Step.CONVERT):
                             resume = self._converted_by(self._convert())
                     converted = resume
                     setup = self._setup(target, converted.target)
-                with self.gates.copying(len(setup.disks)) as streams, self.phase("copy"):
+                with self.gates.copying(len(setup.disks)) as streams, self.phase(Step.COPY):
                     self._copy(setup, streams, written_only=precopied)
                 self._finalize(converted.target, setup)
                 target.pop_all()  # finalized: nothing of the target to take back
 
     def _open(self, workdir: str) -> bool:
         """The open step; False when only the source was asked for (--print-source)."""
-        with self.phase("open"):
+        with self.phase(Step.OPEN):
             # A future, so that Cancel can stop an open that waits on a source (the input stops its
             # connects when the call is cancelled).
             call = self.clients.input.Open.future(input_pb2.OpenRequest(
@@ -195,7 +196,7 @@ class GuestRun:
             size = sum(d.virtual_size for d in resp.source.disks)
             self.report.note(f"{resp.source.name}: {len(resp.source.disks)} disk(s), {human_size(size)} "
                              f"({', '.join(d.format for d in resp.source.disks)}); work directory {resp.path}",
-                             step="open")
+                             step=Step.OPEN)
         return not self.job.print_source
 
     def _copies_while_converting(self) -> bool:
@@ -206,7 +207,7 @@ class GuestRun:
         untracked = [str(i) for i, tracked in enumerate(self._writes_tracked) if not tracked]
         if untracked or not self._writes_tracked:
             self.report.note(f"copy while converting: the input cannot track writes to disk(s) "
-                             f"{', '.join(untracked) or 'all'}; converting first, then copying", step="open")
+                             f"{', '.join(untracked) or 'all'}; converting first, then copying", step=Step.OPEN)
             return False
         return True
 
@@ -216,7 +217,7 @@ class GuestRun:
         assert self._workdir is not None
         name = self._workdir.name
         undo.push(lambda et, ev, tb: self._abort(name, failed=et is not None))
-        with self.phase("setup"):
+        with self.phase(Step.SETUP):
             setup: output_pb2.SetupResponse = self.clients.output.Setup(output_pb2.SetupRequest(
                 workdir=name, guest=self.name, output=self.job.output, target=target), timeout=self.clients.disk_work)
             return setup
@@ -224,7 +225,7 @@ class GuestRun:
     def _abort(self, workdir: str, failed: bool) -> bool:
         """A failed run's target taken back; False: the run's exception goes on."""
         if failed:
-            self._quietly("abort", lambda: self.clients.output.Abort(output_pb2.AbortRequest(workdir=workdir),
+            self._quietly(Step.ABORT, lambda: self.clients.output.Abort(output_pb2.AbortRequest(workdir=workdir),
                                                                      timeout=self.clients.quick))
         return False
 
@@ -236,7 +237,7 @@ class GuestRun:
         target.CopyFrom(converted)
         del target.disks[:]
         target.disks.extend(setup.disks)
-        with self.phase("finalize"):
+        with self.phase(Step.FINALIZE):
             fin = self.clients.output.Finalize(output_pb2.FinalizeRequest(
                 workdir=self._workdir.name, guest=self.name, output=self.job.output, target=target),
                 timeout=self.clients.disk_work)
@@ -260,7 +261,7 @@ class GuestRun:
 
         def precopy() -> None:
             try:
-                with self.gates.copying(len(setup.disks)) as streams, self.phase("precopy"):
+                with self.gates.copying(len(setup.disks)) as streams, self.phase(Step.PRECOPY):
                     for disks in precopy_order(source):
                         self._copy(setup, streams, precopy=True, only=disks)
             except BaseException as exc:  # raised by the run's thread, once the conversion has stopped
@@ -271,7 +272,7 @@ class GuestRun:
         with self.gates.converting():
             copier.start()
             try:
-                with self.phase("convert"):
+                with self.phase(Step.CONVERT):
                     result = self._convert()
             except BaseException as exc:
                 failures.append(exc)
@@ -306,7 +307,7 @@ class GuestRun:
         (precopied before); only: these disks (default all)."""
         assert self.source is not None and self._workdir is not None
         wd = self._workdir
-        step = "precopy" if precopy else "copy"
+        step = Step.PRECOPY if precopy else Step.COPY
         opts = copier_pb2.CopyOptions()
         opts.CopyFrom(self.job.copy)
         opts.target_is_zero = setup.target_is_zero
@@ -326,12 +327,12 @@ class GuestRun:
             for ev in call:
                 if ev.HasField("step"):
                     ev.step.parent = step
-                    if ev.step.step == "copy" and ev.step.state == pb.STEP_STATE_SUCCEEDED:
+                    if ev.step.step == Step.COPY and ev.step.state == pb.STEP_STATE_SUCCEEDED:
                         pending.discard(ev.step.disk)
                 self.sink(ev)
         except grpc.RpcError as exc:
             # A copier that died cannot say which disk it was on; the disks not yet done can.
-            err = from_rpc_error(exc, step=step, guest=self.name)
+            err = self.clients.rpc_error(exc, step=step, guest=self.name)
             if err.disk is None and len(pending) == 1:
                 err.disk = pending.pop()
             elif err.disk is None and pending:
@@ -346,14 +347,14 @@ class GuestRun:
         self.kept = self._converted is not None and not ok and self.keep_converted and not self._cancelled.is_set()
         name = self._workdir.name if self._workdir else workdir
         if not self.kept:
-            self._quietly("close", lambda: self.clients.input.Close(input_pb2.CloseRequest(workdir=name, remove=ok),
+            self._quietly(Step.CLOSE, lambda: self.clients.input.Close(input_pb2.CloseRequest(workdir=name, remove=ok),
                                                                     timeout=self.clients.quick))
         if not ok:
             where = self._path or name
             if self.kept:
-                self.report.note(f"the conversion is kept in {where} for a retry from setup", step="close")
+                self.report.note(f"the conversion is kept in {where} for a retry from setup", step=Step.CLOSE)
             else:
-                self.report.note(f"logs of the failed run kept in {where}/logs on its worker", step="close")
+                self.report.note(f"logs of the failed run kept in {where}/logs on its worker", step=Step.CLOSE)
         return False
 
     def release(self) -> None:
@@ -361,14 +362,14 @@ class GuestRun:
         if self.kept and self._workdir is not None:
             self.kept = False
             name = self._workdir.name
-            self._quietly("close", lambda: self.clients.input.Close(input_pb2.CloseRequest(workdir=name),
+            self._quietly(Step.CLOSE, lambda: self.clients.input.Close(input_pb2.CloseRequest(workdir=name),
                                                                     timeout=self.clients.quick))
 
     def _quietly(self, what: str, fn: Callable[[], object]) -> None:
         try:
             fn()
         except grpc.RpcError as exc:
-            self.report.warn(f"{what}: {from_rpc_error(exc, step=what).message}", step=what)
+            self.report.warn(f"{what}: {self.clients.rpc_error(exc, step=what).message}", step=what)
 
     def _track(self, call: Any) -> None:
         """An in-flight streaming call, for _cancel_calls; cancelled at once if they were already."""

@@ -19,10 +19,11 @@ from v2v.coordinator.scheduler import Scheduler, Ticket, TicketGates, Worker
 from v2v.coordinator.state import FINAL, GuestRecord, State
 from v2v.coordinator.steplogs import LogReader, StepLogs, log_records
 from v2v.coordinator.view import guest_status, logged_steps, step_record
-from v2v.errors import V2VError, from_rpc_error, to_status
+from v2v.errors import V2VError, to_status
 from v2v.events import step_event
 from v2v.grpcserver import StreamSlots, rpc, stream_rpc
 from v2v.services.input.locations import source_host
+from v2v.steps import Step
 from v2v.v1 import coordinator_pb2, coordinator_pb2_grpc, input_pb2, output_pb2
 from v2v.v1 import types_pb2 as pb
 
@@ -36,11 +37,15 @@ class EventLog:
     is most of a fleet's events (one a second per disk being copied) and only its latest value
     matters, so every `compact_every` progress events the ones a later progress of the same disk
     supersedes are dropped: the log grows with steps and states, not with copy time. A follower
-    keeps its place by sequence number, so dropped events are simply not sent."""
+    keeps its place by sequence number, so dropped events are simply not sent.
 
-    def __init__(self, compact_every: int = 20000) -> None:
+    Numbers start after `start`: the coordinator gives its start time in microseconds, so that a
+    client's number from before a restart is below every number after it and it gets the new log
+    whole (numbers grow by one an event: never near a million a second)."""
+
+    def __init__(self, compact_every: int = 20000, start: int = 0) -> None:
         self.compact_every = compact_every
-        self.last = 0  # sequence number of the newest event
+        self.last = start  # sequence number of the newest event
         self._last_of: dict[str, int] = {}  # guest id -> sequence number of its newest event
         self._events: list[tuple[int, coordinator_pb2.FleetEvent]] = []
         self._latest: dict[tuple[str, int], int] = {}  # (guest id, disk) -> sequence of its newest progress
@@ -51,6 +56,7 @@ class EventLog:
 
     def add(self, fe: coordinator_pb2.FleetEvent) -> None:
         self.last += 1
+        fe.seq = self.last
         self._last_of[fe.id] = self.last
         self._events.append((self.last, fe))
         if fe.HasField("event") and fe.event.HasField("progress"):
@@ -89,7 +95,7 @@ class Guest:
         self.thread: threading.Thread | None = None
 
     def status(self) -> coordinator_pb2.GuestStatus:
-        copying = self.rec.state == GS.GUEST_STATE_RUNNING and self.rec.step == "copy"
+        copying = self.rec.state == GS.GUEST_STATE_RUNNING and self.rec.step == Step.COPY
         return guest_status(self.rec, sum(self.disk_rates.values()) if copying else 0.0)
 
 
@@ -104,7 +110,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         self.logs_root = state.path.parent / "logs"
         self.clients = {name: PhaseClients(w.addresses) for name, w in scheduler.workers.items()}
         self.guests: dict[str, Guest] = {}
-        self._log = EventLog()  # Watch and Follow replay it, then follow it live
+        self._log = EventLog(start=time.time_ns() // 1000)  # Follow replays it, then follows it live
         # Followers of one guest wait on that guest's condition, so an event wakes only its own
         # followers and those of every guest (""): with one condition for all, each event woke 500
         # dashboards and Submit slowed 10-25 times (bench/streams.py). All share one lock.
@@ -160,7 +166,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         if s.state == pb.STEP_STATE_STARTED:
             self.state.step_started(rec.id, rec.attempt, s.step, s.parent, disk, at)
             if not s.parent:
-                self._set(guest, step=s.step, **({"target_open": True} if s.step == "setup" else {}))
+                self._set(guest, step=s.step, **({"target_open": True} if s.step == Step.SETUP else {}))
         elif s.state in _STEP_STATES:
             seconds = s.duration.ToTimedelta().total_seconds()
             self.state.step_ended(rec.id, rec.attempt, s.step, s.parent, disk, _STEP_STATES[s.state], at, seconds,
@@ -168,9 +174,9 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
             if not s.parent and disk is None:
                 if self.metrics:
                     self.metrics.step_ended(s.step, seconds, s.state == pb.STEP_STATE_FAILED)
-                if s.step == "finalize" and s.state == pb.STEP_STATE_SUCCEEDED:
+                if s.step == Step.FINALIZE and s.state == pb.STEP_STATE_SUCCEEDED:
                     self._set(guest, target_open=False)
-                if s.step == "open" and guest.run is not None and guest.run.source is not None:
+                if s.step == Step.OPEN and guest.run is not None and guest.run.source is not None:
                     self._set(guest, source=guest.run.source)
 
     def _log_reader(self, guest: Guest, workdir: str) -> LogReader:
@@ -196,7 +202,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         if self.metrics:
             self.metrics.copied(gained)
             self.metrics.rate(sum(sum(g.disk_rates.values()) for g in list(self.guests.values())
-                                  if g.rec.step == "copy" and g.rec.state == GS.GUEST_STATE_RUNNING))
+                                  if g.rec.step == Step.COPY and g.rec.state == GS.GUEST_STATE_RUNNING))
         now = time.monotonic()
         if now - guest.bytes_saved_at >= _BYTES_SAVE_INTERVAL or p.bytes_done >= p.bytes_total:
             guest.bytes_saved_at = now
@@ -286,7 +292,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         run again from open. A target that was being written is aborted first, and marked."""
         rec = guest.rec
         done = self.state.completed_steps(rec.id, rec.attempt)
-        if "finalize" in done:
+        if Step.FINALIZE in done:
             self._set(guest, state=GS.GUEST_STATE_SUCCEEDED, ended=time.time(), target_open=False)
             return None
         clients = self.clients.get(rec.worker) or next(iter(self.clients.values()))
@@ -298,14 +304,14 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
                 pass  # that input service is gone, and its overlays with it
         if rec.target_open:
             self._abort_target(guest, clients, found.target if found and found.HasField("target") else None)
-        if found and found.open and "convert" in found.done and found.HasField("converted"):
+        if found and found.open and Step.CONVERT in found.done and found.HasField("converted"):
             self._note(guest, f"resuming from setup: the conversion in {found.path} survived")
             return Converted(found.workdir, found.source, found.converted, list(found.sockets))
         if found and found.exists:
             try:
                 clients.input.Close(input_pb2.CloseRequest(workdir=found.workdir, remove=True), timeout=clients.quick)
             except grpc.RpcError as exc:
-                self._note(guest, f"removing {found.path}: {from_rpc_error(exc, step='close').message}",
+                self._note(guest, f"removing {found.path}: {clients.rpc_error(exc, step=Step.CLOSE).message}",
                            pb.SEVERITY_WARNING)
         guest.ticket.worker = None  # nothing binds it to its old worker now
         return None
@@ -317,7 +323,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         try:
             removed = clients.output.Abort(output_pb2.AbortRequest(workdir=rec.workdir), timeout=clients.quick).removed
         except grpc.RpcError as exc:
-            self._note(guest, f"abort of the interrupted target: {from_rpc_error(exc, step='abort').message}",
+            self._note(guest, f"abort of the interrupted target: {clients.rpc_error(exc, step=Step.ABORT).message}",
                        pb.SEVERITY_WARNING)
             removed = False
         what = "it was removed"
@@ -369,11 +375,14 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         ids = self.submit(jobs)
         return GS.SubmitResponse(id=ids[0], ids=ids)
 
-    def follow(self, gid: str, context: grpc.ServicerContext) -> Iterator[coordinator_pb2.FleetEvent]:
-        """The log of one guest (or all: gid ""), past then live, until it (every guest) has ended."""
+    def follow(self, gid: str, context: grpc.ServicerContext, after: int = 0) -> Iterator[coordinator_pb2.FleetEvent]:
+        """The log of one guest (or all: gid "") after sequence number `after`, past then live, until
+        it (every guest) has ended. A number above the log's newest is not from this coordinator's
+        life (a client of a clock set back): the whole log, rather than nothing until it catches up."""
         if gid:
             self._get(gid)
-        sent = 0  # sequence number of the last event sent
+        with self._log_lock:
+            sent = after if after <= self._log.last else 0  # sequence number of the last event sent
         while True:
             with self._log_lock:
                 changed = self._condition(gid)
@@ -393,7 +402,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
                context: grpc.ServicerContext) -> Iterator[coordinator_pb2.FleetEvent]:
         try:
             with self._streams.slot(context, "Follow"):
-                yield from self.follow(request.id, context)
+                yield from self.follow(request.id, context, request.after_seq)
         except V2VError as err:
             context.abort_with_status(to_status(err))
 
@@ -472,12 +481,12 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
                 (guest.thread is not None and guest.thread.is_alive()):
             raise V2VError(f"guest {rec.name} is {GS.GuestState.Name(rec.state)}: only a failed or cancelled "
                            "guest can be retried", pb.ERROR_CODE_BAD_INPUT, guest=rec.name)
-        from_step = from_step or "open"
+        from_step = from_step or Step.OPEN
         if from_step not in RESUMABLE_STEPS:
             raise V2VError(f"retry from {from_step!r}: a guest can be retried from {' or '.join(RESUMABLE_STEPS)}",
                            pb.ERROR_CODE_BAD_INPUT, guest=rec.name)
         resume = None
-        if from_step == "setup":
+        if from_step == Step.SETUP:
             run = guest.run
             if run is None or run.converted is None:
                 raise V2VError(f"guest {rec.name} has no kept conversion to retry from setup: retry from open",

@@ -30,6 +30,7 @@ from v2v.events import StepReporter, now
 from v2v.grpcserver import channel, rpc, stream_rpc
 from v2v.naming import name_from_path
 from v2v.services.output.files import disk_server
+from v2v.steps import Step
 from v2v.streaming import stream_events
 from v2v.v1 import input_pb2, output_pb2, output_pb2_grpc, warm_pb2, warm_pb2_grpc
 from v2v.v1 import types_pb2 as pb
@@ -163,7 +164,7 @@ class Migration:
         self.save()
         output = self.output()
         target = pb.TargetMeta(name=st.output.name or st.guest, source=st.source)
-        with self.phase("setup"):
+        with self.phase(Step.SETUP):
             setup = output.Setup(output_pb2.SetupRequest(workdir=st.workdir, guest=st.guest, output=st.output,
                                                          target=target))
         try:
@@ -173,16 +174,16 @@ class Migration:
             started = time.monotonic()
             disks = []
             for disk, source, sock in zip(st.disks, self.sources, setup.sockets, strict=True):
-                with self.phase("full", disk=disk.index):
+                with self.phase(Step.FULL, disk=disk.index):
                     disks.append(self.copy_disk(disk, source.begin(FIRST_CHECKPOINT), sock, setup.target_is_zero))
             # The rounds reopen the disks from their paths; cutover describes the guest.
-            with self.phase("release"):
+            with self.phase(Step.RELEASE):
                 output.Release(output_pb2.ReleaseRequest(workdir=st.workdir))
         except BaseException:
             self.abandon(output)
             raise
         st.phase = warm_pb2.WARM_PHASE_PRECOPY
-        self.finish_round("full", disks, started)
+        self.finish_round(Step.FULL, disks, started)
 
     def abandon(self, output: output_pb2_grpc.OutputStub) -> None:
         """A failed start: no checkpoint and no target disk stays behind."""
@@ -193,7 +194,7 @@ class Migration:
         try:
             output.Abort(output_pb2.AbortRequest(workdir=self.state.workdir))
         except grpc.RpcError as exc:
-            self.report.warn(f"abort: {from_rpc_error(exc, step='abort').message}", step="abort")
+            self.report.warn(f"abort: {from_rpc_error(exc, step=Step.ABORT).message}", step=Step.ABORT)
         self.save()
 
     # ------------------------------------------------------------------ cutover
@@ -210,9 +211,9 @@ class Migration:
     def cutover(self, stop_source: bool) -> None:
         st = self.state
         started = time.monotonic()
-        with self.phase("stop-source"):
+        with self.phase(Step.STOP_SOURCE):
             self.stop_sources(stop_source)
-        self.delta_round("cutover")
+        self.delta_round(Step.CUTOVER)
         for disk, source in zip(st.disks, self.sources, strict=True):
             source.end(disk.checkpoint)
             disk.checkpoint = ""
@@ -238,7 +239,7 @@ class Migration:
         target.name = st.output.name or st.guest
         target.source.name = st.guest
         target.disks.extend(disk.target for disk in st.disks)  # Finalize gives them the converted bus
-        with self.phase("finalize"):
+        with self.phase(Step.FINALIZE):
             files = self.output().Finalize(output_pb2.FinalizeRequest(workdir=st.workdir, guest=st.guest,
                                                                       output=st.output, target=target)).files
         st.files[:] = files
@@ -271,10 +272,10 @@ class WarmService(warm_pb2_grpc.WarmServicer):
     def start(self, request: warm_pb2.StartRequest, sink: WarmSink) -> warm_pb2.WarmState:
         """Start without gRPC: the same code the RPC runs."""
         if not request.disks:
-            raise V2VError("no source disks given", pb.ERROR_CODE_BAD_INPUT, step="start")
+            raise V2VError("no source disks given", pb.ERROR_CODE_BAD_INPUT, step=Step.START)
         if request.output.WhichOneof("kind") in (None, "null"):
             raise V2VError("a warm migration needs an output whose disks can be reopened between rounds "
-                           "(-o local, qemu, json, kubevirt, libvirt)", pb.ERROR_CODE_BAD_INPUT, step="start")
+                           "(-o local, qemu, json, kubevirt, libvirt)", pb.ERROR_CODE_BAD_INPUT, step=Step.START)
         name = guest_name(request)
         workdir = WorkDir.create(name, self.root)
         state = warm_pb2.WarmState(guest=name, workdir=workdir.name, path=str(workdir.path),
@@ -289,13 +290,13 @@ class WarmService(warm_pb2_grpc.WarmServicer):
         return state
 
     def precopy(self, request: warm_pb2.PrecopyRequest, sink: WarmSink) -> warm_pb2.WarmState:
-        state = self.expect(load(request.workdir, self.root), warm_pb2.WARM_PHASE_PRECOPY, "precopy")
+        state = self.expect(load(request.workdir, self.root), warm_pb2.WARM_PHASE_PRECOPY, Step.PRECOPY)
         with self._migration(state, sink) as m:
-            m.delta_round("precopy")
+            m.delta_round(Step.PRECOPY)
         return state
 
     def cutover(self, request: warm_pb2.CutoverRequest, sink: WarmSink) -> warm_pb2.WarmState:
-        state = self.expect(load(request.workdir, self.root), warm_pb2.WARM_PHASE_PRECOPY, "cutover")
+        state = self.expect(load(request.workdir, self.root), warm_pb2.WARM_PHASE_PRECOPY, Step.CUTOVER)
         with self._migration(state, sink) as m:
             m.cutover(request.stop_source)
         return state

@@ -24,13 +24,14 @@ from v2v.grpcserver import rpc, stream_rpc
 from v2v.services.copier.nbdcopy import Nbdcopy
 from v2v.services.copier.progress import CopiedBytes, ProgressThrottle, in_flight_bytes, nbdcopy_workers
 from v2v.services.copier.verify import verify
+from v2v.steps import Step
 from v2v.units import human_size
 from v2v.v1 import copier_pb2, copier_pb2_grpc
 from v2v.v1 import types_pb2 as pb
 from v2v.workdir import WorkDir, check_name
 
-STEP = "copy"
-VERIFY = "verify"  # a sub-step of each disk's copy
+STEP = Step.COPY
+VERIFY = Step.VERIFY  # a sub-step of each disk's copy
 
 
 class CopyJob:
@@ -51,7 +52,7 @@ class CopyJob:
             raise err.fill(step=STEP, guest=request.guest) from None
         opts = request.options
         # The whole copy that runs beside a conversion is not the guest's copy yet: its marker says so.
-        self.marker_step = "precopy" if opts.while_converting and not opts.written_only else STEP
+        self.marker_step = Step.PRECOPY if opts.while_converting and not opts.written_only else STEP
         self._events: queue.Queue[pb.Event | None] = queue.Queue()  # None: a worker has ended
         self._lock = threading.Lock()
         self._copies: list[Nbdcopy] = []
@@ -168,7 +169,7 @@ class CopyJob:
         holding a copy of the rest; returns what it copied, for the step's message."""
         written = written_ranges(disk.source)
         progress = ProgressThrottle(self.guest, disk.disk, written.data, source.size, self._events.put)
-        with self._libnbd_work("copy"):
+        with self._libnbd_work(Step.COPY):
             stats = copy_changes(disk.source, disk.target, written, stop=self._stopping,
                                  allocated=self.request.options.allocated,
                                  progress=lambda done, _total: progress.update(done))

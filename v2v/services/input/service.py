@@ -17,6 +17,7 @@ from v2v.grpcserver import rpc
 from v2v.nbdclient import cancellable
 from v2v.services.input.base import INPUTS, InPlaceInput, InputPlugin
 from v2v.services.input.diskfile import tracking_writes
+from v2v.steps import Step
 from v2v.v1 import input_pb2, input_pb2_grpc
 from v2v.v1 import types_pb2 as pb
 from v2v.workdir import WorkDir
@@ -79,12 +80,12 @@ class InputService(input_pb2_grpc.InputServicer):
     def open(self, request: input_pb2.OpenRequest) -> input_pb2.OpenResponse:
         """Open without gRPC: the same code the RPC runs."""
         if not request.workdir:
-            raise V2VError("no work directory given", pb.ERROR_CODE_BAD_INPUT, step="open", guest=request.guest)
+            raise V2VError("no work directory given", pb.ERROR_CODE_BAD_INPUT, step=Step.OPEN, guest=request.guest)
         stack = ExitStack()
         try:
             plugin, options = INPUTS.lookup(request.input)
             workdir = WorkDir(request.workdir, self.root).ensure()
-            with workdir.phase("open", request.guest):
+            with workdir.phase(Step.OPEN, request.guest):
                 if request.in_place:
                     source = open_in_place(plugin, options, request, workdir, stack)
                 else:
@@ -96,7 +97,7 @@ class InputService(input_pb2_grpc.InputServicer):
                     if request.track_writes else []
         except V2VError as err:
             stack.close()
-            err.fill(step="open", guest=request.guest)
+            err.fill(step=Step.OPEN, guest=request.guest)
             raise
         except BaseException:
             stack.close()
@@ -157,7 +158,7 @@ class InputService(input_pb2_grpc.InputServicer):
         """An open cancelled after its last connect: nobody will read the answer, nor close what it keeps open."""
         if cancel.is_set():
             self.close(response.workdir)
-            raise V2VError("cancelled while opening the source", pb.ERROR_CODE_CANCELLED, step="open", guest=guest)
+            raise V2VError("cancelled while opening the source", pb.ERROR_CODE_CANCELLED, step=Step.OPEN, guest=guest)
 
     @rpc
     def Close(self, request: input_pb2.CloseRequest, context: grpc.ServicerContext) -> input_pb2.CloseResponse:

@@ -10,11 +10,13 @@ from pathlib import Path
 
 import grpc
 
-# Each import registers an output plugin.
 from v2v.drives import device_name, target_bus
 from v2v.errors import V2VError
 from v2v.grpcserver import rpc
 from v2v.services.output.base import OUTPUTS, OutputPlugin, target_name
+
+# Each import registers an output plugin.
+from v2v.steps import Step
 from v2v.v1 import output_pb2, output_pb2_grpc
 from v2v.v1 import types_pb2 as pb
 from v2v.workdir import WorkDir, check_name
@@ -65,7 +67,7 @@ class OutputService(output_pb2_grpc.OutputServicer):
             target.name = target_name(request.output, target)
             plugin.check(request.output, target)
         except V2VError as err:
-            err.fill(step="check", guest=request.guest)
+            err.fill(step=Step.CHECK, guest=request.guest)
             raise
 
     def setup(self, request: output_pb2.SetupRequest) -> output_pb2.SetupResponse:
@@ -73,7 +75,7 @@ class OutputService(output_pb2_grpc.OutputServicer):
         try:
             return self._setup(request)
         except V2VError as err:
-            err.fill(step="setup", guest=request.guest)
+            err.fill(step=Step.SETUP, guest=request.guest)
             raise
 
     def _setup(self, request: output_pb2.SetupRequest) -> output_pb2.SetupResponse:
@@ -95,7 +97,7 @@ class OutputService(output_pb2_grpc.OutputServicer):
         stack = ExitStack()
         try:
             workdir.write(WorkDir.OUTPUT, request.output)
-            with workdir.phase("setup", request.guest):
+            with workdir.phase(Step.SETUP, request.guest):
                 plugin.setup(request.output, target, workdir, stack)
                 workdir.write(WorkDir.TARGET, target)
         except BaseException:
@@ -113,7 +115,7 @@ class OutputService(output_pb2_grpc.OutputServicer):
         try:
             return self._finalize(request)
         except V2VError as err:
-            err.fill(step="finalize", guest=request.guest)
+            err.fill(step=Step.FINALIZE, guest=request.guest)
             raise
 
     def _finalize(self, request: output_pb2.FinalizeRequest) -> output_pb2.FinalizeResponse:
@@ -128,7 +130,7 @@ class OutputService(output_pb2_grpc.OutputServicer):
             if not target.disks:  # the request did not list them: those Setup created
                 target.disks.extend(workdir.read(WorkDir.TARGET, pb.TargetMeta()).disks)
             on_converted_bus(target)
-            with workdir.phase("finalize", request.guest):
+            with workdir.phase(Step.FINALIZE, request.guest):
                 files = plugin.finalize(request.output, target, workdir)
         except BaseException:
             if opened:  # Abort can still remove the disks
@@ -155,13 +157,13 @@ class OutputService(output_pb2_grpc.OutputServicer):
             opened.plugin.abort(opened.spec, opened.target, wd)
         elif not self._abort_journalled(wd):
             return False
-        wd.undone("setup")
+        wd.undone(Step.SETUP)
         return True
 
     @staticmethod
     def _abort_journalled(wd: WorkDir) -> bool:
         done = wd.done() if wd.is_workdir() else []
-        if "setup" not in done or "finalize" in done:
+        if Step.SETUP not in done or Step.FINALIZE in done:
             return False
         spec = wd.read(WorkDir.OUTPUT, output_pb2.OutputSpec())
         plugin, _ = OUTPUTS.lookup(spec)
