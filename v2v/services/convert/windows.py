@@ -138,7 +138,7 @@ class WindowsConversion:
             with self.report.step("firstboot"):
                 if binary is not None and firstboot.scripts:
                     names = firstboot.install(self.g, system, self.ccs, binary)
-                    if sel.qemu_ga and tree:
+                    if sel.qemu_ga and tree and self.insp.major_version >= 6:
                         tree.copy(sel.qemu_ga, f"{guest_dir(self.g)}/Temp/{msi_name(sel.qemu_ga)}")
                     self.report.note(f"first-boot scripts: {', '.join(names)}", step="firstboot")
             with self.report.step("bootloader"):
@@ -186,16 +186,22 @@ class WindowsConversion:
 
     def plan_firstboot(self, firstboot: Firstboot, sel: Selection, block: bool, net: bool, ips: list[pb.StaticIp],
                        tools: list[Uninstall]) -> None:
-        if ips:
+        # XP and 2003 have no PowerShell: what needs it is said, not left to fail at every boot.
+        powershell_ok = self.insp.major_version >= 6
+        if ips and powershell_ok:
             firstboot.add_powershell("network-configure", powershell(ips, net), prio=2500)
+        elif ips:
+            self.report.warn(f"Windows {self.insp.major_version}.{self.insp.minor_version} has no PowerShell: the "
+                             f"static addresses ({', '.join(s.address for s in ips)}) must be set by hand after "
+                             "conversion", step="network")
         if sel.drivers:
             firstboot.add("pnputil install drivers", pnputil_script(), prio=2000)
-        if sel.qemu_ga:
+        if sel.qemu_ga and powershell_ok:
             msi = f"{WIN_DIR}\\Temp\\{msi_name(sel.qemu_ga)}"
             firstboot.add_powershell("install-qemu-ga", qemu_ga_script(msi))
         if "blnsvr.exe" in sel.drivers:
             firstboot.add("install-blnsvr", '"%SystemRoot%\\Drivers\\VirtIO\\blnsvr.exe" -i\n')
-        if block and len(self.request.source.disks) > 1:
+        if block and len(self.request.source.disks) > 1 and powershell_ok:
             firstboot.add_powershell("online-disks", online_disks_script())
         for tool in tools:
             firstboot.add(tool.name, tool.batch)
