@@ -117,15 +117,15 @@ class OutputService(output_pb2_grpc.OutputServicer):
         try:
             return self._serve(request)
         except V2VError as err:
-            err.fill(step="serve", guest=request.guest)
+            err.fill(step=Step.SERVE, guest=request.guest)
             raise
 
     def _serve(self, request: output_pb2.ServeRequest) -> output_pb2.ServeResponse:
         workdir = WorkDir(request.workdir, self.root).existing()
         done = workdir.done()
-        if "setup" not in done or "finalize" in done:
+        if Step.SETUP not in done or Step.FINALIZE in done:
             raise V2VError(f"no target disks to serve in {workdir.name}: "
-                           + ("they were finalized" if "finalize" in done else "Setup has not made them"),
+                           + ("they were finalized" if Step.FINALIZE in done else "Setup has not made them"),
                            pb.ERROR_CODE_NOT_FOUND)
         spec = workdir.read(WorkDir.OUTPUT, output_pb2.OutputSpec())  # this service's own journal of its Setup
         target = workdir.read(WorkDir.TARGET, pb.TargetMeta())
