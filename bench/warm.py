@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Benchmark: the downtime of a warm migration (`v2v warm`, docs/warm.md) against a cold conversion
-of the same guest, and the bytes the cutover copies against the bytes dirtied before it.
+of the same guest, the bytes the cutover copies against the bytes dirtied before it, and the copy
+throughput of the rounds against bare nbdcopy on the same disk.
 
-    .venv/bin/python bench/warm.py [--guest QCOW2] [--dirty 64M] [--keep]
+    .venv/bin/python bench/warm.py [--guest QCOW2] [--dirty 64M] [--copy-only] [--keep]
 
 The source is a qcow2 overlay on the guest (the guest image itself is never written), tracked with
 persistent dirty bitmaps (the qcow2 changed-block source). Between the rounds, qemu-io dirties
@@ -10,7 +11,14 @@ persistent dirty bitmaps (the qcow2 changed-block source). Between the rounds, q
 would: once before the precopy round, once before cutover. Then:
 
 - warm: start (full copy), precopy, cutover; the downtime is the cutover's (WarmState.downtime);
-- cold: `v2v -i disk OVERLAY -o local` of the same overlay: the guest is down for all of it.
+- cold: `v2v -i disk OVERLAY -o local` of the same overlay: the guest is down for all of it;
+- nbdcopy: `nbdcopy --flush --target-is-zero` from the overlay served as the warm source is (qemu-nbd
+  --read-only) to a fresh raw file served as the output serves it (nbdkit file), once before the
+  warm start and once after it; the faster of the two is the baseline. The full copy's throughput is
+  its data bytes over the round's duration (tracking on, serving, copying: all of the round), a
+  round's its changed bytes over its duration.
+
+--copy-only stops after the precopy round (no cutover, no cold conversion: no appliance).
 
 Both use `--accel tcg` (no working KVM here); one after the other, never competing for the CPUs.
 """
@@ -18,6 +26,7 @@ Both use `--accel tcg` (no working KVM here); one after the other, never competi
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import struct
@@ -31,7 +40,9 @@ from google.protobuf import json_format
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from v2v.v1 import warm_pb2  # noqa: E402  (after the path is set)
+from v2v.extents import probe  # noqa: E402  (after the path is set)
+from v2v.nbdserver import Nbdkit, QemuNbd  # noqa: E402
+from v2v.v1 import warm_pb2  # noqa: E402
 
 OURS = REPO / ".venv" / "bin" / "v2v"
 DEFAULT_GUEST = Path("/var/tmp/guests/linux/debian12-vmware.qcow2")
@@ -81,10 +92,34 @@ def last_state(p: subprocess.CompletedProcess[str]) -> warm_pb2.WarmState:
     return states[-1]
 
 
+def nbdcopy_baseline(image: Path, scratch: Path) -> tuple[float, int]:
+    """(seconds, data bytes) of one bare nbdcopy of the image into a fresh sparse raw file."""
+    target = scratch / "nbdcopy-target.raw"
+    size = int(json.loads(subprocess.run(["qemu-img", "info", "--output=json", "-U", str(image)], check=True,
+                                         capture_output=True, text=True).stdout)["virtual-size"])
+    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(target), str(size)], check=True)
+    try:
+        with QemuNbd(scratch / "bench-src.sock", scratch / "bench-src.log", "source", image, "qcow2",
+                     readonly=True) as src, \
+                Nbdkit(scratch / "bench-dst.sock", scratch / "bench-dst.log", "target", "file",
+                       [f"file={target}"]) as dst:
+            data = probe(src.uri).extents.data
+            t0 = time.monotonic()
+            subprocess.run(["nbdcopy", "--flush", "--target-is-zero", src.uri, dst.uri], check=True)
+            return time.monotonic() - t0, data
+    finally:
+        target.unlink(missing_ok=True)
+
+
+def round_seconds(r: warm_pb2.Round) -> float:
+    return r.duration.seconds + r.duration.nanos / 1e9
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--guest", type=Path, default=DEFAULT_GUEST, help="a qcow2 guest (only read)")
     ap.add_argument("--dirty", default="64M", help="bytes dirtied before each round (MiB multiple; default 64M)")
+    ap.add_argument("--copy-only", action="store_true", help="stop after the precopy: no cutover, no cold run")
     ap.add_argument("--keep", action="store_true", help="keep the outputs (the directory is printed)")
     a = ap.parse_args()
     amount = size_bytes(a.dirty)
@@ -100,29 +135,45 @@ def main() -> int:
         warm_out.mkdir()
         cold_out.mkdir()
         common = ["-o", "local", "-os", str(warm_out), "--name", "guest", "--accel", "tcg"]
+        baselines = [nbdcopy_baseline(overlay, base)]
         t_start, p = v2v("warm", "--machine-readable", "start", *common, str(overlay), env=env)
         workdir = last_state(p).workdir
+        baselines.append(nbdcopy_baseline(overlay, base))
         dirty(overlay, swap, amount, 1)
-        t_precopy, _ = v2v("warm", "--machine-readable", "precopy", workdir, env=env)
-        dirty(overlay, swap, amount, 2)
-        t_cutover, p = v2v("warm", "--machine-readable", "cutover", workdir, env=env)
+        t_precopy, p = v2v("warm", "--machine-readable", "precopy", workdir, env=env)
         state = last_state(p)
-        t_cold, _ = v2v("-i", "disk", str(overlay), "-o", "local", "-os", str(cold_out), "-on", "guest",
-                        "--accel", "tcg", "--machine-readable", env=env)
+        if not a.copy_only:
+            dirty(overlay, swap, amount, 2)
+            t_cutover, p = v2v("warm", "--machine-readable", "cutover", workdir, env=env)
+            state = last_state(p)
+            t_cold, _ = v2v("-i", "disk", str(overlay), "-o", "local", "-os", str(cold_out), "-on", "guest",
+                            "--accel", "tcg", "--machine-readable", env=env)
     finally:
         if a.keep:
             print(f"outputs kept in {base}")
         else:
             shutil.rmtree(base, ignore_errors=True)
-    downtime = state.downtime.seconds + state.downtime.nanos / 1e9
     mib = 1 << 20
     print(f"guest {a.guest}, {amount / mib:.0f} MiB dirtied before each round")
-    print("| round | changed (MiB) | copied (MiB) | zeroed (MiB) | took (s) |")
-    print("|---|---|---|---|---|")
+    print("| round | changed (MiB) | copied (MiB) | zeroed (MiB) | took (s) | MiB/s |")
+    print("|---|---|---|---|---|---|")
     for r in state.rounds:
         d = r.disks[0]
+        moved = d.bytes_copied if r.kind == "full" else d.bytes_changed
         print(f"| {r.number} {r.kind} | {d.bytes_changed / mib:.1f} | {d.bytes_copied / mib:.1f} | "
-              f"{d.bytes_zeroed / mib:.1f} | {r.duration.seconds + r.duration.nanos / 1e9:.1f} |")
+              f"{d.bytes_zeroed / mib:.1f} | {round_seconds(r):.2f} | {moved / mib / round_seconds(r):.0f} |")
+    seconds, data = min(baselines)
+    rate = data / seconds
+    print(f"\nbare nbdcopy: {data / mib:.1f} MiB of data in {' and '.join(f'{s:.2f}' for s, _ in baselines)} s: "
+          f"{rate / mib:.0f} MiB/s (the faster)")
+    full, precopy = state.rounds[0], state.rounds[1]
+    full_rate = full.disks[0].bytes_copied / round_seconds(full)
+    precopy_rate = precopy.disks[0].bytes_changed / round_seconds(precopy)
+    print(f"full copy / nbdcopy throughput: {full_rate / rate:.2f}x (goal >= 0.90x)")
+    print(f"precopy round / nbdcopy throughput: {precopy_rate / rate:.2f}x")
+    if a.copy_only:
+        return 0
+    downtime = state.downtime.seconds + state.downtime.nanos / 1e9
     cut = state.rounds[-1].disks[0]
     print(f"\nwarm: start {t_start:.1f} s, precopy {t_precopy:.1f} s, cutover {t_cutover:.1f} s wall "
           f"(downtime {downtime:.1f} s)")

@@ -27,7 +27,7 @@ from tests.test_cli_errors import error_lines
 from tests.test_fleet import convertible  # noqa: F401  (a fixture: the phony Debian that converts)
 from v2v.coordinator.pipeline import precopy_order
 from v2v.errors import V2VError
-from v2v.extents import tracks_writes, written_ranges
+from v2v.extents import ALLOCATION_DEPTH, marked_ranges, tracks_writes
 from v2v.nbdserver import Nbdkit
 from v2v.services.copier.service import CopierService
 from v2v.services.input.diskfile import serve_overlay, tracking_writes
@@ -146,7 +146,7 @@ def test_precopy_racing_writes_then_written_only_leaves_target_equal(workdir: Wo
         steps = [(e.step.step, e.step.state) for e in events if e.HasField("step")]
         assert ("verify", pb.STEP_STATE_SUCCEEDED) in steps and ("copy", pb.STEP_STATE_SUCCEEDED) in steps
         progress = [e.progress for e in events if e.HasField("progress")]
-        written = written_ranges(str(workdir.in_sock(0)))
+        written = marked_ranges(str(workdir.in_sock(0)), ALLOCATION_DEPTH)
         assert progress[-1].bytes_done == progress[-1].bytes_total == written.data
         assert 0 < written.data < SIZE // 2
         assert export_sha256(workdir.in_sock(0), SIZE) == sha256(guest.target)
@@ -157,14 +157,14 @@ def test_written_ranges_are_exactly_the_written_clusters(workdir: WorkDir, tmp_p
     with ExitStack() as stack:
         Guest(workdir, half_random(tmp_path / "src.raw"), "raw", tmp_path / "target.raw", stack)
         sock = str(workdir.in_sock(0))
-        assert tracks_writes(sock) and written_ranges(sock).data == 0
+        assert tracks_writes(sock) and marked_ranges(sock, ALLOCATION_DEPTH).data == 0
         h = nbd.NBD()
         h.connect_unix(sock)
         h.pwrite(b"x" * 4096, 10 * MiB + 4096)  # within one cluster: the whole cluster is the overlay's
         h.trim(MiB, 20 * MiB)
         h.zero(MiB, 30 * MiB)
         h.shutdown()
-        assert written_ranges(sock).ranges == [(10 * MiB, 10 * MiB + CLUSTER), (20 * MiB, 21 * MiB),
+        assert marked_ranges(sock, ALLOCATION_DEPTH).ranges == [(10 * MiB, 10 * MiB + CLUSTER), (20 * MiB, 21 * MiB),
                                                (30 * MiB, 31 * MiB)]
 
 

@@ -184,6 +184,74 @@ def test_bad_directory_format_and_name(service, workdir, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
+def serve(service, workdir) -> output_pb2.ServeResponse:
+    return service.serve(output_pb2.ServeRequest(workdir=workdir.name, guest="guest"))
+
+
+def read_through_nbd(sock: str, offset: int, length: int) -> bytes:
+    h = nbd.NBD()
+    h.connect_uri(f"nbd+unix:///?socket={sock}")
+    try:
+        return h.pread(length, offset)
+    finally:
+        h.shutdown()
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_serve_reopens_the_disks_setup_made(service, workdir, tmp_path, fmt):
+    """Serve (warm rounds): the same disks on the same sockets again, with what the last writer left."""
+    out = tmp_path / "out"
+    out.mkdir()
+    output = spec(out, fmt)
+    with pytest.raises(V2VError) as exc:
+        serve(service, workdir)
+    assert (exc.value.code, exc.value.step) == (pb.ERROR_CODE_NOT_FOUND, "serve")
+    made = setup(service, workdir, output, make_target(64 * MiB, 16 * MiB))
+    write_through_nbd(list(made.sockets))
+    with pytest.raises(V2VError, match="served already"):
+        serve(service, workdir)
+    service.release(workdir.name)
+    assert child_servers() == []
+
+    served = serve(service, workdir)
+    assert list(served.disks) == list(made.disks) and list(served.sockets) == list(made.sockets)
+    assert not served.preallocated and len(child_servers()) == 2
+    for disk, offset, data in WRITES:
+        assert read_through_nbd(served.sockets[disk], offset, len(data)) == data
+    later = [(1, 8 * MiB, os.urandom(64 * 1024))]
+    write_through_nbd(list(served.sockets), later)
+    service.release(workdir.name)
+    assert child_servers() == [] and not workdir.out_sock(0).exists()
+
+    again = serve(service, workdir)
+    assert read_through_nbd(again.sockets[1], 8 * MiB, 64 * 1024) == later[0][2]
+    files = finalize(service, workdir, output).files  # a served target finalizes as a set-up one
+    assert child_servers() == []
+    for disk, size in ((0, 64 * MiB), (1, 16 * MiB)):
+        expected = expected_image(tmp_path / f"expected{disk}.raw", disk, size, WRITES + later)
+        subprocess.run(["qemu-img", "compare", "-f", fmt, "-F", "raw", files[disk], str(expected)], check=True)
+    with pytest.raises(V2VError, match="finalized") as exc:
+        serve(service, workdir)
+    assert exc.value.code == pb.ERROR_CODE_NOT_FOUND
+
+
+def test_serve_refuses_a_missing_disk_and_an_output_without_disks(service, workdir, tmp_path):
+    made = setup(service, workdir, spec(tmp_path), make_target(MiB, MiB))
+    service.release(workdir.name)
+    Path(made.disks[1].path).unlink()
+    with pytest.raises(V2VError, match="is gone") as exc:
+        serve(service, workdir)
+    assert (exc.value.code, exc.value.disk) == (pb.ERROR_CODE_NOT_FOUND, 1)
+    assert child_servers() == []  # disk 0's server stopped again
+    service.abort(workdir.name)
+    null = WorkDir.create("null", workdir.root)
+    setup(service, null, output_pb2.OutputSpec(null=output_pb2.NullOutput()), make_target(MiB))
+    service.release(null.name)
+    with pytest.raises(V2VError, match="no disks that can be served again") as exc:
+        serve(service, null)
+    assert exc.value.code == pb.ERROR_CODE_UNSUPPORTED
+
+
 def test_abort_removes_disks_sockets_and_servers(service, workdir, tmp_path):
     resp = setup(service, workdir, spec(tmp_path, "qcow2"), make_target(MiB, MiB))
     assert len(child_servers()) == 2

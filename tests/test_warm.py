@@ -9,6 +9,7 @@ Cost: the round tests take ~30 s together (qemu-img, qemu-nbd, a qemu with no gu
 
 from __future__ import annotations
 
+import fcntl
 import json
 import socket
 import subprocess
@@ -21,10 +22,14 @@ from pathlib import Path
 import pytest
 from google.protobuf import json_format
 
-from tests.conftest import GUESTS, Run
+from tests.conftest import GUESTS, Run, child_servers
+from v2v.coordinator.phases import PhaseServices
+from v2v.coordinator.warm.service import WARM_PHASES, warm_servicer
 from v2v.delta_copy import pieces
 from v2v.extents import ExtentMap
-from v2v.v1 import warm_pb2
+from v2v.grpcserver import RunningService, channel
+from v2v.v1 import output_pb2, warm_pb2, warm_pb2_grpc
+from v2v.v1 import types_pb2 as pb
 
 MiB = 1 << 20
 V2VRun = Callable[..., Run]
@@ -147,6 +152,94 @@ def test_a_failed_round_forgets_no_change(v2v: V2VRun, tmp_path: Path) -> None:
     r = last_round(v2v("warm", "--machine-readable", "precopy", state.workdir))
     assert_copied_about(r, 2 * MiB)
     assert identical(source, target) and bitmaps(source) == ["v2v-warm-2"]
+
+
+def test_a_preallocated_target_stays_fully_allocated(v2v: V2VRun, tmp_path: Path) -> None:
+    """-oa preallocated: the full copy and the rounds (zeroes, discards) never punch a hole."""
+    source, out = tmp_path / "src.qcow2", tmp_path / "out"
+    out.mkdir()
+    size = 64 * MiB
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(source), str(size)], check=True)
+    qemu_io(source, "write -P 1 0 16M", "write -P 2 40M 8M")
+    state = final_state(v2v("warm", "--machine-readable", "start", "-o", "local", "-os", str(out), "-oa",
+                            "preallocated", str(source)))
+    target = Path(state.disks[0].target.path)
+    qemu_io(source, "write -z 0 8M", "discard 40M 4M", "write -P 3 60M 1M")
+    assert_copied_about(last_round(v2v("warm", "--machine-readable", "precopy", state.workdir)), 13 * MiB)
+    assert identical(source, target)
+    # qemu-img map cannot tell a hole from a fallocated extent (both read as zero, neither as data):
+    # the blocks the file holds can.
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", "-f", "raw", str(target)], check=True,
+                                     capture_output=True, text=True).stdout)
+    assert info["actual-size"] >= size, f"{info['actual-size']} of {size} bytes allocated: holes were punched"
+
+
+@contextmanager
+def warm_service(root: Path) -> Iterator[warm_pb2_grpc.WarmStub]:
+    """The Warm service and its phase services in this process, over gRPC, as `v2v serve warm` runs it."""
+    with PhaseServices({name: "" for name in WARM_PHASES}, root) as addresses, \
+            tempfile.TemporaryDirectory(prefix="v2v-warm-t.") as d:
+        address = f"unix:{Path(d) / 'warm.sock'}"
+        svc = RunningService(address, warm_servicer(addresses, root))
+        ch = channel(address)
+        try:
+            yield warm_pb2_grpc.WarmStub(ch)
+        finally:
+            ch.close()
+            svc.stop()
+
+
+def lock_is_free(workdir: Path) -> bool:
+    with open(workdir / "warm.lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return True
+
+
+def dropped_when_copying(call: Iterator[warm_pb2.WarmEvent]) -> list[warm_pb2.WarmEvent]:
+    """Reads the call's events until a disk's copy starts, then goes away (cancels the call)."""
+    seen = []
+    for ev in call:
+        seen.append(ev)
+        if ev.HasField("step") and (ev.step.step, ev.step.state) == ("copy", pb.STEP_STATE_STARTED):
+            call.cancel()  # type: ignore[attr-defined]  (the iterator is a grpc.Call too)
+            break
+    return seen
+
+
+def wait_until(what: str, ready: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert time.monotonic() < deadline, f"still not {what} after {timeout} s"
+        time.sleep(0.1)
+
+
+def test_a_round_whose_client_goes_away_stops_and_frees_the_lock(workroot: Path, tmp_path: Path) -> None:
+    """A dropped client cancels its round: the copy stops, the round is undone as a failed one (the
+    bitmap folded back, no round recorded), nothing is left running, and the next round copies it all."""
+    source, out = tmp_path / "src.qcow2", tmp_path / "out"
+    out.mkdir()
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(source), "2G"], check=True)
+    qemu_io(source, "write -P 1 0 4M")
+    output = output_pb2.OutputSpec(local=output_pb2.LocalOutput(directory=str(out)))
+    with warm_service(workroot) as stub:
+        start = list(stub.Start(warm_pb2.StartRequest(name="src", disks=[warm_pb2.WarmSource(qcow2=str(source))],
+                                                      output=output)))
+        state = start[-1].state
+        qemu_io(source, *(f"write -P 2 {n * 512}M 512M" for n in range(2)))
+        seen = dropped_when_copying(stub.Precopy(warm_pb2.PrecopyRequest(workdir=state.workdir)))
+        assert not any(ev.HasField("round") for ev in seen), "the round ended before the client went away"
+        wait_until("unlocked", lambda: lock_is_free(Path(state.path)))
+        wait_until("stopped", lambda: child_servers() == [])
+        assert bitmaps(source) == ["v2v-warm-0"], "the cancelled round's bitmap is folded back"
+        assert len(stub.Status(warm_pb2.StatusRequest(workdir=state.workdir)).rounds) == 1
+        done = list(stub.Precopy(warm_pb2.PrecopyRequest(workdir=state.workdir)))
+        assert_copied_about(next(ev.round for ev in done if ev.HasField("round")), 1024 * MiB)
+    assert identical(source, Path(state.disks[0].target.path))
+    assert child_servers() == []
 
 
 class Qemu:

@@ -13,8 +13,9 @@ What exists now: dirty bitmaps read through NBD block status on the meta context
 running qemu (QMP block-dirty-bitmap-add, exported by qemu's own NBD server). VMware changed block
 tracking (VDDK QueryChangedDiskAreas against a snapshot's change ID) and Xen's changed-block
 tracking plug in as further ChangedBlockSource subclasses: a checkpoint is whatever names the
-point tracking started from (a bitmap, a change ID), `changes()` returns the ranges and an NBD
-export (nbdkit vddk on the snapshot, say) to read them from."""
+point tracking started from (a bitmap, a change ID), `changes()` returns an NBD export to read
+from and the meta context of that export that marks the changed extents (the copier copies only
+those: copier.proto, DiskCopy.marked_by)."""
 
 from __future__ import annotations
 
@@ -27,27 +28,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import nbd
-
 from v2v.errors import V2VError
-from v2v.extents import ExtentMap, status_ranges
-from v2v.nbdclient import connect
+from v2v.extents import DIRTY_BITMAP
 from v2v.nbdserver import QemuNbd
 from v2v.process import run
 from v2v.v1 import types_pb2 as pb
 from v2v.v1 import warm_pb2
 from v2v.workdir import WorkDir
 
-DIRTY_BITMAP = "qemu:dirty-bitmap:"
-_STATE_DIRTY = 1  # the one flag of a qemu:dirty-bitmap context
-
 
 @dataclass(frozen=True)
 class Changes:
-    """One round's view of a disk: read `changed` from `uri`; `checkpoint` tracks writes from now on."""
+    """One round's view of a disk: copy from `uri` what its meta context `marked_by` marks (every
+    block when ""); `checkpoint` tracks writes from now on."""
 
     uri: str
-    changed: ExtentMap
+    marked_by: str
     checkpoint: str
 
 
@@ -66,6 +62,9 @@ class ChangedBlockSource(ABC):
     an NBD export lives while the round copies from it."""
 
     what: str  # for messages: "disk 0 (/path/guest.qcow2)"
+    # Whether this disk's round view may be open while other disks' are, so that one copy does
+    # every disk at once.
+    views_at_once = True
 
     @abstractmethod
     def size(self) -> int:
@@ -113,18 +112,6 @@ class ChangedBlockSource(ABC):
         raise V2VError(f"{self.what}: cannot stop this source: stop it first", pb.ERROR_CODE_BAD_INPUT)
 
 
-def dirty_ranges(uri: str, bitmap: str) -> ExtentMap:
-    """What the export's dirty bitmap `bitmap` marks as written."""
-    context = DIRTY_BITMAP + bitmap
-    try:
-        with connect(uri, (context,)) as h:
-            if not h.can_meta_context(context):
-                raise V2VError(f"{uri} does not export the dirty bitmap {bitmap}", pb.ERROR_CODE_BAD_INPUT)
-            return status_ranges(h, h.get_size(), context, lambda flags: bool(flags & _STATE_DIRTY))
-    except nbd.Error as exc:
-        raise V2VError(f"cannot read the dirty bitmap {bitmap} of {uri}: {exc}", pb.ERROR_CODE_PROCESS_FAILED) from exc
-
-
 class BitmapQemuNbd(QemuNbd):
     """qemu-nbd serving a qcow2 file read-only, with one of its bitmaps as a dirty-bitmap context."""
 
@@ -169,7 +156,7 @@ class Qcow2Bitmaps(ChangedBlockSource):
         self._bitmap("--add", name=checkpoint)
         try:
             with self._export() as uri:
-                yield Changes(uri, ExtentMap.full(self.size()), checkpoint)
+                yield Changes(uri, "", checkpoint)
         except BaseException:
             self._bitmap("--remove", name=checkpoint)
             raise
@@ -181,7 +168,7 @@ class Qcow2Bitmaps(ChangedBlockSource):
         try:
             self._bitmap("--disable", name=since)
             with self._export(since) as uri:
-                yield Changes(uri, dirty_ranges(uri, since), checkpoint)
+                yield Changes(uri, DIRTY_BITMAP + since, checkpoint)
         except BaseException:
             self.fold(since, checkpoint)
             raise
@@ -239,6 +226,9 @@ class QmpBitmaps(ChangedBlockSource):
     """A block node of a running qemu: checkpoints are its dirty bitmaps (not persistent: they live
     as long as the qemu process), read through qemu's NBD server, which a round starts and stops."""
 
+    # A view holds the qemu's QMP socket, which serves one client at a time, and its one NBD server.
+    views_at_once = False
+
     def __init__(self, qmp_socket: str, node: str, index: int, workdir: WorkDir) -> None:
         self.qmp_socket = qmp_socket
         self.node = node
@@ -283,12 +273,11 @@ class QmpBitmaps(ChangedBlockSource):
 
     @contextmanager
     def begin(self, checkpoint: str) -> Iterator[Changes]:
-        size = self.size()
         with self._qmp() as q:
             q.execute("block-dirty-bitmap-add", node=self.node, name=checkpoint)
             try:
                 with self._export(q) as uri:
-                    yield Changes(uri, ExtentMap.full(size), checkpoint)
+                    yield Changes(uri, "", checkpoint)
             except BaseException:
                 q.execute("block-dirty-bitmap-remove", node=self.node, name=checkpoint)
                 raise
@@ -302,7 +291,7 @@ class QmpBitmaps(ChangedBlockSource):
                                               self._bitmap_action("disable", since)])
             try:
                 with self._export(q, since) as uri:
-                    yield Changes(uri, dirty_ranges(uri, since), checkpoint)
+                    yield Changes(uri, DIRTY_BITMAP + since, checkpoint)
             except BaseException:
                 self._fold(q, since, checkpoint)  # on this connection: qemu's QMP socket takes one at a time
                 raise

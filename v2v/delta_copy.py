@@ -1,8 +1,8 @@
-"""Copying some ranges of a disk from one NBD export to another: a warm migration's rounds
-(docs/warm.md) and the second pass of copy while converting (docs/copy.md). nbdcopy copies whole
-disks; these copy only what changed, so it is an explicit loop over the changed ranges (as
-ovirt-imageio does): read from the source and write to the target, write zeroes where the source
-reads as zero, flush at the end."""
+"""Copying some ranges of a disk from one NBD export to another, for the copier's copies limited to
+the extents a meta context marks: a warm migration's rounds (docs/warm.md) and the second pass of
+copy while converting (docs/copy.md). nbdcopy copies whole disks; these copy only what changed, so
+it is an explicit loop over the changed ranges (as ovirt-imageio does): read from the source and
+write to the target, write zeroes where the source reads as zero, flush at the end."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ ProgressCallback = Callable[[int, int], None]  # (bytes done, bytes total) of th
 class CopyStats:
     changed: int = 0  # bytes in the changed ranges
     copied: int = 0  # bytes read and written
-    zeroed: int = 0  # bytes written as zeroes (or skipped on a target known to be zero)
+    zeroed: int = 0  # bytes written as zeroes
 
 
 def pieces(changed: ExtentMap, data: ExtentMap) -> Iterator[tuple[int, int, bool]]:
@@ -51,9 +51,8 @@ def pieces(changed: ExtentMap, data: ExtentMap) -> Iterator[tuple[int, int, bool
             yield pos, end, False
 
 
-def copy_changes(source: str, target: str, changed: ExtentMap, target_is_zero: bool = False,
-                 progress: ProgressCallback | None = None, stop: threading.Event | None = None,
-                 allocated: bool = False) -> CopyStats:
+def copy_changes(source: str, target: str, changed: ExtentMap, progress: ProgressCallback | None = None,
+                 stop: threading.Event | None = None, allocated: bool = False) -> CopyStats:
     """Copies the `changed` ranges of the export at `source` to `target` and flushes it. Setting
     `stop` ends the copy at the next request with a CANCELLED error. `allocated`: the target is
     preallocated and must stay so: zeroes are written without punching holes (nbdcopy --allocated)."""
@@ -77,8 +76,7 @@ def copy_changes(source: str, target: str, changed: ExtentMap, target_is_zero: b
                         dst.pwrite(buf, off)
                         stats.copied += n
                     else:
-                        if not target_is_zero:
-                            dst.zero(n, off, zero_flags)
+                        dst.zero(n, off, zero_flags)
                         stats.zeroed += n
                     if progress and time.monotonic() - last >= _PROGRESS_EVERY:
                         progress(stats.copied + stats.zeroed, stats.changed)

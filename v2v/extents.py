@@ -1,6 +1,7 @@
 """Where a disk's data is, from NBD block status ("base:allocation"): what progress counts and what
-verification may skip; and what was written through an overlay since it was opened
-("qemu:allocation-depth"): what copy while converting copies again."""
+verification may skip; and the extents another meta context marks, which a copy may be limited to:
+what was written through an overlay since it was opened ("qemu:allocation-depth": what copy while
+converting copies again) or what a dirty bitmap marks ("qemu:dirty-bitmap:NAME": a warm round)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,10 @@ ALLOCATION = "base:allocation"
 # written, trimmed or zeroed through the export since it started.
 ALLOCATION_DEPTH = "qemu:allocation-depth"
 _OVERLAY_DEPTH = 1
+# qemu-nbd --bitmap=NAME, or qemu's block-export-add bitmaps=[NAME]: the blocks written since the
+# bitmap started tracking (one flag, dirty).
+DIRTY_BITMAP = "qemu:dirty-bitmap:"
+_STATE_DIRTY = 1
 # The server may answer less than asked; less than 4 GiB is what every server takes in one request.
 _STATUS_CHUNK = 1 << 31
 
@@ -134,15 +139,28 @@ def tracks_writes(location: str) -> bool:
                        pb.ERROR_CODE_BAD_INPUT) from exc
 
 
-def written_ranges(location: str) -> ExtentMap:
-    """The ranges written, trimmed or zeroed through the export since it started; an export that
-    does not track writes (OpenRequest.track_writes) is an error: every block would have to be copied."""
+def marking(context: str) -> Callable[[int], bool]:
+    """Which block status flags of `context` mark an extent for a copy limited to it."""
+    if context == ALLOCATION_DEPTH:
+        return lambda depth: depth == _OVERLAY_DEPTH
+    if context.startswith(DIRTY_BITMAP) and context != DIRTY_BITMAP:
+        return lambda flags: bool(flags & _STATE_DIRTY)
+    raise V2VError(f"cannot copy the extents {context!r} marks: only {ALLOCATION_DEPTH} and {DIRTY_BITMAP}NAME "
+                   "mark extents to copy", pb.ERROR_CODE_BAD_INPUT)
+
+
+def marked_ranges(location: str, context: str) -> ExtentMap:
+    """The ranges the export's meta context `context` marks (marking()); an export that does not offer
+    the context is an error: every block would have to be copied."""
     uri = location_uri(location)
+    selected = marking(context)
     try:
-        with connect(location, (ALLOCATION_DEPTH,)) as h:
-            if not h.can_meta_context(ALLOCATION_DEPTH):
-                raise V2VError(f"{uri} does not track writes (no {ALLOCATION_DEPTH} context): its input was "
-                               "not opened with track_writes", pb.ERROR_CODE_BAD_INPUT)
-            return status_ranges(h, h.get_size(), ALLOCATION_DEPTH, lambda depth: depth == _OVERLAY_DEPTH)
+        with connect(location, (context,)) as h:
+            if not h.can_meta_context(context):
+                raise V2VError(f"{uri} does not track writes (no {ALLOCATION_DEPTH} context): its input was not "
+                               "opened with track_writes" if context == ALLOCATION_DEPTH else
+                               f"{uri} does not export {context}", pb.ERROR_CODE_BAD_INPUT)
+            return status_ranges(h, h.get_size(), context, selected)
     except nbd.Error as exc:
-        raise V2VError(f"cannot read what was written to {uri}: {exc}", pb.ERROR_CODE_PROCESS_FAILED) from exc
+        raise V2VError(f"cannot read the extents {context} marks on {uri}: {exc}",
+                       pb.ERROR_CODE_PROCESS_FAILED) from exc

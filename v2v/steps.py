@@ -55,6 +55,7 @@ class Step(StrEnum):
     START = "start"
     FULL = "full"
     RELEASE = "release"
+    SERVE = "serve"  # the output serving a Setup's disks again for a round
     STOP_SOURCE = "stop-source"
     CUTOVER = "cutover"
     # No step of a guest: the CLI's own call failed before any step ran

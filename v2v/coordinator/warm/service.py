@@ -2,17 +2,22 @@
 (docs/warm.md, protos/v2v/v1/warm.proto).
 
     Start    tracking on (a checkpoint per disk), full copy to disks the output's Setup creates
-    Precopy  the blocks changed since the last round (repeatable)
+    Precopy  the blocks changed since the last round (repeatable), to the disks the output's Serve
+             serves again
     Cutover  source stopped: the last changes, in-place conversion of the target's disks (the
              input and convert services, as `v2v --in-place`), the output's Finalize
 
-Each call loads <workdir>/warm.json, does its work under a lock on the work directory and saves the
-state after every disk, so the state always names the checkpoints that exist."""
+Every round's data goes through the copier service (whole disks with nbdcopy, then the extents each
+source's dirty bitmap marks), all disks at once where the sources allow it. Each call loads
+<workdir>/warm.json, does its work under a lock on the work directory and saves the state after
+every disk, so the state always names the checkpoints that exist. A client that goes away cancels
+the call: its copy stops, its round is undone as a failed one, and the lock is free again."""
 
 from __future__ import annotations
 
 import fcntl
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
@@ -24,20 +29,19 @@ from google.protobuf import duration_pb2
 
 from v2v.changed_blocks import FIRST_CHECKPOINT, ChangedBlockSource, Changes, next_checkpoint, open_source
 from v2v.coordinator.phases import OpenedGuest, PhaseServices, convert_guest
-from v2v.delta_copy import copy_changes
 from v2v.errors import V2VError, from_rpc_error
-from v2v.events import StepReporter, now
+from v2v.events import StepReporter
 from v2v.grpcserver import channel, rpc, stream_rpc
 from v2v.naming import name_from_path
-from v2v.services.output.files import disk_server
 from v2v.steps import Step
 from v2v.streaming import stream_events
-from v2v.v1 import input_pb2, output_pb2, output_pb2_grpc, warm_pb2, warm_pb2_grpc
+from v2v.v1 import copier_pb2, copier_pb2_grpc, input_pb2, output_pb2, output_pb2_grpc, warm_pb2, warm_pb2_grpc
 from v2v.v1 import types_pb2 as pb
 from v2v.workdir import WorkDir
 
 STATE = "warm.json"
 WarmSink = Callable[[warm_pb2.WarmEvent], None]
+RoundView = Callable[[warm_pb2.WarmDisk, ChangedBlockSource], AbstractContextManager[Changes]]
 
 INCONSISTENT = ("the target disks were being converted in place and may now be in an inconsistent state: "
                 "run `v2v warm start` again for a fresh copy")
@@ -78,15 +82,51 @@ def guest_name(request: warm_pb2.StartRequest) -> str:
     return name_from_path(first.qcow2) if first.WhichOneof("kind") == "qcow2" else first.qmp.node
 
 
+class Cancellation:
+    """Set when the client of a Warm call goes away: the copy running for it is cancelled (the
+    copier stops it as for Cancel) and no further step starts."""
+
+    def __init__(self) -> None:
+        self._cancelled = threading.Event()
+        self._lock = threading.Lock()
+        self._calls: list[Any] = []  # streaming calls: grpc.Call and grpc.Future
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled.set()
+            calls = list(self._calls)
+        for call in calls:
+            call.cancel()
+
+    def check(self, step: str) -> None:
+        if self._cancelled.is_set():
+            raise V2VError(f"{step} cancelled: the client went away", pb.ERROR_CODE_CANCELLED, step=step)
+
+    @contextmanager
+    def tracking(self, call: Any) -> Iterator[None]:
+        """Within: `call` is cancelled by cancel() (at once, if that came first)."""
+        with self._lock:
+            self._calls.append(call)
+            cancelled = self._cancelled.is_set()
+        if cancelled:
+            call.cancel()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._calls.remove(call)
+
+
 class Migration:
     """One warm migration's state and the services it uses; every change is saved at once."""
 
     def __init__(self, state: warm_pb2.WarmState, addresses: dict[str, str], sink: WarmSink,
-                 root: Path | None = None) -> None:
+                 root: Path | None = None, cancellation: Cancellation | None = None) -> None:
         self.state = state
         self.workdir = WorkDir(state.workdir, root)
         self.addresses = addresses
         self.sink = sink
+        self.cancellation = cancellation or Cancellation()
         self.report = StepReporter(state.guest, lambda ev: sink(warm_pb2.WarmEvent(step=ev)))
         self.sources: list[ChangedBlockSource] = [open_source(d.source, d.index, self.workdir) for d in state.disks]
         self._channels: list[grpc.Channel] = []
@@ -95,31 +135,75 @@ class Migration:
         self.workdir.write(STATE, self.state)
 
     @contextmanager
-    def phase(self, step: str, disk: int | None = None) -> Iterator[None]:
-        """A timed step whose RPC failure comes back as the service's own structured error."""
-        with self.report.step(step, disk=disk):
+    def phase(self, step: str) -> Iterator[None]:
+        """A timed step whose RPC failure comes back as the service's own structured error; none
+        starts once the client went away."""
+        self.cancellation.check(step)
+        with self.report.step(step):
             try:
                 yield
             except grpc.RpcError as exc:
-                raise from_rpc_error(exc, step=step, guest=self.state.guest, disk=disk) from None
+                raise from_rpc_error(exc, step=step, guest=self.state.guest) from None
 
-    def progress(self, disk: int, size: int) -> Callable[[int, int], None]:
-        def send(done: int, total: int) -> None:
-            self.sink(warm_pb2.WarmEvent(progress=pb.Progress(guest=self.state.guest, disk=disk, bytes_done=done,
-                                                               bytes_total=total, virtual_size=size,
-                                                               timestamp=now())))
-        return send
+    def output(self) -> output_pb2_grpc.OutputStub:
+        return output_pb2_grpc.OutputStub(self._channel("output"))
 
-    def copy_disk(self, disk: warm_pb2.WarmDisk, round_view: AbstractContextManager[Changes], target: str,
-                  target_is_zero: bool = False) -> warm_pb2.DiskRound:
-        """Copies one round of one disk; the new checkpoint is saved once the old one is gone."""
-        with round_view as changes:
-            stats = copy_changes(changes.uri, target, changes.changed, target_is_zero,
-                                 self.progress(disk.index, disk.virtual_size))
+    def copier(self) -> copier_pb2_grpc.CopierStub:
+        return copier_pb2_grpc.CopierStub(self._channel("copier"))
+
+    def _channel(self, name: str) -> grpc.Channel:
+        ch = channel(self.addresses[name])
+        self._channels.append(ch)
+        return ch
+
+    @contextmanager
+    def rotated(self, disk: warm_pb2.WarmDisk, view: AbstractContextManager[Changes]) -> Iterator[Changes]:
+        """One disk's view of a round; the new checkpoint is saved once the view closed after a
+        successful copy (the old checkpoint is gone then)."""
+        with view as changes:
+            yield changes
         disk.checkpoint = changes.checkpoint
         self.save()
-        return warm_pb2.DiskRound(disk=disk.index, bytes_changed=stats.changed, bytes_copied=stats.copied,
-                                  bytes_zeroed=stats.zeroed)
+
+    def copy_round(self, kind: str, view: RoundView, sockets: list[str], target_is_zero: bool,
+                   preallocated: bool) -> list[warm_pb2.DiskRound]:
+        """Copies one round of every disk through the copier: all at once where the sources let
+        their views be open together, else one disk after the other."""
+        pairs = list(zip(self.state.disks, self.sources, strict=True))
+        batches = [pairs] if all(source.views_at_once for source in self.sources) else [[p] for p in pairs]
+        options = copier_pb2.CopyOptions(target_is_zero=target_is_zero, allocated=preallocated, flush=True)
+        rounds: list[warm_pb2.DiskRound] = []
+        for batch in batches:
+            self.cancellation.check(kind)
+            with ExitStack() as stack:
+                views = [(disk, stack.enter_context(self.rotated(disk, view(disk, source)))) for disk, source in batch]
+                rounds += self.copy(kind, views, sockets, options)
+        return rounds
+
+    def copy(self, kind: str, views: list[tuple[warm_pb2.WarmDisk, Changes]], sockets: list[str],
+             options: copier_pb2.CopyOptions) -> list[warm_pb2.DiskRound]:
+        """One Copier.Copy of these disks' views; its events are relayed, its "copy" steps under `kind`."""
+        st = self.state
+        disks = [copier_pb2.DiskCopy(disk=disk.index, source=changes.uri, target=sockets[disk.index],
+                                     size=disk.virtual_size, marked_by=changes.marked_by) for disk, changes in views]
+        call = self.copier().Copy(copier_pb2.CopyRequest(workdir=st.workdir, guest=st.guest, disks=disks,
+                                                         options=options))
+        copied: dict[int, pb.CopyStats] = {}
+        with self.cancellation.tracking(call):
+            try:
+                for ev in call:
+                    if ev.HasField("progress"):
+                        self.sink(warm_pb2.WarmEvent(progress=ev.progress))
+                        continue
+                    ev.step.parent = ev.step.parent or kind
+                    if ev.step.HasField("copied"):
+                        copied[ev.step.disk] = ev.step.copied
+                    self.sink(warm_pb2.WarmEvent(step=ev.step))
+            except grpc.RpcError as exc:
+                raise from_rpc_error(exc, step=kind, guest=st.guest) from None
+        return [warm_pb2.DiskRound(disk=d.disk, bytes_changed=copied[d.disk].bytes_marked,
+                                   bytes_copied=copied[d.disk].bytes_copied, bytes_zeroed=copied[d.disk].bytes_zeroed)
+                for d in disks]
 
     def finish_round(self, kind: str, disks: list[warm_pb2.DiskRound], started: float) -> warm_pb2.Round:
         r = warm_pb2.Round(number=len(self.state.rounds), kind=kind, disks=disks,
@@ -130,29 +214,20 @@ class Migration:
         return r
 
     def delta_round(self, kind: str) -> warm_pb2.Round:
-        """The blocks changed since the last round, written to the target disks served again."""
+        """The blocks changed since the last round, written to the target disks the output serves again."""
+        st = self.state
         started = time.monotonic()
-        disks = []
-        with ExitStack() as stack:
-            for disk in self.state.disks:
-                if not disk.target.path:
-                    raise V2VError(f"target disk {disk.index} is not a file: cannot reopen it", pb.ERROR_CODE_BAD_INPUT)
-                server = stack.enter_context(disk_server(disk.target, self.workdir))
-                source = self.sources[disk.index]
-                with self.phase(kind, disk=disk.index):
-                    disks.append(self.copy_disk(disk, source.changes(disk.checkpoint, next_checkpoint(disk.checkpoint)),
-                                                server.uri))
+        output = self.output()
+        with self.phase(kind):
+            served = output.Serve(output_pb2.ServeRequest(workdir=st.workdir, guest=st.guest))
+            try:
+                disks = self.copy_round(kind, lambda d, s: s.changes(d.checkpoint, next_checkpoint(d.checkpoint)),
+                                        list(served.sockets), target_is_zero=False, preallocated=served.preallocated)
+            finally:
+                output.Release(output_pb2.ReleaseRequest(workdir=st.workdir))  # the servers flush as they stop
         return self.finish_round(kind, disks, started)
 
     # ------------------------------------------------------------------ start
-
-    def output(self) -> output_pb2_grpc.OutputStub:
-        return output_pb2_grpc.OutputStub(self._channel("output"))
-
-    def _channel(self, name: str) -> grpc.Channel:
-        ch = channel(self.addresses[name])
-        self._channels.append(ch)
-        return ch
 
     def start(self) -> None:
         st = self.state
@@ -172,11 +247,10 @@ class Migration:
                 disk.target.CopyFrom(created)
             self.save()
             started = time.monotonic()
-            disks = []
-            for disk, source, sock in zip(st.disks, self.sources, setup.sockets, strict=True):
-                with self.phase(Step.FULL, disk=disk.index):
-                    disks.append(self.copy_disk(disk, source.begin(FIRST_CHECKPOINT), sock, setup.target_is_zero))
-            # The rounds reopen the disks from their paths; cutover describes the guest.
+            with self.phase(Step.FULL):
+                disks = self.copy_round(Step.FULL, lambda _, s: s.begin(FIRST_CHECKPOINT), list(setup.sockets),
+                                        target_is_zero=setup.target_is_zero, preallocated=setup.preallocated)
+            # The rounds have the disks served again; cutover describes the guest.
             with self.phase(Step.RELEASE):
                 output.Release(output_pb2.ReleaseRequest(workdir=st.workdir))
         except BaseException:
@@ -253,7 +327,7 @@ class Migration:
 
 
 class WarmService(warm_pb2_grpc.WarmServicer):
-    """`addresses`: the input, convert and output services (name -> address); `root`: where the
+    """`addresses`: the input, convert, output and copier services (name -> address); `root`: where the
     work directories are, the same as theirs (default: default_root())."""
 
     def __init__(self, addresses: dict[str, str], root: Path | None = None) -> None:
@@ -261,15 +335,17 @@ class WarmService(warm_pb2_grpc.WarmServicer):
         self.root = root
 
     @contextmanager
-    def _migration(self, state: warm_pb2.WarmState, sink: WarmSink) -> Iterator[Migration]:
-        m = Migration(state, self.addresses, sink, self.root)
+    def _migration(self, state: warm_pb2.WarmState, sink: WarmSink,
+                   cancellation: Cancellation | None) -> Iterator[Migration]:
+        m = Migration(state, self.addresses, sink, self.root, cancellation)
         try:
             with locked(m.workdir):
                 yield m
         finally:
             m.close()
 
-    def start(self, request: warm_pb2.StartRequest, sink: WarmSink) -> warm_pb2.WarmState:
+    def start(self, request: warm_pb2.StartRequest, sink: WarmSink,
+              cancellation: Cancellation | None = None) -> warm_pb2.WarmState:
         """Start without gRPC: the same code the RPC runs."""
         if not request.disks:
             raise V2VError("no source disks given", pb.ERROR_CODE_BAD_INPUT, step=Step.START)
@@ -282,22 +358,24 @@ class WarmService(warm_pb2_grpc.WarmServicer):
                                    source=pb.Source(name=name), output=request.output, convert=request.convert,
                                    disks=[warm_pb2.WarmDisk(index=i, source=d) for i, d in enumerate(request.disks)])
         try:
-            with self._migration(state, sink) as m:
+            with self._migration(state, sink, cancellation) as m:
                 m.start()
         except BaseException:
             workdir.remove()
             raise
         return state
 
-    def precopy(self, request: warm_pb2.PrecopyRequest, sink: WarmSink) -> warm_pb2.WarmState:
+    def precopy(self, request: warm_pb2.PrecopyRequest, sink: WarmSink,
+                cancellation: Cancellation | None = None) -> warm_pb2.WarmState:
         state = self.expect(load(request.workdir, self.root), warm_pb2.WARM_PHASE_PRECOPY, Step.PRECOPY)
-        with self._migration(state, sink) as m:
+        with self._migration(state, sink, cancellation) as m:
             m.delta_round(Step.PRECOPY)
         return state
 
-    def cutover(self, request: warm_pb2.CutoverRequest, sink: WarmSink) -> warm_pb2.WarmState:
+    def cutover(self, request: warm_pb2.CutoverRequest, sink: WarmSink,
+                cancellation: Cancellation | None = None) -> warm_pb2.WarmState:
         state = self.expect(load(request.workdir, self.root), warm_pb2.WARM_PHASE_PRECOPY, Step.CUTOVER)
-        with self._migration(state, sink) as m:
+        with self._migration(state, sink, cancellation) as m:
             m.cutover(request.stop_source)
         return state
 
@@ -310,28 +388,32 @@ class WarmService(warm_pb2_grpc.WarmServicer):
         return state
 
     @staticmethod
-    def _stream(work: Callable[[WarmSink], warm_pb2.WarmState]) -> Iterator[warm_pb2.WarmEvent]:
-        for item in stream_events(work):
+    def _stream(work: Callable[[WarmSink, Cancellation], warm_pb2.WarmState],
+                context: grpc.ServicerContext) -> Iterator[warm_pb2.WarmEvent]:
+        """The call's events; the call ending before its work (the client went away) cancels the work."""
+        cancellation = Cancellation()
+        context.add_callback(cancellation.cancel)
+        for item in stream_events(lambda sink: work(sink, cancellation)):
             yield item if isinstance(item, warm_pb2.WarmEvent) else warm_pb2.WarmEvent(state=item)
 
     @stream_rpc
     def Start(self, request: warm_pb2.StartRequest, context: grpc.ServicerContext) -> Iterator[Any]:
-        yield from self._stream(lambda sink: self.start(request, sink))
+        yield from self._stream(lambda sink, c: self.start(request, sink, c), context)
 
     @stream_rpc
     def Precopy(self, request: warm_pb2.PrecopyRequest, context: grpc.ServicerContext) -> Iterator[Any]:
-        yield from self._stream(lambda sink: self.precopy(request, sink))
+        yield from self._stream(lambda sink, c: self.precopy(request, sink, c), context)
 
     @stream_rpc
     def Cutover(self, request: warm_pb2.CutoverRequest, context: grpc.ServicerContext) -> Iterator[Any]:
-        yield from self._stream(lambda sink: self.cutover(request, sink))
+        yield from self._stream(lambda sink, c: self.cutover(request, sink, c), context)
 
     @rpc
     def Status(self, request: warm_pb2.StatusRequest, context: grpc.ServicerContext) -> warm_pb2.WarmState:
         return load(request.workdir, self.root)
 
 
-WARM_PHASES = ("input", "convert", "output")
+WARM_PHASES = ("input", "convert", "output", "copier")
 
 
 def warm_servicer(addresses: dict[str, str], root: Path | None = None) -> tuple[WarmService, Callable[..., None], str]:
@@ -340,7 +422,7 @@ def warm_servicer(addresses: dict[str, str], root: Path | None = None) -> tuple[
 
 
 def serve_warm(root: Path | None = None) -> tuple[WarmService, Callable[..., None], str]:
-    """`v2v serve warm`: the phase services from $V2V_INPUT, $V2V_CONVERT, $V2V_OUTPUT."""
+    """`v2v serve warm`: the phase services from $V2V_INPUT, $V2V_CONVERT, $V2V_OUTPUT, $V2V_COPIER."""
     addresses = {s: os.environ.get(f"V2V_{s.upper()}", "") for s in WARM_PHASES}
     if missing := [s for s, a in addresses.items() if not a]:
         raise ValueError(f"v2v serve warm: set {', '.join(f'V2V_{s.upper()}' for s in missing)}")

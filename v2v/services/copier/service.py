@@ -1,7 +1,9 @@
 """The Copier gRPC service: copies a guest's disks with nbdcopy, several at once, streaming step
-events and progress, and verifies each copy when asked. With CopyOptions.written_only it copies only
-the blocks written through each source since it was opened (libnbd, v2v/delta_copy.py). A failed
-disk, Cancel, or the client going away stops every copy."""
+events and progress, and verifies each copy when asked. A disk with DiskCopy.marked_by (or every
+disk, with CopyOptions.written_only) is copied only where a meta context of its source marks it:
+qemu:allocation-depth (written since the overlay was opened) or qemu:dirty-bitmap:NAME (a warm
+round), with libnbd (v2v/delta_copy.py). A failed disk, Cancel, or the client going away stops every
+copy."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import grpc
 from v2v.delta_copy import copy_changes
 from v2v.errors import V2VError
 from v2v.events import step_event
-from v2v.extents import Probe, probe, written_ranges
+from v2v.extents import ALLOCATION_DEPTH, Probe, marked_ranges, probe
 from v2v.grpcserver import rpc, stream_rpc
 from v2v.services.copier.nbdcopy import Nbdcopy
 from v2v.services.copier.progress import CopiedBytes, ProgressThrottle, in_flight_bytes, nbdcopy_workers
@@ -35,8 +37,9 @@ VERIFY = Step.VERIFY  # a sub-step of each disk's copy
 
 
 class CopyJob:
-    """The disks of one Copy request. Worker threads copy one disk each (nbdcopy, or libnbd for
-    written_only), `options.parallel` at once, and put their events on a queue that `events()` yields from."""
+    """The disks of one Copy request. Worker threads copy one disk each (nbdcopy, or libnbd for the
+    extents a context marks), `options.parallel` at once, and put their events on a queue that
+    `events()` yields from."""
 
     def __init__(self, request: copier_pb2.CopyRequest, root: Path | None = None) -> None:
         self.request = request
@@ -56,7 +59,7 @@ class CopyJob:
         self._events: queue.Queue[pb.Event | None] = queue.Queue()  # None: a worker has ended
         self._lock = threading.Lock()
         self._copies: list[Nbdcopy] = []
-        self._in_libnbd = 0  # disks being verified or copied written_only: they watch _stopping
+        self._in_libnbd = 0  # disks being verified or copied where marked: they watch _stopping
         self._stopping = threading.Event()  # set: no copy may start any more, libnbd work ends
         self._succeeded = 0
         self._failure: V2VError | None = None
@@ -106,9 +109,12 @@ class CopyJob:
         return len(running) + in_libnbd
 
     def _step(self, disk: int, state: pb.StepState, seconds: float | None = None, message: str = "",
-              error: V2VError | None = None, step: str = STEP) -> None:
-        self._events.put(pb.Event(step=step_event(self.guest, step, state, message=message, disk=disk,
-                                                  seconds=seconds, error=error, parent=STEP if step != STEP else "")))
+              error: V2VError | None = None, step: str = STEP, copied: pb.CopyStats | None = None) -> None:
+        ev = step_event(self.guest, step, state, message=message, disk=disk, seconds=seconds, error=error,
+                        parent=STEP if step != STEP else "")
+        if copied is not None:
+            ev.copied.CopyFrom(copied)
+        self._events.put(pb.Event(step=ev))
 
     def _run_worker(self, disk: copier_pb2.DiskCopy) -> None:
         try:
@@ -122,14 +128,15 @@ class CopyJob:
         return err.fill(step=STEP, guest=self.guest, disk=disk)
 
     def _copy_disk(self, disk: copier_pb2.DiskCopy) -> None:
-        """The disk's "copy" step: probe the source, copy it (nbdcopy, or what was written to it:
-        written_only), then the "verify" sub-step if asked."""
+        """The disk's "copy" step: probe the source, copy it (nbdcopy, or the extents a context marks:
+        marked_by, written_only), then the "verify" sub-step if asked."""
         self._step(disk.disk, pb.STEP_STATE_STARTED, message=f"{disk.source} to {disk.target}")
         started = time.monotonic()
         opts = self.request.options
+        context = disk.marked_by or (ALLOCATION_DEPTH if opts.written_only else "")
         try:
             source = probe(disk.source, disk.size)
-            copied = self._copy_written(disk, source) if opts.written_only else self._nbdcopy(disk, source)
+            message, stats = self._copy_marked(disk, source, context) if context else self._nbdcopy(disk, source)
             if opts.verify:
                 self._verify(disk, source)
         except Exception as exc:
@@ -141,10 +148,10 @@ class CopyJob:
         with self._lock:
             self._succeeded += 1
         self._step(disk.disk, pb.STEP_STATE_SUCCEEDED, seconds=time.monotonic() - started,
-                   message=copied + (", verified" if opts.verify else ""))
+                   message=message + (", verified" if opts.verify else ""), copied=stats)
 
-    def _nbdcopy(self, disk: copier_pb2.DiskCopy, source: Probe) -> str:
-        """The whole disk with nbdcopy; returns what it copied, for the step's message."""
+    def _nbdcopy(self, disk: copier_pb2.DiskCopy, source: Probe) -> tuple[str, pb.CopyStats]:
+        """The whole disk with nbdcopy; returns what it copied, as the step's message and stats."""
         opts = self.request.options
         copied = CopiedBytes(source.extents, nbdcopy_workers(opts, source.multi_conn), in_flight_bytes(opts))
         progress = ProgressThrottle(self.guest, disk.disk, copied.total, source.size, self._events.put)
@@ -162,21 +169,24 @@ class CopyJob:
         seconds = time.monotonic() - progress.started
         data = source.extents.data
         return (f"{human_size(data)} of data in {human_size(source.size)} at "
-                f"{human_size(data / seconds if seconds else 0)}/s")
+                f"{human_size(data / seconds if seconds else 0)}/s",
+                pb.CopyStats(bytes_marked=source.size, bytes_copied=data, bytes_zeroed=source.size - data))
 
-    def _copy_written(self, disk: copier_pb2.DiskCopy, source: Probe) -> str:
-        """Only the blocks written through the source since it was opened (written_only), over a target
-        holding a copy of the rest; returns what it copied, for the step's message."""
-        written = written_ranges(disk.source)
-        progress = ProgressThrottle(self.guest, disk.disk, written.data, source.size, self._events.put)
+    def _copy_marked(self, disk: copier_pb2.DiskCopy, source: Probe, context: str) -> tuple[str, pb.CopyStats]:
+        """Only the extents `context` marks on the source, over a target holding a copy of the rest;
+        returns what it copied, as the step's message and stats."""
+        marked = marked_ranges(disk.source, context)
+        progress = ProgressThrottle(self.guest, disk.disk, marked.data, source.size, self._events.put)
         with self._libnbd_work(Step.COPY):
-            stats = copy_changes(disk.source, disk.target, written, stop=self._stopping,
+            stats = copy_changes(disk.source, disk.target, marked, stop=self._stopping,
                                  allocated=self.request.options.allocated,
                                  progress=lambda done, _total: progress.update(done))
         progress.finish()
         seconds = time.monotonic() - progress.started
-        return (f"{human_size(written.data)} written since open: {human_size(stats.copied)} copied, "
-                f"{human_size(stats.zeroed)} zeroed, in {seconds:.1f} s")
+        what = "written since open" if context == ALLOCATION_DEPTH else f"marked by {context}"
+        return (f"{human_size(marked.data)} {what}: {human_size(stats.copied)} copied, "
+                f"{human_size(stats.zeroed)} zeroed, in {seconds:.1f} s",
+                pb.CopyStats(bytes_marked=stats.changed, bytes_copied=stats.copied, bytes_zeroed=stats.zeroed))
 
     @contextmanager
     def _libnbd_work(self, what: str) -> Iterator[None]:

@@ -1,5 +1,5 @@
-"""The output plugin interface: setup creates and serves the target disks, finalize describes the
-guest once they hold the data, abort removes what setup created."""
+"""The output plugin interface: setup creates and serves the target disks, serve serves them again
+(warm rounds), finalize describes the guest once they hold the data, abort removes what setup created."""
 
 from __future__ import annotations
 
@@ -34,6 +34,13 @@ class OutputPlugin(ABC):
 
         Appends each disk to target.disks as soon as it exists, before anything else can fail, so
         that abort(target) removes exactly what was created even when setup fails half-way."""
+
+    def serve(self, spec: output_pb2.OutputSpec, target: pb.TargetMeta, workdir: WorkDir, stack: ExitStack) -> None:
+        """Serves the existing disks in target.disks (as setup made them) writable on
+        workdir.out_sock(N) again, registering the servers on `stack`. Outputs whose disks cannot be
+        reopened refuse it (the default)."""
+        raise V2VError(f"-o {spec.WhichOneof('kind')} keeps no disks that can be served again",
+                       pb.ERROR_CODE_UNSUPPORTED)
 
     @abstractmethod
     def finalize(self, spec: output_pb2.OutputSpec, target: pb.TargetMeta, workdir: WorkDir) -> list[str]:

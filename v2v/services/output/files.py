@@ -115,6 +115,20 @@ def create_disks(spec: output_pb2.OutputSpec, target: pb.TargetMeta, paths: list
             raise
 
 
+def serve_disks(target: pb.TargetMeta, workdir: WorkDir, stack: ExitStack) -> None:
+    """Serves the existing disks in target.disks again on workdir.out_sock(N). A qcow2 written
+    compressed (-oo compressed) is served plain: qemu's compress filter only writes clusters that
+    were never written, and a later round rewrites some."""
+    for disk in target.disks:
+        try:
+            if not Path(disk.path).is_file():
+                raise V2VError(f"target disk {disk.index} ({disk.path}) is gone", pb.ERROR_CODE_NOT_FOUND)
+            stack.enter_context(disk_server(disk, workdir))
+        except V2VError as err:
+            err.fill(disk=disk.index)
+            raise
+
+
 def write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     try:
@@ -161,6 +175,9 @@ class FileOutput(OutputPlugin):
         for path in paths:
             path.parent.mkdir(parents=True, exist_ok=True)
         create_disks(spec, target, paths, workdir, stack)
+
+    def serve(self, spec: output_pb2.OutputSpec, target: pb.TargetMeta, workdir: WorkDir, stack: ExitStack) -> None:
+        serve_disks(target, workdir, stack)
 
     def finalize(self, spec: output_pb2.OutputSpec, target: pb.TargetMeta, workdir: WorkDir) -> list[str]:
         directory = output_directory(spec)

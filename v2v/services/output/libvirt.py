@@ -20,7 +20,7 @@ from v2v.errors import V2VError
 from v2v.libvirtconn import connect, failed, libvirt
 from v2v.plugins import OutputArgs, OutputCli
 from v2v.services.output.base import OUTPUTS, OutputPlugin
-from v2v.services.output.files import create_disks, disk_format, refuse_existing, target_exists
+from v2v.services.output.files import create_disks, disk_format, refuse_existing, serve_disks, target_exists
 from v2v.services.output.libvirtxml import domain_xml, libvirt_arch
 from v2v.v1 import output_pb2
 from v2v.v1 import types_pb2 as pb
@@ -189,6 +189,9 @@ class LibvirtOutput(OutputPlugin):
             create_disks(spec, target, [directory / volume_name(target.name, d.index) for d in target.source.disks],
                          workdir, stack)
             _refresh(pool)  # on failure, abort's refresh drops the volumes made so far
+
+    def serve(self, spec: output_pb2.OutputSpec, target: pb.TargetMeta, workdir: WorkDir, stack: ExitStack) -> None:
+        serve_disks(target, workdir, stack)  # the pool's files, as setup made them
 
     def finalize(self, spec: output_pb2.OutputSpec, target: pb.TargetMeta, workdir: WorkDir) -> list[str]:
         uri, name = _uri(spec), target.name

@@ -1,5 +1,6 @@
-"""The Output gRPC service: keeps each work directory's target disk servers alive from Setup to
-Finalize (which stops them, then describes the guest) or Abort (which also removes the disks)."""
+"""The Output gRPC service: keeps each work directory's target disk servers alive from Setup (or
+Serve, which serves the disks a Setup made again) to Release, Finalize (which stops them, then
+describes the guest) or Abort (which also removes the disks)."""
 
 from __future__ import annotations
 
@@ -111,6 +112,39 @@ class OutputService(output_pb2_grpc.OutputServicer):
                                         target_is_zero=plugin.target_is_zero,
                                         preallocated=request.output.allocation == output_pb2.ALLOCATION_PREALLOCATED)
 
+    def serve(self, request: output_pb2.ServeRequest) -> output_pb2.ServeResponse:
+        """Serve without gRPC: the same code the RPC runs."""
+        try:
+            return self._serve(request)
+        except V2VError as err:
+            err.fill(step=Step.SERVE, guest=request.guest)
+            raise
+
+    def _serve(self, request: output_pb2.ServeRequest) -> output_pb2.ServeResponse:
+        workdir = WorkDir(request.workdir, self.root).existing()
+        done = workdir.done()
+        if Step.SETUP not in done or Step.FINALIZE in done:
+            raise V2VError(f"no target disks to serve in {workdir.name}: "
+                           + ("they were finalized" if Step.FINALIZE in done else "Setup has not made them"),
+                           pb.ERROR_CODE_NOT_FOUND)
+        spec = workdir.read(WorkDir.OUTPUT, output_pb2.OutputSpec())  # this service's own journal of its Setup
+        target = workdir.read(WorkDir.TARGET, pb.TargetMeta())
+        plugin, _ = OUTPUTS.lookup(spec)
+        with self._lock:
+            if workdir.name in self._open:
+                raise V2VError(f"the target disks of {workdir.name} are served already: release them first",
+                               pb.ERROR_CODE_BAD_INPUT)
+            # Claimed under the lock, so that two Serve calls never start two servers on one socket.
+            self._open[workdir.name] = opened = _Output(plugin, spec, target, ExitStack())
+        try:
+            plugin.serve(spec, target, workdir, opened.stack)
+        except BaseException:
+            self.release(workdir.name)
+            raise
+        return output_pb2.ServeResponse(disks=target.disks,
+                                        sockets=[str(workdir.out_sock(d.index)) for d in target.disks],
+                                        preallocated=spec.allocation == output_pb2.ALLOCATION_PREALLOCATED)
+
     def finalize(self, request: output_pb2.FinalizeRequest) -> output_pb2.FinalizeResponse:
         try:
             return self._finalize(request)
@@ -191,6 +225,10 @@ class OutputService(output_pb2_grpc.OutputServicer):
     @rpc
     def Abort(self, request: output_pb2.AbortRequest, context: grpc.ServicerContext) -> output_pb2.AbortResponse:
         return output_pb2.AbortResponse(removed=self.abort(request.workdir))
+
+    @rpc
+    def Serve(self, request: output_pb2.ServeRequest, context: grpc.ServicerContext) -> output_pb2.ServeResponse:
+        return self.serve(request)
 
     @rpc
     def Release(self, request: output_pb2.ReleaseRequest,
