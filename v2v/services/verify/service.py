@@ -35,6 +35,10 @@ KVM_SILENCE = 30.0  # auto picked KVM and the console stays empty this long: KVM
 FAILED_TAIL = 2.0  # after a failure sign, the console's last words
 
 Send = Callable[[pb.StepEvent], None]
+STOPPED = {verify_pb2.VERIFY_CAUSE_PANIC: "the kernel panicked",
+           verify_pb2.VERIFY_CAUSE_INITRAMFS_SHELL: "the initramfs found no root filesystem and dropped to a shell",
+           verify_pb2.VERIFY_CAUSE_EMERGENCY_MODE: "systemd stopped in emergency mode",
+           verify_pb2.VERIFY_CAUSE_NO_BOOT_DEVICE: "the firmware found nothing to boot"}
 
 
 def choose_accel(requested: int) -> tuple[str, bool]:
@@ -197,7 +201,7 @@ class BootCheck:
                         return booted(verify_pb2.OBSERVED_BY_GUEST_AGENT, agent.observe(), "the guest agent answered")
                 if failed is not None and now - failed[1] >= FAILED_TAIL:
                     result.outcome, result.cause = verify_pb2.VERIFY_OUTCOME_FAILED, failed[0]
-                    result.message = f"the boot stopped: {verify_pb2.VerifyCause.Name(failed[0])[13:].lower()}"
+                    result.message = STOPPED[failed[0]]
                     return result
                 if login_at is not None and (not probed or now - login_at >= LOGIN_GRACE):
                     return booted(verify_pb2.OBSERVED_BY_CONSOLE, None, "a login prompt on the console")
