@@ -35,7 +35,7 @@ mounts=""
 while read -r dev mnt fstype rest; do
     case $fstype in
         proc|sysfs|devtmpfs|devpts|tmpfs|cgroup*|securityfs|pstore|bpf|debugfs|tracefs|mqueue) continue ;;
-        hugetlbfs|configfs|fusectl|autofs|efivarfs|rpc_pipefs|binfmt_misc) continue ;;
+        hugetlbfs|configfs|fusectl|autofs|efivarfs|rpc_pipefs|binfmt_misc|ramfs) continue ;;
     esac
     mounts="$mounts${mounts:+,}{\"mountpoint\":\"$(esc "$mnt")\",\"device\":\"$(esc "$dev")\",\"fstype\":\"$fstype\"}"
 done < /proc/mounts
