@@ -50,7 +50,7 @@ def test_converted_guest_boots(v2v, converted: tuple[pb.TargetMeta, Path], workr
     assert res["outcome"] == "VERIFY_OUTCOME_BOOTED" and res["observed_by"] == "OBSERVED_BY_PROBE", res
     obs = res["observed"]
     assert obs["root_device"] == "/dev/vda3"
-    assert [n["name"] for n in obs["nics"]] == ["ens2"]  # what the conversion renamed ens192 to on virtio
+    assert [n["name"] for n in obs["nics"]] == ["ens192"]  # the source's name, kept by the conversion
     assert obs["nics"][0]["mac"] == target.nics[0].mac.lower()
     assert {m["mountpoint"] for m in obs["mounts"]} >= {"/", "/boot"}
     assert obs["os"]["id"] == "debian" and 0 < res["seconds_to_userspace"] < 400
