@@ -28,7 +28,8 @@ def conversion_parser() -> argparse.ArgumentParser:
         prog="v2v", description="Convert a guest from a foreign hypervisor to run on KVM.",
         epilog="Also: v2v open ... --run 'PROG @@' (the input alone), v2v inspect ... (input + inspection), "
                "v2v --in-place ... (convert the disks where they are), "
-               "v2v serve {input,convert,output,copier,coordinator} --listen ADDR (one service), "
+               "v2v verify-boot DISK... (does a KVM guest boot?), "
+               "v2v serve {input,convert,output,copier,verify,coordinator} --listen ADDR (one service), "
                "v2v certs DIR (a CA and mutual TLS certificates)",
     )
     p.add_argument("-i", dest="input", choices=list(input_clis()), default="disk",

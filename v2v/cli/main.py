@@ -85,8 +85,7 @@ def serve_main(argv: Sequence[str]) -> int:
     from v2v.cli.fleet_cmd import add_coordinator_arguments, coordinator_config
     from v2v.coordinator.servers import coordinator_servicer
     from v2v.grpcserver import RunningService
-    from v2v.services.servicers import PHASES as SERVICES
-    from v2v.services.servicers import phase_servicer
+    from v2v.services.servicers import PHASES, SERVICES, phase_servicer
 
     p = argparse.ArgumentParser(prog="v2v serve", description="Run one v2v service until SIGTERM/SIGINT.")
     p.add_argument("service", choices=(*SERVICES, "coordinator", "warm"))
@@ -95,7 +94,7 @@ def serve_main(argv: Sequence[str]) -> int:
     add_tls_argument(p, "server")
     p.add_argument("--insecure", action="store_true",
                    help="serve TCP addresses in plaintext, without TLS: only on a network you trust")
-    for s in SERVICES:
+    for s in PHASES:
         p.add_argument(f"--{s}", metavar="ADDR", help=f"coordinator only: the {s} service (default $V2V_{s.upper()})")
     p.add_argument("--workdir-root", type=Path, default=None,
                    help="where the work directories are: a phase service's own, a coordinator's embedded "
@@ -161,6 +160,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from v2v.cli.open_cmd import open_main
 
         return open_main(args[1:])
+    if args[:1] == ["verify-boot"]:
+        from v2v.cli.verify_cmd import verify_main
+
+        return verify_main(args[1:])
     if args[:1] == ["inspect"]:
         from v2v.cli.inspect_cmd import inspect_main
 

@@ -9,6 +9,8 @@ from typing import Any
 import grpc
 
 PHASES = ("input", "convert", "output", "copier")
+# Services `v2v serve` runs besides the coordinators: the phases and the boot check (docs/verify.md).
+SERVICES = (*PHASES, "verify")
 
 
 def phase_servicer(name: str, root: Path | None = None) -> tuple[Any, Callable[[Any, grpc.Server], None], str]:
@@ -35,4 +37,9 @@ def phase_servicer(name: str, root: Path | None = None) -> tuple[Any, Callable[[
         from v2v.v1 import copier_pb2_grpc
 
         return CopierService(root), copier_pb2_grpc.add_CopierServicer_to_server, "v2v.v1.Copier"
-    raise ValueError(f"unknown service {name!r} (services: {', '.join(PHASES)}, coordinator, warm)")
+    if name == "verify":
+        from v2v.services.verify.service import VerifyService
+        from v2v.v1 import verify_pb2_grpc
+
+        return VerifyService(root), verify_pb2_grpc.add_VerifyServicer_to_server, "v2v.v1.Verify"
+    raise ValueError(f"unknown service {name!r} (services: {', '.join(SERVICES)}, coordinator, warm)")

@@ -8,7 +8,6 @@ libvirt only learns of them by a pool refresh. The domain is libvirtxml.domain_x
 
 from __future__ import annotations
 
-import fcntl
 import os
 import uuid
 import xml.etree.ElementTree as ET
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from v2v.drives import drive_letters
 from v2v.errors import V2VError
+from v2v.kvm import kvm_usable
 from v2v.libvirtconn import connect, failed, libvirt
 from v2v.plugins import OutputArgs, OutputCli
 from v2v.services.output.base import OUTPUTS, OutputPlugin
@@ -33,8 +33,6 @@ DOMAIN_TYPES = ("kvm", "qemu")
 # that abort undefines that domain and never one of the same name that is not ours.
 DOMAIN_MARK = "libvirt-domain.uuid"
 
-_KVM_GET_API_VERSION = 0xAE00  # ioctl of /dev/kvm: the only API version Linux ever had is 12
-_KVM_API_VERSION = 12
 
 
 def _uri(spec: output_pb2.OutputSpec) -> str:
@@ -97,21 +95,6 @@ def _lookup_domain(conn: libvirt.virConnect, name: str) -> libvirt.virDomain | N
         raise failed(f"cannot look up domain {name}", exc) from None
 
 
-def _kvm_usable() -> bool:
-    """/dev/kvm opens read-write and answers: libvirt's capabilities can offer kvm to a client that
-    could not use it, e.g. one without access to the device."""
-    try:
-        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        return fcntl.ioctl(fd, _KVM_GET_API_VERSION) == _KVM_API_VERSION
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-
-
 def _unsupported(conn: libvirt.virConnect, domain_type: str, arch: str | None) -> str:
     """Why the connection cannot run `arch` guests (None: the host's) under `domain_type`; "" if it can."""
     try:
@@ -126,7 +109,7 @@ def domain_type(conn: libvirt.virConnect, spec: output_pb2.OutputSpec, arch: str
     """-oo domain-type, checked against the host; unset: kvm where it works, else qemu."""
     wanted = spec.libvirt.domain_type
     if not wanted:
-        return "kvm" if not _unsupported(conn, "kvm", arch) and _kvm_usable() else "qemu"
+        return "kvm" if not _unsupported(conn, "kvm", arch) and kvm_usable() else "qemu"
     if wanted not in DOMAIN_TYPES:
         raise V2VError(f"-oo domain-type={wanted}: must be one of {', '.join(DOMAIN_TYPES)}", pb.ERROR_CODE_BAD_INPUT)
     if why := _unsupported(conn, wanted, arch):

@@ -1,0 +1,1 @@
+"""The Verify service: boots a guest's disks in a throw-away qemu and reports how it came up."""
