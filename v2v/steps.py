@@ -47,7 +47,8 @@ class Step(StrEnum):
     # Copier
     PRECOPY = "precopy"
     COPY = "copy"
-    VERIFY = "verify"
+    VERIFY = "verify"  # the copier's read-back (parent copy), and the boot check (docs/verify.md)
+    PROBE = "probe"  # the boot check: its probe put on the overlay
     # The coordinator's clean-up after the phases (notes and warnings only)
     CLOSE = "close"
     ABORT = "abort"
