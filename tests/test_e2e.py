@@ -26,7 +26,7 @@ def test_convert_boots_under_virtio(v2v, real_guest, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     r = v2v("-i", "disk", str(real_guest), "-o", "local", "-os", str(out), "-of", "qcow2", "--machine-readable",
-            "--accel", "tcg")
+            "--accel", "tcg", "--verify-boot")
     assert r.rc == 0, r.stderr
     evs = events(r.stdout)
     status = evs[-1]["status"]
@@ -35,7 +35,9 @@ def test_convert_boots_under_virtio(v2v, real_guest, tmp_path):
     # Every top-level step started and succeeded, with a duration, in order.
     done = [e["step"]["step"] for e in evs if "step" in e and not e["step"].get("parent")
             and e["step"]["state"] == "STEP_STATE_SUCCEEDED"]
-    assert done == ["open", "check", "convert", "setup", "copy", "finalize"]
+    assert done == ["open", "check", "convert", "setup", "copy", "finalize", "verify"]
+    # The boot check of --verify-boot (docs/verify.md): its own sub-steps, under the coordinator's verify step.
+    assert {"probe"} <= {e["step"]["step"] for e in evs if e.get("step", {}).get("parent") == "verify"}
     assert all("duration" in e["step"] for e in evs if "step" in e and e["step"]["state"] == "STEP_STATE_SUCCEEDED")
     subs = {e["step"]["step"] for e in evs if e.get("step", {}).get("parent") == "convert"}
     assert {"launch", "inspect", "remove-tools", "devices", "initramfs", "fstrim"} <= subs

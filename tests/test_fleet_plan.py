@@ -134,3 +134,16 @@ def test_the_plans_of_docs_fleet_md_parse():
     assert len(plans) >= 2
     jobs = [job for text in plans for job in parse_plan(text, "docs/fleet.md").jobs]
     assert {"web1", "db", "web2", "foo1"} <= {job.name for job in jobs}
+
+
+def test_verify_boot_key() -> None:
+    """verify_boot is a guest's top-level key, as --verify-boot[=strict] on the command line."""
+    from v2v.v1 import verify_pb2
+
+    text = ("defaults:\n  verify_boot: basic\n  output: {type: 'null'}\n"
+            "guests:\n  - name: a\n    input: {files: [a.img]}\n"
+            "  - name: b\n    verify_boot: strict\n    input: {files: [b.img]}\n")
+    with pytest.raises(V2VError, match="verify_boot: expected one of .*basic.*strict.*not 'always'"):
+        parse_plan(text + "  - name: c\n    verify_boot: always\n    input: {files: [c.img]}\n")
+    jobs = parse_plan(text).jobs
+    assert [j.verify_boot for j in jobs] == [verify_pb2.VERIFY_MODE_BASIC, verify_pb2.VERIFY_MODE_STRICT]

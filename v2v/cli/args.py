@@ -16,7 +16,7 @@ from v2v.networks import parse_mac, parse_network
 from v2v.options import Options
 from v2v.plugins import InputArgs
 from v2v.tls import add_tls_argument
-from v2v.v1 import convert_pb2, coordinator_pb2, copier_pb2, output_pb2
+from v2v.v1 import convert_pb2, coordinator_pb2, copier_pb2, output_pb2, verify_pb2
 from v2v.v1 import types_pb2 as pb
 
 ACCELERATORS = {"auto": convert_pb2.ACCELERATOR_AUTO, "kvm": convert_pb2.ACCELERATOR_KVM,
@@ -66,6 +66,9 @@ def conversion_parser() -> argparse.ArgumentParser:
     p.add_argument("-on", dest="output_name", default="", metavar="NAME", help="rename the guest on the target")
     p.add_argument("--root", default="ask", metavar="ask|single|first|/dev/X",
                    help="which OS to convert when the disks hold several (ask = single: fail and list them)")
+    p.add_argument("--verify-boot", nargs="?", const="basic", default="", choices=sorted(k for k in VERIFY_BOOT if k),
+                   help="after the conversion, boot the target once on throw-away overlays and fail the guest if it "
+                        "does not come up (strict: also its NIC names, addresses and mounts; docs/verify.md)")
     p.add_argument("--block-driver", choices=sorted(BLOCK_DRIVERS), default="virtio-blk",
                    help="the converted guest's disk bus when its kernel has virtio (virtio-scsi keeps sdX names)")
     p.add_argument("--virtio-win", default=default_virtio_win(),
@@ -106,6 +109,9 @@ def root_choice(text: str) -> convert_pb2.RootChoice:
     raise V2VError(f"--root {text}: expected ask, single, first or /dev/DEVICE", pb.ERROR_CODE_BAD_INPUT)
 
 
+# --verify-boot[=strict]
+VERIFY_BOOT = {"": verify_pb2.VERIFY_MODE_UNSPECIFIED, "basic": verify_pb2.VERIFY_MODE_BASIC,
+               "strict": verify_pb2.VERIFY_MODE_STRICT}
 # --block-driver: virt-v2v's names.
 BLOCK_DRIVERS = {"virtio-blk": pb.BLOCK_BUS_VIRTIO_BLK, "virtio-scsi": pb.BLOCK_BUS_VIRTIO_SCSI}
 
@@ -164,6 +170,7 @@ class JobArgs:
     macs: list[str] = field(default_factory=list)  # --mac
     parallel: int = 0
     verify: bool = False
+    verify_boot: str = ""  # one of VERIFY_BOOT
     copy_while_converting: bool = False
     print_source: bool = False
 
@@ -174,7 +181,7 @@ class JobArgs:
 
     def job(self) -> coordinator_pb2.GuestJob:
         """The typed job the coordinator takes: nothing is re-parsed later."""
-        job = coordinator_pb2.GuestJob(print_source=self.print_source)
+        job = coordinator_pb2.GuestJob(print_source=self.print_source, verify_boot=VERIFY_BOOT[self.verify_boot])
         job.input.CopyFrom(input_spec(self.input))
         job.convert.CopyFrom(convert_pb2.ConvertOptions(
             accelerator=ACCELERATORS[self.accel], root=root_choice(self.root), verbose=self.verbose, trace=self.trace,

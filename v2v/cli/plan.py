@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 import yaml
 from google.protobuf import json_format
 
-from v2v.cli.args import ACCELERATORS, ALLOCATIONS, BLOCK_DRIVERS, FORMATS, JobArgs
+from v2v.cli.args import ACCELERATORS, ALLOCATIONS, BLOCK_DRIVERS, FORMATS, VERIFY_BOOT, JobArgs
 from v2v.coordinator.pipeline import guest_name
 from v2v.coordinator.scheduler import Limits
 from v2v.errors import V2VError
@@ -40,13 +40,16 @@ SECTIONS: dict[str, dict[str, str]] = {
 }
 # top-level keys of a guest (and of defaults) that are lists of -n, -b, --mac values
 NETWORK_KEYS = {"networks": "networks", "bridges": "bridges", "macs": "macs"}
-GUEST_KEYS = {"name", "priority", "job", *SECTIONS, *NETWORK_KEYS}
+# other top-level keys of a guest (and of defaults)
+TOP_KEYS = {**NETWORK_KEYS, "verify_boot": "verify_boot"}
+GUEST_KEYS = {"name", "priority", "job", *SECTIONS, *TOP_KEYS}
 # the keys a `job:` guest may have besides it
 JOB_KEYS = {"job", "name", "priority"}
 LIMIT_KEYS = {"conversions", "copy_streams", "per_source_host", "memory", "appliance_memory"}
 # JobArgs fields whose value is one of a fixed set
 CHOICES: dict[str, typing.Mapping[str, object]] = {"output_format": FORMATS, "output_alloc": ALLOCATIONS,
-                                                   "accel": ACCELERATORS, "block_driver": BLOCK_DRIVERS}
+                                                   "accel": ACCELERATORS, "block_driver": BLOCK_DRIVERS,
+                                                   "verify_boot": VERIFY_BOOT}
 
 
 @dataclass
@@ -128,8 +131,8 @@ def _job_args(guest: dict[str, Any]) -> JobArgs:
     fields: dict[str, Any] = {}
     for section in ("output", "convert", "copy"):
         fields.update(_fields(JobArgs, section, SECTIONS[section], guest.get(section) or {}))
-    network_keys = {k: v for k, v in NETWORK_KEYS.items() if k in guest}
-    fields.update(_fields(JobArgs, "", network_keys, {k: guest[k] for k in network_keys}))
+    top_keys = {k: v for k, v in TOP_KEYS.items() if k in guest}
+    fields.update(_fields(JobArgs, "", top_keys, {k: guest[k] for k in top_keys}))
     return JobArgs(InputArgs(**inp), **fields)
 
 

@@ -11,9 +11,11 @@ from v2v.errors import V2VError, from_rpc_error
 from v2v.grpcserver import channel
 from v2v.services.servicers import PHASES
 from v2v.steps import Step
-from v2v.v1 import convert_pb2_grpc, copier_pb2_grpc, input_pb2_grpc, output_pb2_grpc
+from v2v.v1 import convert_pb2_grpc, copier_pb2_grpc, input_pb2_grpc, output_pb2_grpc, verify_pb2_grpc
 
 SERVICES = PHASES
+# Besides the phases, each worker may have a boot-check service: needed only by jobs with verify_boot.
+OPTIONAL_SERVICES = ("verify",)
 
 # The phase service that answers the coordinator's call in each of its steps: an error about the
 # call itself (a deadline passed, the service gone) names that service and its address, which a
@@ -23,6 +25,7 @@ STEP_SERVICE: dict[str, str] = {
     Step.CHECK: "output", Step.SETUP: "output", Step.FINALIZE: "output", Step.ABORT: "output",
     Step.CONVERT: "convert",
     Step.PRECOPY: "copier", Step.COPY: "copier",
+    Step.VERIFY: "verify",
 }
 
 
@@ -32,6 +35,7 @@ class ServiceAddresses:
     convert: str
     output: str
     copier: str
+    verify: str = ""  # "" = none: a job with verify_boot fails at step verify, saying so
 
     @classmethod
     def from_env(cls, **given: str | None) -> ServiceAddresses:
@@ -41,6 +45,7 @@ class ServiceAddresses:
         if missing:
             raise ValueError(f"no address for the {', '.join(missing)} service(s): "
                              f"give --{missing[0]} or set V2V_{missing[0].upper()}")
+        values.update({s: given.get(s) or os.environ.get(f"V2V_{s.upper()}", "") for s in OPTIONAL_SERVICES})
         return cls(**values)
 
 
@@ -60,6 +65,7 @@ class PhaseClients:
         self.convert = convert_pb2_grpc.ConvertStub(self._open(addresses.convert))
         self.output = output_pb2_grpc.OutputStub(self._open(addresses.output))
         self.copier = copier_pb2_grpc.CopierStub(self._open(addresses.copier))
+        self.verify = verify_pb2_grpc.VerifyStub(self._open(addresses.verify)) if addresses.verify else None
 
     def _open(self, address: str) -> grpc.Channel:
         ch = channel(address)

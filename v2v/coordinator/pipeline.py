@@ -9,6 +9,7 @@ retry from "setup" does not convert again; `release()` closes them."""
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
@@ -25,9 +26,13 @@ from v2v.naming import name_from_path
 from v2v.services.input.locations import input_location
 from v2v.steps import Step
 from v2v.units import human_size
-from v2v.v1 import convert_pb2, coordinator_pb2, copier_pb2, input_pb2, output_pb2
+from v2v.v1 import convert_pb2, coordinator_pb2, copier_pb2, input_pb2, output_pb2, verify_pb2
 from v2v.v1 import types_pb2 as pb
 from v2v.workdir import WorkDir
+
+# Boot checks running at once in this coordinator: each boots a guest (a CPU, its memory).
+# $V2V_VERIFY_BOOTS, default 1.
+VERIFY_SLOTS = threading.BoundedSemaphore(max(1, int(os.environ.get("V2V_VERIFY_BOOTS", "1") or 1)))
 
 EventSink = Callable[[pb.Event], None]
 RESUMABLE_STEPS = (Step.OPEN, Step.SETUP)  # where a run may start: from scratch, or from a kept conversion
@@ -173,8 +178,10 @@ class GuestRun:
                     setup = self._setup(target, converted.target)
                 with self.gates.copying(len(setup.disks)) as streams, self.phase(Step.COPY):
                     self._copy(setup, streams, written_only=precopied)
-                self._finalize(converted.target, setup)
+                final = self._finalize(converted.target, setup)
                 target.pop_all()  # finalized: nothing of the target to take back
+            if self.job.verify_boot:
+                self._verify(final)
 
     def _open(self, workdir: str) -> bool:
         """The open step; False when only the source was asked for (--print-source)."""
@@ -229,9 +236,9 @@ class GuestRun:
                                                                      timeout=self.clients.quick))
         return False
 
-    def _finalize(self, converted: pb.TargetMeta, setup: output_pb2.SetupResponse) -> None:
+    def _finalize(self, converted: pb.TargetMeta, setup: output_pb2.SetupResponse) -> pb.TargetMeta:
         """The finalize step: the converted guest with the disks Setup made (Finalize gives them the
-        bus the caps say)."""
+        bus the caps say); returns that target."""
         assert self._workdir is not None
         target = pb.TargetMeta()
         target.CopyFrom(converted)
@@ -242,6 +249,35 @@ class GuestRun:
                 workdir=self._workdir.name, guest=self.name, output=self.job.output, target=target),
                 timeout=self.clients.disk_work)
             self.files = list(fin.files)
+        return target
+
+    def _verify(self, target: pb.TargetMeta) -> None:
+        """The boot check (docs/verify.md): the finalized target booted once on overlays, at most
+        VERIFY_BOOTS at a time in this coordinator (each costs a CPU). A failed boot fails the guest
+        at step verify with its cause; the disks stay for inspection (Finalize has run). A guest
+        nothing could check (Windows without an agent) is a warning, never a pass."""
+        with self.phase(Step.VERIFY):
+            if self.clients.verify is None:
+                raise V2VError("this worker has no verify service (give it verify@ADDR, or run the services "
+                               "embedded)", pb.ERROR_CODE_SERVICE_UNAVAILABLE)
+            request = verify_pb2.VerifyRequest(guest=self.name, target=target, mode=self.job.verify_boot,
+                                               accelerator=self.job.convert.accelerator)
+            with VERIFY_SLOTS:
+                result = None
+                call = self.clients.verify.VerifyBoot(request)
+                self._track(call)
+                for ev in call:
+                    if ev.HasField("result"):
+                        result = ev.result
+                    elif ev.step.parent:  # the service's own verify step is this phase's
+                        self.sink(pb.Event(step=ev.step))
+            if result is None:
+                raise V2VError("the verify service ended without a result", pb.ERROR_CODE_INTERNAL)
+            if result.outcome == verify_pb2.VERIFY_OUTCOME_NOT_CHECKED:
+                self.report.warn(f"boot not checked: {result.message}", step=Step.VERIFY)
+            elif result.outcome != verify_pb2.VERIFY_OUTCOME_BOOTED:
+                raise V2VError(f"the converted guest did not boot: {result.message}", pb.ERROR_CODE_BOOT_FAILED,
+                               detail="\n".join(result.console_tail))
 
     def _converted_by(self, result: convert_pb2.ConvertResult) -> Converted:
         assert self._workdir is not None and self.source is not None

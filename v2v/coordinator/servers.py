@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 
-from v2v.coordinator.clients import SERVICES, ServiceAddresses
+from v2v.coordinator.clients import OPTIONAL_SERVICES, SERVICES, ServiceAddresses
 from v2v.coordinator.scheduler import Limits, Worker
 from v2v.grpcserver import RunningService
 from v2v.services.servicers import phase_servicer
@@ -22,7 +22,7 @@ from v2v.workdir import default_root
 
 
 def parse_worker(text: str, defaults: Worker) -> Worker:
-    """A worker from `NAME=input@ADDR,convert@ADDR,output@ADDR,copier@ADDR[,conversions=N]
+    """A worker from `NAME=input@ADDR,convert@ADDR,output@ADDR,copier@ADDR[,verify@ADDR][,conversions=N]
     [,copy-streams=N][,memory=SIZE][,guests=N][,workdir-root=PATH]` (docs/fleet.md); unset
     capacities from `defaults`."""
     name, sep, rest = text.partition("=")
@@ -31,7 +31,7 @@ def parse_worker(text: str, defaults: Worker) -> Worker:
     addrs: dict[str, str] = {}
     caps: dict[str, str] = {}
     for item in rest.split(","):
-        if "@" in item and item.partition("@")[0] in SERVICES:
+        if "@" in item and item.partition("@")[0] in (*SERVICES, *OPTIONAL_SERVICES):
             service, _, addr = item.partition("@")
             addrs[service] = addr
             continue
@@ -99,10 +99,11 @@ class PhaseWorkers:
         workers = []
         for n in range(self.count):
             name = f"local{n}" if self.count > 1 else "local"
-            addresses = ServiceAddresses(**{s: f"unix:{self.dir / name}-{s}.sock" for s in SERVICES})
+            started = (*SERVICES, *OPTIONAL_SERVICES)
+            addresses = ServiceAddresses(**{s: f"unix:{self.dir / name}-{s}.sock" for s in started})
             template = self.template or Worker(name, addresses)
             root = template.workdir_root or self.workdir_root
-            for s in SERVICES:
+            for s in started:
                 self.services.append(RunningService(getattr(addresses, s), phase_servicer(s, root)))
             workers.append(replace(template, name=name, addresses=addresses, workdir_root=root))
         return workers
