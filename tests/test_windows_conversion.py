@@ -130,15 +130,16 @@ def read_back(runs: dict[str, Conversion]) -> None:
                     local = Path(tmp) / f"{name}-{hive}"
                     g.download(f"/Windows/System32/config/{hive}", str(local))
                     setattr(c, attr, dump(local))
-                c.listing = sorted(p.lower() for p in g.find("/"))
+                c.listing = sorted(p.lower().lstrip("/") for p in g.find("/"))
                 for path in g.find("/Program Files/Guestfs/Firstboot") if g.is_dir("/Program Files/Guestfs") else []:
-                    full = f"/Program Files/Guestfs/Firstboot/{path}"
+                    full = f"/Program Files/Guestfs/Firstboot/{path.lstrip('/')}"
                     if g.is_file(full):
                         c.files[full] = g.read_file(full)
                 g.umount_all()
                 if name == "win11":
                     g.mount_ro(f"{dev}1", "/")
-                    c.esp = {p: g.read_file(f"/{p}") for p in g.find("/") if g.is_file(f"/{p}")}
+                    c.esp = {p.lstrip("/"): g.read_file(f"/{p.lstrip('/')}") for p in g.find("/")
+                             if g.is_file(f"/{p.lstrip('/')}")}
                     local = Path(tmp) / "BCD"
                     g.download("/EFI/Microsoft/Boot/BCD", str(local))
                     c.bcd = dump(local)
