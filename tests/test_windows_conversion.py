@@ -227,9 +227,9 @@ def test_2022_firstboot_service_and_scripts_in_order(converted: dict[str, Conver
     scripts = sorted(p.rsplit("/", 1)[1] for p in c.files if p.startswith(f"{top}/scripts/"))
     assert scripts == ["2000-0002-pnputil-install-drivers.bat", "2500-0001-network-configure.bat",
                        "5000-0003-install-qemu-ga.bat", "5000-0004-install-blnsvr.bat",
-                       "5000-0005-uninstall-Xen-PV.bat", "5000-0006-uninstall-Parallels-tools.bat",
-                       "5000-0007-uninstall-VMware-Tools.bat"]
-    vmware = c.files[f"{top}/scripts/5000-0007-uninstall-VMware-Tools.bat"].decode()
+                       "5000-0005-uninstall-Xen-PV.bat", "5000-0006-uninstall-VMware-Tools.bat",
+                       "5000-0007-uninstall-Parallels-tools.bat"]  # the Uninstall keys in the hive's order
+    vmware = c.files[f"{top}/scripts/5000-0006-uninstall-VMware-Tools.bat"].decode()
     assert "MsiExec.exe /x{" in vmware and "/I{" not in vmware and "REMOVE=ALL" in vmware
     xen = c.files[f"{top}/scripts/5000-0005-uninstall-Xen-PV.bat"]
     assert b'_uninst.exe"' in xen and b"\0" not in xen  # 2.2 keeps the REG_SZ's NUL and misses the rename
