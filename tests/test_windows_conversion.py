@@ -7,6 +7,7 @@ docs/conversion.md."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import struct
@@ -315,3 +316,18 @@ def test_no_firstboot_service_refused_before_anything_is_written(windows_build: 
                       "--virt-tools-dir", str(empty))
     assert rc != 0 and "rhsrvany.exe" in err and str(empty) in err, err
     assert not list((tmp_path / "out").iterdir())
+
+
+def test_inspect_shows_what_windows_is(windows_build: Built, v2v) -> None:  # noqa: ANN001
+    """`v2v inspect` on a Windows guest: WindowsInfo and the applications, by upstream's current osinfo
+    rules (Debian's libguestfs says win10 for this Windows 11)."""
+    image = windows_build.guests["win11"]
+    before = sha256(image)
+    r = v2v("inspect", "-i", "disk", str(image), "-O", "-")
+    assert r.rc == 0, r.stderr
+    insp = json.loads(r.stdout)["inspection"]
+    assert insp["type"] == "windows" and insp["arch"] == "x86_64"
+    win = insp["windows"]
+    assert (win["osinfo"], win["product_variant"], win["build"]) == ("win11", "Client", "22631")
+    assert win["current_control_set"] == "ControlSet001" and win["drive_mappings"]["C"] == "/dev/sda2"
+    assert sha256(image) == before
