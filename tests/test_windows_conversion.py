@@ -331,3 +331,23 @@ def test_inspect_shows_what_windows_is(windows_build: Built, v2v) -> None:  # no
     assert (win["osinfo"], win["product_variant"], win["build"]) == ("win11", "Client", "22631")
     assert win["current_control_set"] == "ControlSet001" and win["drive_mappings"]["C"] == "/dev/sda2"
     assert sha256(image) == before
+
+
+def test_in_place_converts_a_windows_disk_where_it_is(windows_build: Built, v2v, tmp_path: Path) -> None:  # noqa: ANN001
+    """`v2v --in-place` on a copy of the 2022 guest: the same conversion, written to the disk itself."""
+    disk = tmp_path / "win2k22.img"
+    subprocess.run(["cp", "--sparse=always", str(windows_build.guests["win2k22"]), str(disk)], check=True)
+    r = v2v("--in-place", "-i", "disk", str(disk), "--virtio-win", str(windows_build.virtio_win),
+            "--virt-tools-dir", str(windows_build.virt_tools), "-O", str(tmp_path / "report.json"))
+    assert r.rc == 0, r.stderr
+    g = guestfs.GuestFS(python_return_dict=True)
+    g.add_drive_opts(str(disk), readonly=True, format="raw")
+    g.launch()
+    try:
+        g.mount_ro("/dev/sda2", "/")
+        assert g.is_file("/Windows/System32/drivers/viostor.sys")
+        assert g.is_file("/Program Files/Guestfs/Firstboot/firstboot.bat")
+    finally:
+        g.close()
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["inspection"]["windows"]["osinfo"] == "win2k22" and report["caps"]["hyperv"]
