@@ -104,7 +104,11 @@ def test_inspection_sees_each_windows(handle, devices: dict[str, str], roots: di
         assert handle.inspect_get_drive_mappings(r) == {"C": devices[name] + "2"}, name
     assert handle.inspect_get_hostname(roots["win2k22"]) == "win2k22-phony"
     assert "2022" in handle.inspect_get_product_name(roots["win2k22"])
-    apps = {a["app2_name"]: a for a in handle.inspect_list_applications2(roots["win2k22"])}
+    handle.mount_ro(roots["win2k22"], "/")  # applications are read from the mounted guest's hive
+    try:
+        apps = {a["app2_name"]: a for a in handle.inspect_list_applications2(roots["win2k22"])}
+    finally:
+        handle.umount_all()
     assert apps["KES"]["app2_display_name"] == "Kaspersky Endpoint Security"
     assert apps["KES"]["app2_publisher"] == "AO Kaspersky Lab"
     assert {a["app2_display_name"] for a in apps.values()} >= {"VMware Tools", "Parallels Tools",
