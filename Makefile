@@ -10,7 +10,7 @@ export LIBGUESTFS_BACKEND ?= direct
 export LIBGUESTFS_BACKEND_SETTINGS ?= force_tcg
 
 DEB_PACKAGES := nbdkit libnbd-bin python3-libnbd python3-guestfs libguestfs-tools qemu-utils \
-	qemu-system-x86 linux-image-amd64 python3-hivex libhivex-bin libwin-hivex-perl genisoimage libvirt-clients libvirt-daemon-system python3-libvirt python3-venv \
+	qemu-system-x86 linux-image-amd64 libvirt-clients libvirt-daemon-system python3-libvirt python3-venv \
 	debootstrap fdisk e2fsprogs dosfstools mtools ovmf libxml2-utils xfsprogs libguestfs-xfs \
 	openssh-client openssh-server sshpass openssl rpm busybox iproute2 \
 	python3-hivex libwin-hivex-perl libhivex-bin genisoimage

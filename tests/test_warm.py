@@ -23,11 +23,10 @@ import pytest
 from google.protobuf import json_format
 
 from tests.conftest import GUESTS, Run, child_servers
-from v2v.coordinator.phases import PhaseServices
-from v2v.coordinator.warm.service import WARM_PHASES, warm_servicer
+from v2v.cli.warm_cmd import embedded_warm
+from v2v.coordinator.warm.service import WARM_PHASES
 from v2v.delta_copy import pieces
 from v2v.extents import ExtentMap
-from v2v.grpcserver import RunningService, channel
 from v2v.v1 import output_pb2, warm_pb2, warm_pb2_grpc
 from v2v.v1 import types_pb2 as pb
 
@@ -176,17 +175,9 @@ def test_a_preallocated_target_stays_fully_allocated(v2v: V2VRun, tmp_path: Path
 
 @contextmanager
 def warm_service(root: Path) -> Iterator[warm_pb2_grpc.WarmStub]:
-    """The Warm service and its phase services in this process, over gRPC, as `v2v serve warm` runs it."""
-    with PhaseServices({name: "" for name in WARM_PHASES}, root) as addresses, \
-            tempfile.TemporaryDirectory(prefix="v2v-warm-t.") as d:
-        address = f"unix:{Path(d) / 'warm.sock'}"
-        svc = RunningService(address, warm_servicer(addresses, root))
-        ch = channel(address)
-        try:
-            yield warm_pb2_grpc.WarmStub(ch)
-        finally:
-            ch.close()
-            svc.stop()
+    """The Warm service and its phase services in this process, over gRPC, as `v2v warm` runs it."""
+    with embedded_warm({name: "" for name in WARM_PHASES}, root) as stub:
+        yield stub
 
 
 def lock_is_free(workdir: Path) -> bool:

@@ -57,7 +57,14 @@ def warm_stub(a: argparse.Namespace) -> Iterator[warm_pb2_grpc.WarmStub]:
             ch.close()
         return
     given = {s: getattr(a, f"{s}_service") for s in WARM_PHASES}
-    root = Path(a.workdir_root).resolve() if a.workdir_root else None
+    with embedded_warm(given, Path(a.workdir_root).resolve() if a.workdir_root else None) as stub:
+        yield stub
+
+
+@contextmanager
+def embedded_warm(given: dict[str, str], root: Path | None) -> Iterator[warm_pb2_grpc.WarmStub]:
+    """The Warm service in this process on a private socket, over the phase services `given` (an
+    address each; "" = one started here too): the same gRPC path as `v2v serve warm`."""
     with PhaseServices(given, root) as addresses, tempfile.TemporaryDirectory(prefix="v2v-warm.") as d:
         address = f"unix:{Path(d) / 'warm.sock'}"
         svc = RunningService(address, warm_servicer(addresses, root))
