@@ -72,17 +72,26 @@ def refuse_bitlocker(g: guestfs.GuestFS) -> None:
                        "finish) and convert again", pb.ERROR_CODE_UNSUPPORTED)
 
 
-def has_esp(g: guestfs.GuestFS) -> bool:
-    """An EFI System Partition on a GPT disk means the guest boots with UEFI."""
-    esp_guid = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+ESP_GUID = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+
+
+def esp_partitions(g: guestfs.GuestFS) -> list[str]:
+    """The EFI System Partitions of GPT disks."""
+    found = []
     for part in g.list_partitions():
+        dev = g.part_to_dev(part)
         try:
-            if g.part_get_parttype(g.part_to_dev(part)) == "gpt" and \
-                    g.part_get_gpt_type(g.part_to_dev(part), g.part_to_partnum(part)).upper() == esp_guid:
-                return True
+            if g.part_get_parttype(dev) == "gpt" and \
+                    g.part_get_gpt_type(dev, g.part_to_partnum(part)).upper() == ESP_GUID:
+                found.append(part)
         except RuntimeError:
             continue
-    return False
+    return found
+
+
+def has_esp(g: guestfs.GuestFS) -> bool:
+    """An EFI System Partition on a GPT disk means the guest boots with UEFI."""
+    return bool(esp_partitions(g))
 
 
 def mount_all(g: guestfs.GuestFS, insp: pb.Inspection) -> list[str]:

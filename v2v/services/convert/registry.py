@@ -146,8 +146,11 @@ class Hive:
 
     def set(self, path: str, key: str, kind: int, data: Data, why: str = "") -> None:
         """Sets one value, making the key if needed; reported as a RegistryEdit."""
-        node = self.ensure(path)
-        self.h.node_set_value(node, {"key": key, "t": kind, "value": encode(kind, data)})
+        try:
+            self.h.node_set_value(self.ensure(path), {"key": key, "t": kind, "value": encode(kind, data)})
+        except RuntimeError as exc:  # the hive on disk is untouched: it is written by commit() only
+            raise V2VError(f"cannot set {self.name}\\{path}\\{key or '(default)'}: {exc}",
+                           pb.ERROR_CODE_CONVERSION_FAILED) from None
         self.changed = True
         edit = pb.RegistryEdit(hive=self.name, key=path, value=key, action=pb.RegistryEdit.ACTION_SET,
                                type=_TYPE_NAMES.get(kind, str(kind)), data=shown(kind, data))

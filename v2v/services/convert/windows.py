@@ -103,11 +103,11 @@ class WindowsConversion:
         with ExitStack() as stack:
             scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="v2v-hives.")))
             with self.report.step("windows-checks"):
-                self.checks()
                 system = Hive(self.g, self.g.inspect_get_windows_system_hive(self.insp.root), "SYSTEM", scratch,
                               self.report)
                 software = Hive(self.g, self.g.inspect_get_windows_software_hive(self.insp.root), "SOFTWARE",
                                 scratch, self.report)
+                self.checks(software)
                 utc = rtc_utc(system, self.ccs, self.report)
                 where = location(self.opts.virtio_win)
                 firstboot = Firstboot()
@@ -152,8 +152,8 @@ class WindowsConversion:
             caps = self.caps(sel, block, net, utc)
         return Converted(caps, self.macs, ips)
 
-    def checks(self) -> None:
-        """Refusals and warnings, all before the first write."""
+    def checks(self, software: Hive) -> None:
+        """Refusals and warnings, all before the first write (opening the hives writes nothing)."""
         check_free_space(self.g, self.mounted, self.report)
         for part in dynamic_disks(self.g):
             if self.g.part_to_dev(part) == self.g.part_to_dev(self.insp.root):
@@ -166,23 +166,10 @@ class WindowsConversion:
             self.report.warn(f"antivirus installed ({', '.join(found)}): it may stop the new virtio boot driver from "
                              "loading (a 0x7B at boot); if the guest does not boot, disable it in the source and "
                              "convert again", step="windows-checks")
-        gpo = [k for k in self._children_ro(_GPO) if len(k) > 3 and k.startswith("{") and k.endswith("}")]
+        gpo = [k for k in software.children(_GPO) if len(k) > 3 and k.startswith("{") and k.endswith("}")]
         if gpo:
             self.report.warn("the guest has Group Policy Objects: a device-installation policy can stop the new "
                              "virtio boot driver (a 0x7B at boot)", step="windows-checks")
-
-    def _children_ro(self, path: str) -> list[str]:
-        g = self.g
-        g.hivex_open(g.inspect_get_windows_software_hive(self.insp.root), unsafe=True)
-        try:
-            node = g.hivex_root()
-            for part in path.split("\\"):
-                node = g.hivex_node_get_child(node, part)
-                if not node:
-                    return []
-            return [str(g.hivex_node_name(c["hivex_node_h"])) for c in g.hivex_node_children(node)]
-        finally:
-            g.hivex_close()
 
     def plan_firstboot(self, firstboot: Firstboot, sel: Selection, block: bool, net: bool, ips: list[pb.StaticIp],
                        tools: list[Uninstall]) -> None:

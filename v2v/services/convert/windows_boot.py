@@ -10,25 +10,12 @@ import guestfs
 
 from v2v.events import StepReporter
 from v2v.services.convert.guestpath import guest_path
+from v2v.services.convert.inspection import esp_partitions
 from v2v.services.convert.registry import Hive, decode_string
 
-ESP_GUID = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 _BOOTMGR = "{9dea862c-5cdd-4e70-acc1-f32b344d4795}"
 _DEFAULT_ENTRY = "23000003"
 _GRAPHICS_MODE_DISABLED = "16000046"  # set by Parallels Tools: a black screen on the new display
-
-
-def esp_partitions(g: guestfs.GuestFS) -> list[str]:
-    found = []
-    for part in g.list_partitions():
-        dev = g.part_to_dev(part)
-        try:
-            if g.part_get_parttype(dev) == "gpt" and \
-                    g.part_get_gpt_type(dev, g.part_to_partnum(part)).upper() == ESP_GUID:
-                found.append(part)
-        except RuntimeError:
-            continue
-    return found
 
 
 def fix_esp(g: guestfs.GuestFS, systemroot: str, scratch: Path, report: StepReporter) -> None:
