@@ -6,6 +6,9 @@ PY := $(VENV)/bin/python
 GUESTS := ../shared/guests
 GUEST_DIR ?= /var/tmp/guests/linux
 DEMO_OUT ?= /var/tmp/v2v-demo
+# Two pytest-xdist workers: most of the suite is one-vCPU TCG guests and appliances, so two side by side
+# take the time of about one on CI's two cores.
+TEST_WORKERS ?= 2
 export LIBGUESTFS_BACKEND ?= direct
 export LIBGUESTFS_BACKEND_SETTINGS ?= force_tcg
 
@@ -70,7 +73,7 @@ docker:
 test: setup docker buf
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
-	$(PY) -m pytest -v -rs --durations=40 $(PYTEST_ARGS)
+	$(PY) -m pytest -v -rs --durations=40 -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The pure tests: no appliance, no guest, no service process; seconds.
 unit: setup

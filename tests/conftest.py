@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from google.protobuf import json_format
 
+from tests.locks import locked, once_per_run
 from v2v.v1 import copier_pb2, input_pb2, output_pb2
 from v2v.v1 import types_pb2 as pb
 from v2v.workdir import WorkDir
@@ -86,6 +87,20 @@ class Run:
     rc: int
     stdout: str
     stderr: str
+
+
+# The modules that take minutes, heaviest first (by --durations of a full run). `make test` hands whole
+# modules to two xdist workers in collection order (--dist loadfile): these go first, and the many
+# light modules fill in at the end, instead of one worker converting Windows guests alone at the end.
+HEAVY_FIRST = ("test_variant_guest", "test_e2e", "test_windows_conversion", "test_e2e_inputs",
+               "test_convert_families", "test_fleet", "test_deploy", "test_warm", "test_open_inspect",
+               "test_windows_guests", "test_verify", "test_convert_cancel", "test_output_libvirt",
+               "test_output_qemu", "test_copy_while_converting")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(HEAVY_FIRST)))  # stable: a module stays whole
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -167,7 +182,8 @@ def phony(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def real_guest() -> Path:
     """The real bootable VMware-looking Debian 12 guest (~4 min the first time, then cached)."""
     out = GUEST_DIR / "linux"
-    subprocess.run([str(GUESTS / "make-linux-guest.sh"), "-o", str(out)], check=True, stdout=subprocess.DEVNULL)
+    with locked(GUEST_DIR / "linux.lock"):  # the script does not expect a second one building beside it
+        subprocess.run([str(GUESTS / "make-linux-guest.sh"), "-o", str(out)], check=True, stdout=subprocess.DEVNULL)
     return out / "debian12-vmware.raw"
 
 
@@ -176,14 +192,16 @@ def converted(real_guest: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
     """The real guest converted once per run from its OVA (-i ova) with -o json -of qcow2: (its
     TargetMeta, its disk). Output tests write this target again with their output and boot it, which
     also proves the OVA path end to end, without converting again."""
-    out = tmp_path_factory.mktemp("converted")
-    root = Path(tempfile.mkdtemp(prefix="v2v-c.", dir="/tmp"))
-    env = dict(os.environ, V2V_WORKDIR_ROOT=str(root))
-    res = subprocess.run([str(V2V), "-i", "ova", str(real_guest.with_suffix(".ova")), "-o", "json", "-of", "qcow2",
-                          "-os", str(out),
-                          "--accel", "tcg", "-q"], capture_output=True, text=True, env=env, check=False)
-    shutil.rmtree(root)
-    assert res.returncode == 0, res.stderr
+    def convert(out: Path) -> None:
+        root = Path(tempfile.mkdtemp(prefix="v2v-c.", dir="/tmp"))
+        env = dict(os.environ, V2V_WORKDIR_ROOT=str(root))
+        res = subprocess.run([str(V2V), "-i", "ova", str(real_guest.with_suffix(".ova")), "-o", "json", "-of",
+                              "qcow2", "-os", str(out), "--accel", "tcg", "-q"], capture_output=True, text=True,
+                             env=env, check=False)
+        shutil.rmtree(root)
+        assert res.returncode == 0, res.stderr
+
+    out = once_per_run(tmp_path_factory, "converted", convert)
     doc = json.loads((out / "debian12-vmware.json").read_text())
     target = json_format.ParseDict(doc["target"], pb.TargetMeta())
     return target, Path(target.disks[0].path)

@@ -13,9 +13,10 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+from tests.locks import locked
 from tests.processes import stop
 
 SYSTEM_URI = "qemu:///system"
@@ -48,12 +49,27 @@ def _listening(path: Path) -> bool:
 
 
 
+# Two locks let several test processes (xdist workers, concurrent runs) share one libvirtd: STARTING
+# makes "is one answering? else start one" a single step, and every user holds IN_USE shared, so the
+# process that started the daemon stops it only when no one else is using it.
+STARTING = Path(tempfile.gettempdir()) / "v2v-test-libvirtd.starting.lock"
+IN_USE = Path(tempfile.gettempdir()) / "v2v-test-libvirtd.in-use.lock"
+
+
 @contextmanager
 def running_libvirtd(logdir: Path, timeout: float = 60) -> Iterator[None]:
     """qemu:///system answers inside the block. Daemons started here log to `logdir`."""
-    if answers():
+    with ExitStack() as stack:
+        with locked(STARTING):
+            exclusive = stack.enter_context(locked(IN_USE, shared=True))
+            started = not answers() and stack.enter_context(_started_libvirtd(logdir, timeout))
         yield
-        return
+        if started:
+            exclusive()  # the other users (a concurrent worker) are done before the daemon stops
+
+
+@contextmanager
+def _started_libvirtd(logdir: Path, timeout: float) -> Iterator[bool]:
     missing = [d for d in ("libvirtd", "virtlogd") if shutil.which(d) is None]
     assert not missing, f"{', '.join(missing)} not installed: `make deps` installs libvirt-daemon-system"
     started: list[subprocess.Popen[bytes]] = []
@@ -70,7 +86,7 @@ def running_libvirtd(logdir: Path, timeout: float = 60) -> Iterator[None]:
                 logs = "\n".join((logdir / f"{d}.log").read_text(errors="replace")[-2000:] for d in daemons)
                 raise AssertionError(f"libvirtd did not come up ({', '.join(exited) or 'timeout'}):\n{logs}")
             time.sleep(0.5)
-        yield
+        yield True
     finally:
         for proc in reversed(started):  # libvirtd before the virtlogd it talks to
             stop(proc, timeout=30)

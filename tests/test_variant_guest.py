@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import GUEST_DIR, REPO, sha256
+from tests.locks import locked
 from v2v.services.convert.lvm import retarget_filters
 from v2v.v1 import types_pb2 as pb
 
@@ -24,7 +25,8 @@ VARIANT_DIR = GUEST_DIR / "variant"
 def variant_guest() -> Path:
     """The guest's .vmx, whose flat extents are hard links to NAME-sda.raw and NAME-sdb.raw: ~19 min
     the first time on a loaded machine (debootstrap, then the disks made in an appliance), then cached."""
-    subprocess.run([GUESTS / "make-variant-guest.sh", "-o", VARIANT_DIR], check=True, stdout=subprocess.DEVNULL)
+    with locked(GUEST_DIR / "variant.lock"):
+        subprocess.run([GUESTS / "make-variant-guest.sh", "-o", VARIANT_DIR], check=True, stdout=subprocess.DEVNULL)
     return VARIANT_DIR / "vmx" / f"{NAME}.vmx"
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.guests.windows import build
+from tests.locks import locked
 
 
 def _cache_root() -> Path:
@@ -20,7 +21,8 @@ def _cache_root() -> Path:
 @pytest.fixture(scope="session")
 def windows_build() -> build.Built:
     """Everything, built (one appliance launch, ~1-3 min under TCG) or found in the cache."""
-    return build.cached(_cache_root())
+    with locked(_cache_root().with_suffix(".lock")):  # one build, not one per xdist worker
+        return build.cached(_cache_root())
 
 
 @pytest.fixture(scope="session")
