@@ -24,6 +24,7 @@ from v2v.errors import V2VError
 from v2v.events import StepReporter
 from v2v.naming import name_from_path
 from v2v.services.input.locations import input_location
+from v2v.services.verify.service import summary
 from v2v.steps import Step
 from v2v.units import human_size
 from v2v.v1 import convert_pb2, coordinator_pb2, copier_pb2, input_pb2, output_pb2, verify_pb2
@@ -273,9 +274,11 @@ class GuestRun:
                         self.sink(pb.Event(step=ev.step))
             if result is None:
                 raise V2VError("the verify service ended without a result", pb.ERROR_CODE_INTERNAL)
-            if result.outcome == verify_pb2.VERIFY_OUTCOME_NOT_CHECKED:
+            if result.outcome == verify_pb2.VERIFY_OUTCOME_BOOTED:
+                self.report.note(summary(result), step=Step.VERIFY)
+            elif result.outcome == verify_pb2.VERIFY_OUTCOME_NOT_CHECKED:
                 self.report.warn(f"boot not checked: {result.message}", step=Step.VERIFY)
-            elif result.outcome != verify_pb2.VERIFY_OUTCOME_BOOTED:
+            else:
                 raise V2VError(f"the converted guest did not boot: {result.message}", pb.ERROR_CODE_BOOT_FAILED,
                                detail="\n".join(result.console_tail))
 

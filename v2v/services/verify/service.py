@@ -100,6 +100,21 @@ def mismatches(req: verify_pb2.VerifyRequest, by: int, obs: verify_pb2.Observed)
     return found
 
 
+def summary(res: verify_pb2.VerifyResult) -> str:
+    """A booted guest in one line, for the step's message and the guest's log: how long, by what,
+    and what it showed (root, NICs, failed units)."""
+    by = verify_pb2.ObservedBy.Name(res.observed_by).removeprefix("OBSERVED_BY_").lower()
+    parts = [f"booted in {res.seconds_to_userspace:.1f} s (observed by {by})"]
+    o = res.observed
+    if o.root_device:
+        parts.append(f"root {o.root_device}")
+    if o.nics:
+        parts.append("nics " + ", ".join(f"{n.name} {n.mac}".strip() for n in o.nics))
+    if res.observed_by == verify_pb2.OBSERVED_BY_PROBE:
+        parts.append("failed units: " + (" ".join(o.failed_units) or "none"))
+    return "; ".join(parts)
+
+
 class BootCheck:
     """One VerifyBoot call: the boot, watched until a decision."""
 
@@ -257,7 +272,7 @@ class VerifyService(verify_pb2_grpc.VerifyServicer):
             raise
         if result.outcome == verify_pb2.VERIFY_OUTCOME_BOOTED:
             send(step_event(req.guest, STEP, pb.STEP_STATE_SUCCEEDED, seconds=time.monotonic() - t0,
-                            message=result.message))
+                            message=summary(result)))
         else:
             send(step_event(req.guest, STEP, pb.STEP_STATE_FAILED, seconds=time.monotonic() - t0,
                             error=V2VError(result.message, pb.ERROR_CODE_BOOT_FAILED, step=STEP, guest=req.guest)))
