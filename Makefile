@@ -73,7 +73,7 @@ docker:
 test: setup docker buf
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
-	$(PY) -m pytest -v -rs --durations=40 -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -v -rs --durations=40 -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 # The pure tests: no appliance, no guest, no service process; seconds.
 unit: setup

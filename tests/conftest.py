@@ -90,8 +90,9 @@ class Run:
 
 
 # The modules that take minutes, heaviest first (by --durations of a full run). `make test` hands whole
-# modules to two xdist workers in collection order (--dist loadfile): these go first, and the many
-# light modules fill in at the end, instead of one worker converting Windows guests alone at the end.
+# modules to two xdist workers in collection order (--dist loadfile --no-loadscope-reorder; by default
+# xdist orders modules by their number of tests): these go first, and the many light modules fill in
+# at the end, instead of one worker converting Windows guests alone after the other is done.
 HEAVY_FIRST = ("test_variant_guest", "test_e2e", "test_windows_conversion", "test_e2e_inputs",
                "test_convert_families", "test_fleet", "test_deploy", "test_warm", "test_open_inspect",
                "test_windows_guests", "test_verify", "test_convert_cancel", "test_output_libvirt",
