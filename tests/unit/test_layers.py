@@ -6,6 +6,8 @@ review."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -126,3 +128,26 @@ def test_the_checks_see_a_cycle_and_an_upward_import() -> None:
 @pytest.mark.parametrize("mod", ["v2v.cli.main", "v2v.coordinator.service", "v2v.services.input.service"])
 def test_graph_knows_the_main_modules(mod: str) -> None:
     assert mod in import_graph()
+
+
+# What the small container image (deploy/Dockerfile: no libguestfs, no hivex) runs: input, output,
+# copier and coordinator through `v2v serve`.
+SMALL_IMAGE_MODULES = ("v2v.cli.main", "v2v.cli.fleet_cmd", "v2v.coordinator.service", "v2v.services.input.service",
+                       "v2v.services.output.service", "v2v.services.copier.service")
+REFUSE_GUESTFS = """
+import sys
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name in ("guestfs", "hivex"):
+            raise ImportError(f"{name} is not in the small image")
+sys.meta_path.insert(0, Refuse())
+"""
+
+
+def test_the_small_image_services_import_without_libguestfs() -> None:
+    """The coordinator once imported the verify service (and so guestfs) for a one-line summary, and
+    every small-image container failed at start; the image build checks this too, minutes later."""
+    code = REFUSE_GUESTFS + "".join(f"import {m}\n" for m in SMALL_IMAGE_MODULES)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
+                         cwd=PACKAGE.parent)
+    assert res.returncode == 0, res.stderr[-3000:]

@@ -24,7 +24,7 @@ from v2v.errors import V2VError
 from v2v.events import StepReporter
 from v2v.naming import name_from_path
 from v2v.services.input.locations import input_location
-from v2v.services.verify.service import summary
+from v2v.services.verify.summary import summary
 from v2v.steps import Step
 from v2v.units import human_size
 from v2v.v1 import convert_pb2, coordinator_pb2, copier_pb2, input_pb2, output_pb2, verify_pb2

@@ -22,6 +22,7 @@ from v2v.services.verify.agent import GuestAgent
 from v2v.services.verify.console import LOGIN, PROBE_PREFIX, ConsoleLog, classify
 from v2v.services.verify.probe import add_probe, parse_probe
 from v2v.services.verify.qemu import BootDisk, BootSpec, QemuBoot
+from v2v.services.verify.summary import summary
 from v2v.v1 import convert_pb2, verify_pb2, verify_pb2_grpc
 from v2v.v1 import types_pb2 as pb
 from v2v.workdir import default_root
@@ -98,21 +99,6 @@ def mismatches(req: verify_pb2.VerifyRequest, by: int, obs: verify_pb2.Observed)
         for unit in obs.failed_units:
             found.append(M(kind=M.KIND_FAILED_UNIT, name=unit, message=f"unit {unit} failed"))
     return found
-
-
-def summary(res: verify_pb2.VerifyResult) -> str:
-    """A booted guest in one line, for the step's message and the guest's log: how long, by what,
-    and what it showed (root, NICs, failed units)."""
-    by = verify_pb2.ObservedBy.Name(res.observed_by).removeprefix("OBSERVED_BY_").lower()
-    parts = [f"booted in {res.seconds_to_userspace:.1f} s (observed by {by})"]
-    o = res.observed
-    if o.root_device:
-        parts.append(f"root {o.root_device}")
-    if o.nics:
-        parts.append("nics " + ", ".join(f"{n.name} {n.mac}".strip() for n in o.nics))
-    if res.observed_by == verify_pb2.OBSERVED_BY_PROBE:
-        parts.append("failed units: " + (" ".join(o.failed_units) or "none"))
-    return "; ".join(parts)
 
 
 class BootCheck:
