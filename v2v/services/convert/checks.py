@@ -3,6 +3,8 @@ enough free space for what the conversion writes (virt-v2v's documented minimums
 
 from __future__ import annotations
 
+import shlex
+
 import guestfs
 
 from v2v.errors import V2VError
@@ -15,6 +17,15 @@ MiB = 1 << 20
 FREE_BYTES = {"/": 100 * MiB, "/boot": 50 * MiB}
 FREE_BYTES_OTHER = 10 * MiB
 FREE_INODES = 100
+# udev re-reads a disk's partition table when a writer closes it, removing and re-adding the
+# partition nodes; on a loaded host e2fsck has met that window even after udevadm settle (ENOENT,
+# "Possibly non-existent device?", exit 8) and the check silently did nothing. So wait for the
+# node and try again while e2fsck says the device is missing.
+_E2FSCK = ("for try in 1 2 3 4 5 6 7 8 9 10; do udevadm settle; i=0; "
+           "while [ ! -b {dev} ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; "
+           "out=$(e2fsck -n -f {dev} 2>&1); rc=$?; "
+           "case \"$out\" in *non-existent*) sleep 1 ;; *) break ;; esac; done; "
+           "printf '%s\\n' \"$out\"; echo rc=$rc")
 
 
 def fsck(g: guestfs.GuestFS, insp: pb.Inspection, report: StepReporter) -> None:
@@ -24,12 +35,13 @@ def fsck(g: guestfs.GuestFS, insp: pb.Inspection, report: StepReporter) -> None:
     for mp, dev in sorted(insp.mountpoints.items()):
         try:
             fstype = g.vfs_type(dev)
-        except RuntimeError:
+        except RuntimeError as exc:
+            report.warn(f"{dev} ({mp}): its filesystem type cannot be read, so it is not checked: {exc}", step="fsck")
             continue
         if fstype in ("ext2", "ext3", "ext4"):
             # e2fsck -n: 0 clean, bit 4 errors left uncorrected (it may not correct), 8+ could not
             # check. Partition nodes can lag behind inspection on a loaded host: settle udev first.
-            out = g.debug("sh", [f"udevadm settle; e2fsck -n -f {dev} 2>&1; echo rc=$?"])
+            out = g.debug("sh", [_E2FSCK.format(dev=shlex.quote(dev))])
             rc = int(out.rsplit("rc=", 1)[-1].strip() or 8)
             if rc & 4:
                 raise V2VError(f"filesystem {dev} ({mp}, {fstype}) has errors: repair it in the source guest "
