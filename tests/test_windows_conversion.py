@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -315,6 +316,24 @@ def test_no_firstboot_service_refused_before_anything_is_written(windows_build: 
     rc, err = run_v2v(v2v, "win2k22", image, tmp_path / "out", "--virtio-win", str(windows_build.virtio_win),
                       "--virt-tools-dir", str(empty))
     assert rc != 0 and "rhsrvany.exe" in err and str(empty) in err, err
+    assert not list((tmp_path / "out").iterdir())
+
+
+def test_system_disk_that_is_a_dynamic_disk_is_refused(windows_build: Built, tmp_path: Path, v2v) -> None:  # noqa: ANN001
+    """C: on an LDM partition (MBR type 0x42): virt-v2v does not support it (RHBZ#2140548), nor do we,
+    and we say so before the first write."""
+    image = tmp_path / "dynamic.img"
+    shutil.copyfile(windows_build.guests["win2k22"], image)
+    table = subprocess.run(["sfdisk", "-d", str(image)], capture_output=True, text=True, check=True).stdout
+    ntfs = [m.group(1) for m in re.finditer(r"^\S+?(\d+) : .*type=7\b", table, re.M)]
+    assert ntfs, table
+    for number in ntfs:
+        subprocess.run(["sfdisk", "-q", "--part-type", str(image), number, "42"], check=True)
+    before = sha256(image)
+    rc, err = run_v2v(v2v, "win2k22", image, tmp_path / "out", "--virtio-win", str(windows_build.virtio_win),
+                      "--virt-tools-dir", str(windows_build.virt_tools))
+    assert rc != 0 and "dynamic disk" in err and "basic disk" in err, err
+    assert sha256(image) == before
     assert not list((tmp_path / "out").iterdir())
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import posixpath
+import tarfile
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -126,6 +128,21 @@ class DriverTree:
             self.g.cp(f"{self.mountpoint}/{rel}", dest)
         else:
             self.g.upload(str(Path(self.path) / rel), dest)
+
+    def copy_into(self, files: dict[str, str], target: str) -> None:
+        """Copies each tree file `files[name]` to `target/name`. From a directory on this host in one
+        tar_in: an upload costs ~0.35 s under TCG and a driver set is some 25 files. dereference: the
+        RPM's by-os tree is symlinks into by-driver, and the guest gets the files."""
+        if self.image:
+            for name, rel in sorted(files.items()):
+                self.copy(rel, f"{target}/{name}")
+            return
+        with tempfile.NamedTemporaryFile(suffix=".tar") as tar:
+            with tarfile.open(fileobj=tar, mode="w", dereference=True) as archive:
+                for name, rel in sorted(files.items()):
+                    archive.add(Path(self.path) / rel, arcname=name, recursive=False)
+            tar.flush()
+            self.g.tar_in(tar.name, target)
 
 
 @contextmanager

@@ -21,6 +21,7 @@ from v2v.events import StepReporter
 from v2v.services.convert.checks import check_free_space
 from v2v.services.convert.guest_os import Converted, register
 from v2v.services.convert.guestpath import guest_path
+from v2v.services.convert.inspection import dynamic_disks
 from v2v.services.convert.netconfig import generated_mac
 from v2v.services.convert.registry import REG_DWORD, REG_NONE, REG_QWORD, Hive
 from v2v.services.convert.virtio_win import Selection, location, opened, select
@@ -67,22 +68,6 @@ def rtc_utc(system: Hive, ccs: str, report: StepReporter) -> bool:
         return int.from_bytes(raw, "little") == 1
     report.warn(f"RealTimeIsUniversal has registry type {kind}: assuming the clock is in UTC", step="windows-checks")
     return True
-
-
-def dynamic_disks(g: guestfs.GuestFS) -> list[str]:
-    """Partitions of Windows dynamic disks (LDM): MBR type 0x42 or the GPT LDM types."""
-    ldm_gpt = {"5808C8AA-7E8F-42E0-85D2-E1E90434CFB3", "AF9B60A0-1431-4F62-BC68-3311714A69AD"}
-    found = []
-    for part in g.list_partitions():
-        dev, num = g.part_to_dev(part), g.part_to_partnum(part)
-        try:
-            kind = g.part_get_parttype(dev)
-            if (kind == "msdos" and g.part_get_mbr_id(dev, num) == 0x42) or \
-                    (kind == "gpt" and g.part_get_gpt_type(dev, num).upper() in ldm_gpt):
-                found.append(part)
-        except RuntimeError:
-            continue
-    return found
 
 
 class WindowsConversion:

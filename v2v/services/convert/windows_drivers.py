@@ -46,8 +46,7 @@ def copy_drivers(g: guestfs.GuestFS, tree: DriverTree, sel: Selection, systemroo
     returns that directory's guest path."""
     target = guest_path(g, f"{systemroot}/{_VIRTIO_DIR}")
     g.mkdir_p(target)
-    for name, path in sorted(sel.drivers.items()):
-        tree.copy(path, f"{target}/{name}")
+    tree.copy_into(sel.drivers, target)
     shown = "C:" + systemroot.replace("/", "\\")
     report.note(f"copied {len(sel.drivers)} virtio-win files into {shown}\\Drivers\\VirtIO", step="drivers")
     return target
