@@ -59,6 +59,11 @@ def test_convert_boots_under_virtio(v2v, real_guest, tmp_path):
               and e["step"]["state"] == "STEP_STATE_NOTE"]
     assert len(booted) == 1 and "observed by probe" in booted[0], booted
     assert "root /dev/vda3" in booted[0] and "failed units: none" in booted[0], booted
+    # Strict: the check expected what the conversion kept (the NIC the network step pinned as ens192,
+    # the fstab's / and /boot) and the guest came up with it, or it would have failed at verify.
+    expected = [e["step"]["message"] for e in evs if e.get("step", {}).get("step") == "expect"]
+    assert len(expected) == 1 and expected[0].startswith("NIC ens192 (52:54:00:"), expected
+    assert "mounts /, /boot; no failed unit" in expected[0] and "nics ens192 52:54:00:" in booted[0], booted
     removed = [e["step"]["message"] for e in evs if e.get("step", {}).get("step") == "remove-tools"
                and e["step"]["state"] == "STEP_STATE_NOTE"]
     assert any("removed" in m and "open-vm-tools" in m for m in removed), removed

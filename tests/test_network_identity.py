@@ -55,10 +55,17 @@ def layout(g: guestfs.GuestFS, files: dict[str, str]) -> None:
 
 def keep(g: guestfs.GuestFS, nics: list[pb.Nic], static: list[pb.StaticIp] = ()) -> tuple[list[str], list[str]]:
     """Runs the network step: (the target MACs, its notes)."""
+    macs, _, notes = kept(g, nics, static)
+    return macs, notes
+
+
+def kept(g: guestfs.GuestFS, nics: list[pb.Nic], static: list[pb.StaticIp] = ()) \
+        -> tuple[list[str], list[str], list[str]]:
+    """Runs the network step: (the target MACs, the names the guest gives them, its notes)."""
     events: list[pb.StepEvent] = []
-    macs = NetworkIdentity(g, pb.Source(name="web1", nics=nics), list(static), "web1",
-                           StepReporter("web1", events.append, parent="convert")).run()
-    return macs, [e.message for e in events]
+    nic_ids = NetworkIdentity(g, pb.Source(name="web1", nics=nics), list(static), "web1",
+                              StepReporter("web1", events.append, parent="convert")).run()
+    return [k.mac for k in nic_ids], [k.name for k in nic_ids], [e.message for e in events]
 
 
 def read(g: guestfs.GuestFS, path: str) -> str:
@@ -67,8 +74,8 @@ def read(g: guestfs.GuestFS, path: str) -> str:
 
 def test_debian_keeps_ens192_with_a_link_file_and_a_static_address(g):
     layout(g, IFUPDOWN | SYSTEMD_252)
-    macs, notes = keep(g, [pb.Nic(mac=MAC.upper())], [STATIC])
-    assert macs == [MAC]
+    macs, names, notes = kept(g, [pb.Nic(mac=MAC.upper())], [STATIC])
+    assert macs == [MAC] and names == ["ens192"]
     link = read(g, "/etc/systemd/network/10-v2v-ens192.link")
     assert f"[Match]\nPermanentMACAddress={MAC}\n\n[Link]\nName=ens192\n" in link
     interfaces = read(g, "/etc/network/interfaces")

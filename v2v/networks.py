@@ -37,6 +37,12 @@ def parse_mac(text: str) -> pb.NetworkMapping | pb.StaticIp:
     raise V2VError(f"--mac {text}: {what!r} is not network, bridge or ip", pb.ERROR_CODE_BAD_INPUT)
 
 
+def cidr(s: pb.StaticIp) -> str:
+    """ADDR/PREFIX of a kept address; with no prefix length given, what virt-v2v assumes: /24 for
+    IPv4, /64 for IPv6."""
+    return f"{s.address}/{s.prefix_length or (64 if ':' in s.address else 24)}"
+
+
 def _mapping_for(nic: pb.Nic, mappings: list[pb.NetworkMapping]) -> pb.NetworkMapping | None:
     """The most specific mapping: this MAC, then this source network, then a default of the NIC's
     own type (-n for a network, -b for a bridge), then any default."""

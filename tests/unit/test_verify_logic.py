@@ -10,7 +10,7 @@ import pytest
 
 from v2v.services.verify.console import LOGIN, ConsoleLog, classify
 from v2v.services.verify.probe import parse_probe
-from v2v.services.verify.service import boot_spec, mismatches
+from v2v.services.verify.service import boot_spec, expectations, expected_mounts, expected_nics, mismatches
 from v2v.v1 import types_pb2 as pb
 from v2v.v1 import verify_pb2 as vpb
 
@@ -112,3 +112,21 @@ def test_request_filled_from_target_meta() -> None:
     assert [(d.path, d.format, d.bus) for d in spec.disks] == [("/o/sda", "qcow2", pb.BLOCK_BUS_VIRTIO_SCSI)]
     assert (spec.firmware, spec.secure_boot, spec.machine) == (pb.FIRMWARE_UEFI, True, pb.MACHINE_Q35)
     assert [n.mac for n in spec.nics] == ["52:54:00:00:00:01"]
+
+
+def test_strict_expects_what_the_target_kept() -> None:
+    """With only the TargetMeta, strict mode expects each NIC by the name the network step kept, with
+    the static addresses kept for its MAC (no prefix: virt-v2v's /24), and every fstab mountpoint;
+    what the request names itself comes first and wins for its NIC."""
+    target = pb.TargetMeta(nics=[pb.Nic(mac="52:54:00:00:00:01", guest_name="ens192"),
+                                 pb.Nic(mac="52:54:00:00:00:02", guest_name="ens224"),
+                                 pb.Nic(mac="52:54:00:00:00:03")],
+                           static_ips=[pb.StaticIp(mac="52:54:00:00:00:01", address="192.0.2.10"),
+                                       pb.StaticIp(mac="52:54:00:00:00:01", address="2001:db8::a", prefix_length=48)],
+                           inspection=pb.Inspection(mountpoints={"/": "/dev/sda3", "/boot": "/dev/sda1"}))
+    req = vpb.VerifyRequest(target=target, expected_nics=[vpb.ExpectedNic(name="ens224")], expected_mounts=["/srv"])
+    assert [(n.name, n.mac, list(n.addresses)) for n in expected_nics(req)] == [
+        ("ens224", "", []), ("ens192", "52:54:00:00:00:01", ["192.0.2.10/24", "2001:db8::a/48"])]
+    assert expected_mounts(req) == ["/srv", "/", "/boot"]
+    assert expectations(req) == ("NIC ens224; NIC ens192 (52:54:00:00:00:01, 192.0.2.10/24, 2001:db8::a/48); "
+                                 "mounts /srv, /, /boot; no failed unit")

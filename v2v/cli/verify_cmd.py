@@ -68,8 +68,6 @@ def request_from_target_json(req: verify_pb2.VerifyRequest, path: str) -> None:
         raise V2VError(f"cannot read the target description {path}: {exc}", pb.ERROR_CODE_BAD_INPUT) from None
     req.guest = req.guest or req.target.name
     req.os_type = req.os_type or req.target.inspection.type
-    if req.mode == verify_pb2.VERIFY_MODE_STRICT:  # the guest's fstab, as inspection read it
-        req.expected_mounts.extend(mp for mp in req.target.inspection.mountpoints if mp not in req.expected_mounts)
 
 
 def describe(res: verify_pb2.VerifyResult) -> list[str]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import guestfs
 
@@ -22,6 +22,7 @@ class Converted:
     caps: pb.GuestCaps
     macs: list[str]  # each target NIC's MAC, in the source's order
     static_ips: list[pb.StaticIp]  # what the guest will set at boot: --mac's and what was kept
+    names: list[str] = field(default_factory=list)  # each NIC's name in the guest, as kept ("" = not known)
 
 
 Conversion = Callable[[guestfs.GuestFS, pb.Inspection, convert_pb2.ConvertRequest, StepReporter, list[str]], Converted]

@@ -133,7 +133,7 @@ def convert_linux(g: guestfs.GuestFS, insp: pb.Inspection, request: convert_pb2.
     source = request.source
     # Before the conversion, so an initramfs it rebuilds already holds the NIC names pinned.
     with report.step("network"):
-        macs = NetworkIdentity(g, source, list(request.networks.static_ips), request.target_name or source.name,
+        kept = NetworkIdentity(g, source, list(request.networks.static_ips), request.target_name or source.name,
                                report).run()
     caps = LinuxConversion(g, insp, source, report, mounted, request.options.block_driver).run()
-    return Converted(caps, macs, list(request.networks.static_ips))
+    return Converted(caps, [k.mac for k in kept], list(request.networks.static_ips), [k.name for k in kept])

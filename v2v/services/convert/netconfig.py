@@ -24,6 +24,7 @@ import guestfs
 import yaml
 
 from v2v.events import StepReporter
+from v2v.networks import cidr
 from v2v.v1 import types_pb2 as pb
 
 STEP = "network"
@@ -310,8 +311,8 @@ class Address:
 
     @classmethod
     def of(cls, s: pb.StaticIp) -> Address:
-        version = ipaddress.ip_address(s.address).version
-        return cls(s.address, s.prefix_length or (24 if version == 4 else 64), s.gateway, tuple(s.nameservers), version)
+        ip, prefix = cidr(s).rsplit("/", 1)
+        return cls(ip, int(prefix), s.gateway, tuple(s.nameservers), ipaddress.ip_address(ip).version)
 
     @property
     def cidr(self) -> str:
@@ -428,7 +429,8 @@ class NetworkIdentity:
     def note(self, message: str) -> None:
         self.report.note(message, step=STEP)
 
-    def run(self) -> list[str]:
+    def run(self) -> list[KeptNic]:
+        """Each target NIC's MAC and the name the guest will give it, in the source's order."""
         files = self.read_files()
         found = find_interfaces(files)
         kept = keep_identity([n.mac for n in self.source.nics], found, self.guest)
@@ -449,7 +451,7 @@ class NetworkIdentity:
             found = find_interfaces(files)
         for s in self.static_ips:
             self.write_static(s, kept, found, files)
-        return [k.mac for k in kept]
+        return kept
 
     def read_files(self) -> dict[str, str]:
         files = {}

@@ -32,13 +32,17 @@ from v2v.v1 import types_pb2 as pb
 from v2v.workdir import WorkDir
 
 
-def target_nics(source: pb.Source, caps: pb.GuestCaps, networks: pb.NetworkMap, macs: list[str]) -> list[pb.Nic]:
-    """The mapped target NICs, each with the MAC the network step kept its guest name for."""
+def target_nics(source: pb.Source, caps: pb.GuestCaps, networks: pb.NetworkMap, macs: list[str],
+                names: list[str]) -> list[pb.Nic]:
+    """The mapped target NICs, each with the MAC the network step kept its guest name for, and that
+    name (what strict boot checks expect)."""
     model = {pb.NET_BUS_VIRTIO_NET: pb.NIC_MODEL_VIRTIO, pb.NET_BUS_E1000: pb.NIC_MODEL_E1000,
              pb.NET_BUS_RTL8139: pb.NIC_MODEL_RTL8139}[caps.net_bus]
     nics = map_nics(list(source.nics), networks, model)
     for nic, mac in zip(nics, macs, strict=False):
         nic.mac = mac
+    for nic, name in zip(nics, names, strict=False):
+        nic.guest_name = name
     return nics
 
 
@@ -128,7 +132,7 @@ class ConvertService(convert_pb2_grpc.ConvertServicer):
             inspection=insp,
             caps=caps,
             firmware=source.firmware or insp.firmware,
-            nics=target_nics(source, caps, request.networks, converted.macs),
+            nics=target_nics(source, caps, request.networks, converted.macs, converted.names),
             static_ips=converted.static_ips,
         )
         if workdir is not None:

@@ -18,6 +18,7 @@ from v2v.errors import V2VError
 from v2v.events import step_event
 from v2v.grpcserver import stream_rpc
 from v2v.kvm import kvm_usable
+from v2v.networks import cidr
 from v2v.services.verify.agent import GuestAgent
 from v2v.services.verify.console import LOGIN, PROBE_PREFIX, ConsoleLog, classify
 from v2v.services.verify.probe import add_probe, parse_probe
@@ -67,6 +68,31 @@ def boot_spec(req: verify_pb2.VerifyRequest, accel: str) -> BootSpec:
                     machine=machine, nics=list(req.nics or t.nics), accel=accel, memory_mb=req.memory_mb or 1024)
 
 
+def expected_nics(req: verify_pb2.VerifyRequest) -> list[verify_pb2.ExpectedNic]:
+    """The request's, then what its target says the guest will come up with: each NIC whose name the
+    network step kept, with its MAC and the static addresses kept for that MAC."""
+    given = list(req.expected_nics)
+    t = req.target
+    return given + [verify_pb2.ExpectedNic(name=n.guest_name, mac=n.mac,
+                                           addresses=[cidr(s) for s in t.static_ips
+                                                      if s.mac.lower() == n.mac.lower()])
+                    for n in t.nics if n.guest_name and n.guest_name not in {w.name for w in given}]
+
+
+def expected_mounts(req: verify_pb2.VerifyRequest) -> list[str]:
+    """The request's, then every mountpoint inspection read from the target guest's fstab."""
+    return list(dict.fromkeys([*req.expected_mounts, *sorted(req.target.inspection.mountpoints)]))
+
+
+def expectations(req: verify_pb2.VerifyRequest) -> str:
+    """Strict mode's expectations in one line, e.g. "NIC ens192 (52:54:00:12:34:56, 192.0.2.10/24);
+    mounts /, /boot; no failed unit"."""
+    nics = [f"NIC {n.name} ({', '.join(filter(None, [n.mac, *n.addresses]))})" if n.mac or n.addresses else
+            f"NIC {n.name}" for n in expected_nics(req)]
+    mounts = expected_mounts(req)
+    return "; ".join([*nics, *([f"mounts {', '.join(mounts)}"] if mounts else []), "no failed unit"])
+
+
 def mismatches(req: verify_pb2.VerifyRequest, by: int, obs: verify_pb2.Observed) -> list[verify_pb2.Mismatch]:
     """Strict mode: every expected NIC, address and mount that the guest came up without, and every
     failed unit."""
@@ -75,7 +101,7 @@ def mismatches(req: verify_pb2.VerifyRequest, by: int, obs: verify_pb2.Observed)
         return [M(kind=M.KIND_NOT_OBSERVABLE, message="only the console answered: NICs and mounts cannot be checked")]
     found: list[verify_pb2.Mismatch] = []
     have = ", ".join(n.name for n in obs.nics)
-    for want in req.expected_nics:
+    for want in expected_nics(req):
         nic = next((n for n in obs.nics if n.name == want.name), None) or \
             next((n for n in obs.nics if want.mac and n.mac == want.mac.lower()), None)
         if nic is None:
@@ -93,7 +119,7 @@ def mismatches(req: verify_pb2.VerifyRequest, by: int, obs: verify_pb2.Observed)
                                message=f"NIC {nic.name} lacks {addr} (has: {', '.join(nic.addresses) or 'none'})"))
     if by == verify_pb2.OBSERVED_BY_PROBE:  # the agent reports neither mounts nor units
         mounted = {m.mountpoint for m in obs.mounts}
-        for mp in req.expected_mounts:
+        for mp in expected_mounts(req):
             if mp not in mounted:
                 found.append(M(kind=M.KIND_MOUNT_MISSING, name=mp, expected=mp, message=f"{mp} is not mounted"))
         for unit in obs.failed_units:
@@ -137,6 +163,8 @@ class BootCheck:
         accel, may_fall_back = choose_accel(self.req.accelerator)
         spec = boot_spec(self.req, accel)
         self.root.mkdir(parents=True, exist_ok=True)
+        if self.req.mode == verify_pb2.VERIFY_MODE_STRICT:  # said before the boot, so a watcher knows what counts
+            self._step("expect", pb.STEP_STATE_NOTE, message=expectations(self.req))
         t0 = time.monotonic()
         with QemuBoot(spec, self.root) as boot:
             self.boot = boot
