@@ -49,6 +49,7 @@ class Step(StrEnum):
     COPY = "copy"
     VERIFY = "verify"  # the copier's read-back (parent copy), and the boot check (docs/verify.md)
     PROBE = "probe"  # the boot check: its probe put on the overlay
+    EXPECT = "expect"  # the boot check, strict: what it requires (a note)
     # The coordinator's clean-up after the phases (notes and warnings only)
     CLOSE = "close"
     ABORT = "abort"

@@ -11,6 +11,7 @@ import pytest
 from v2v.services.verify.console import LOGIN, ConsoleLog, classify
 from v2v.services.verify.probe import parse_probe
 from v2v.services.verify.service import boot_spec, expectations, expected_mounts, expected_nics, mismatches
+from v2v.services.verify.summary import summary
 from v2v.v1 import types_pb2 as pb
 from v2v.v1 import verify_pb2 as vpb
 
@@ -61,6 +62,7 @@ PROBE_LINE = {
     "failed_units": ["foo.service"],
     "os": {"id": "debian", "name": "Debian GNU/Linux 12 (bookworm)", "version": "12", "kernel": "6.1.0-50-amd64",
            "hostname": "debian12-vmware"},
+    "firmware": "uefi",
 }
 
 
@@ -72,9 +74,20 @@ def test_probe_line_parsed() -> None:
                                                                          ("/boot", "/dev/vda1", "ext4")]
     assert [(n.name, n.mac, list(n.addresses)) for n in obs.nics] == [
         ("ens2", "00:50:56:a1:b2:c3", ["192.0.2.10/24", "fe80::250:56ff:fea1:b2c3/64"])]
-    assert list(obs.failed_units) == ["foo.service"]
+    assert list(obs.failed_units) == ["foo.service"] and obs.firmware == pb.FIRMWARE_UEFI
     assert (obs.os.id, obs.os.version, obs.os.kernel, obs.os.hostname) == ("debian", "12", "6.1.0-50-amd64",
                                                                             "debian12-vmware")
+
+
+def test_summary_says_what_the_probe_saw() -> None:
+    """The verify step's note: root, the block-device mounts, NICs with their addresses but the
+    link-local ones, failed units."""
+    obs = parse_probe(json.dumps(PROBE_LINE))
+    res = vpb.VerifyResult(observed_by=vpb.OBSERVED_BY_PROBE, seconds_to_userspace=41.24, observed=obs)
+    res.observed.mounts.add(mountpoint="/run/credentials/x.service", device="ramfs", fstype="ramfs")
+    assert summary(res) == ("booted in 41.2 s (observed by probe); firmware UEFI; root /dev/vda3; mounts / "
+                            "/dev/vda3, /boot /dev/vda1; nics ens2 00:50:56:a1:b2:c3 192.0.2.10/24; failed units: "
+                            "foo.service")
 
 
 def test_probe_fallback_nics_without_addresses() -> None:

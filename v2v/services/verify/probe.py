@@ -52,12 +52,13 @@ if command -v systemctl >/dev/null; then
         failed="$failed${failed:+,}\"$(esc "$u")\""
     done
 fi
+if [ -d /sys/firmware/efi ]; then firmware=uefi; else firmware=bios; fi
 . /etc/os-release 2>/dev/null
 os="{\"id\":\"$(esc "$ID")\",\"name\":\"$(esc "$PRETTY_NAME")\",\"version\":\"$(esc "$VERSION_ID")\""
 os="$os,\"kernel\":\"$(uname -r)\",\"hostname\":\"$(esc "$(hostname)")\"}"
 nics=$(printf '%s' "$nics" | tr -d '\n')
 line="{\"v2v_probe\":1,\"root\":\"$(esc "$root")\",\"mounts\":[$mounts],\"nics\":$nics"
-line="$line,\"failed_units\":[$failed],\"os\":$os}"
+line="$line,\"failed_units\":[$failed],\"os\":$os,\"firmware\":\"$firmware\"}"
 if [ -e $port ]; then printf '%s\n' "$line" > $port; else printf 'V2V-PROBE %s\n' "$line" > /dev/ttyS0; fi
 """
 
@@ -170,6 +171,8 @@ def parse_probe(line: str) -> verify_pb2.Observed | None:
             continue
         addrs = [f"{a['local']}/{a['prefixlen']}" for a in n.get("addr_info", []) if "local" in a]
         obs.nics.add(name=name, mac=str(n.get("address", "")).lower(), addresses=addrs)
+    obs.firmware = {"uefi": pb.FIRMWARE_UEFI, "bios": pb.FIRMWARE_BIOS}.get(str(doc.get("firmware")),
+                                                                            pb.FIRMWARE_UNSPECIFIED)
     os_doc = doc.get("os", {})
     obs.os.CopyFrom(verify_pb2.OsInfo(id=str(os_doc.get("id", "")), name=str(os_doc.get("name", "")),
                                       version=str(os_doc.get("version", "")), kernel=str(os_doc.get("kernel", "")),
