@@ -111,6 +111,10 @@ class ChangedBlockSource(ABC):
         """Stops whatever writes to the disk, if it can."""
         raise V2VError(f"{self.what}: cannot stop this source: stop it first", pb.ERROR_CODE_BAD_INPUT)
 
+    def resume(self) -> None:
+        """Lets what stop() stopped run on (a rollback)."""
+        raise V2VError(f"{self.what}: cannot resume this source: start it yourself", pb.ERROR_CODE_UNSUPPORTED)
+
 
 class BitmapQemuNbd(QemuNbd):
     """qemu-nbd serving a qcow2 file read-only, with one of its bitmaps as a dirty-bitmap context."""
@@ -327,6 +331,10 @@ class QmpBitmaps(ChangedBlockSource):
     def stop(self) -> None:
         with self._qmp() as q:
             q.execute("stop")
+
+    def resume(self) -> None:
+        with self._qmp() as q:
+            q.execute("cont")
 
 
 def open_source(source: warm_pb2.WarmSource, index: int, workdir: WorkDir) -> ChangedBlockSource:

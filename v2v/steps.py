@@ -60,6 +60,7 @@ class Step(StrEnum):
     SERVE = "serve"  # the output serving a Setup's disks again for a round
     STOP_SOURCE = "stop-source"
     CUTOVER = "cutover"
+    ROLLBACK = "rollback"  # a cutover whose boot check failed: the sources it paused resumed
     # No step of a guest: the CLI's own call failed before any step ran
     COORDINATOR = "coordinator"
     SERVICE = "service"

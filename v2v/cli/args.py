@@ -66,9 +66,7 @@ def conversion_parser() -> argparse.ArgumentParser:
     p.add_argument("-on", dest="output_name", default="", metavar="NAME", help="rename the guest on the target")
     p.add_argument("--root", default="ask", metavar="ask|single|first|/dev/X",
                    help="which OS to convert when the disks hold several (ask = single: fail and list them)")
-    p.add_argument("--verify-boot", nargs="?", const="basic", default="", choices=sorted(k for k in VERIFY_BOOT if k),
-                   help="after the conversion, boot the target once on throw-away overlays and fail the guest if it "
-                        "does not come up (strict: also its NIC names, addresses and mounts; docs/verify.md)")
+    add_verify_boot(p)
     p.add_argument("--block-driver", choices=sorted(BLOCK_DRIVERS), default="virtio-blk",
                    help="the converted guest's disk bus when its kernel has virtio (virtio-scsi keeps sdX names)")
     p.add_argument("--virtio-win", default=default_virtio_win(),
@@ -114,6 +112,13 @@ VERIFY_BOOT = {"": verify_pb2.VERIFY_MODE_UNSPECIFIED, "basic": verify_pb2.VERIF
                "strict": verify_pb2.VERIFY_MODE_STRICT}
 # --block-driver: virt-v2v's names.
 BLOCK_DRIVERS = {"virtio-blk": pb.BLOCK_BUS_VIRTIO_BLK, "virtio-scsi": pb.BLOCK_BUS_VIRTIO_SCSI}
+
+
+def add_verify_boot(p: argparse.ArgumentParser) -> None:
+    """--verify-boot[=strict], for a conversion and for a warm cutover."""
+    p.add_argument("--verify-boot", nargs="?", const="basic", default="", choices=sorted(k for k in VERIFY_BOOT if k),
+                   help="after the conversion, boot the target once on throw-away overlays and fail the guest if it "
+                        "does not come up (strict: also its NIC names, addresses and mounts; docs/verify.md)")
 
 
 def service_path(path: str) -> str:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from google.protobuf import json_format
 
-from v2v.cli.args import answer_plugin_help
+from v2v.cli.args import VERIFY_BOOT, add_verify_boot, answer_plugin_help
 from v2v.cli.display import HumanDisplay, MachineDisplay
 from v2v.cli.outputs import output_spec
 from v2v.cli.standalone import (
@@ -57,6 +57,8 @@ def warm_stub(a: argparse.Namespace) -> Iterator[warm_pb2_grpc.WarmStub]:
             ch.close()
         return
     given = {s: getattr(a, f"{s}_service") for s in WARM_PHASES}
+    if getattr(a, "verify_boot", ""):  # the boot check's service too: $V2V_VERIFY, else one started here
+        given["verify"] = os.environ.get("V2V_VERIFY", "")
     with embedded_warm(given, Path(a.workdir_root).resolve() if a.workdir_root else None) as stub:
         yield stub
 
@@ -147,6 +149,10 @@ def parser() -> argparse.ArgumentParser:
     cutover = sub.add_parser("cutover", help="last round with the source stopped, convert, finalize")
     cutover.add_argument("--stop-source", action="store_true",
                          help="pause a running qemu source first (crash-consistent, as pulling the plug)")
+    add_verify_boot(cutover)
+    cutover.add_argument("--rollback", choices=["on-verify-failure"], default="",
+                         help="if the boot check fails, resume the source that --stop-source paused (the target is "
+                              "kept either way)")
     sub.add_parser("status", help="print the migration's state (v2v.v1.WarmState, protobuf JSON)")
     for s in (precopy, cutover, sub.choices["status"]):
         s.add_argument("workdir", help="the work directory `v2v warm start` printed: its name, or its path "
@@ -179,7 +185,9 @@ def warm_main(argv: Sequence[str]) -> int:
             elif a.command == "precopy":
                 calls = [lambda: stub.Precopy(warm_pb2.PrecopyRequest(workdir=a.workdir))] * max(a.rounds, 1)
             else:
-                calls = [lambda: stub.Cutover(warm_pb2.CutoverRequest(workdir=a.workdir, stop_source=a.stop_source))]
+                calls = [lambda: stub.Cutover(warm_pb2.CutoverRequest(
+                    workdir=a.workdir, stop_source=a.stop_source, verify_boot=VERIFY_BOOT[a.verify_boot],
+                    rollback=warm_pb2.ROLLBACK_ON_VERIFY_FAILURE if a.rollback else warm_pb2.ROLLBACK_UNSPECIFIED))]
             for n, call in enumerate(calls):
                 began = time.monotonic()
                 for ev in call():

@@ -9,7 +9,6 @@ retry from "setup" does not convert again; `release()` closes them."""
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
@@ -19,12 +18,12 @@ from typing import Any, Protocol
 
 import grpc
 
+from v2v.coordinator.bootcheck import VERIFY_SLOTS, boot_verdict, no_verify_service
 from v2v.coordinator.clients import PhaseClients
 from v2v.errors import V2VError
 from v2v.events import StepReporter
 from v2v.naming import name_from_path
 from v2v.services.input.locations import input_location
-from v2v.services.verify.summary import summary
 from v2v.steps import Step
 from v2v.units import human_size
 from v2v.v1 import convert_pb2, coordinator_pb2, copier_pb2, input_pb2, output_pb2, verify_pb2
@@ -33,7 +32,6 @@ from v2v.workdir import WorkDir
 
 # Boot checks running at once in this coordinator: each boots a guest (a CPU, its memory).
 # $V2V_VERIFY_BOOTS, default 1.
-VERIFY_SLOTS = threading.BoundedSemaphore(max(1, int(os.environ.get("V2V_VERIFY_BOOTS", "1") or 1)))
 
 EventSink = Callable[[pb.Event], None]
 RESUMABLE_STEPS = (Step.OPEN, Step.SETUP)  # where a run may start: from scratch, or from a kept conversion
@@ -259,28 +257,13 @@ class GuestRun:
         nothing could check (Windows without an agent) is a warning, never a pass."""
         with self.phase(Step.VERIFY):
             if self.clients.verify is None:
-                raise V2VError("this worker has no verify service (give it verify@ADDR, or run the services "
-                               "embedded)", pb.ERROR_CODE_SERVICE_UNAVAILABLE)
+                raise no_verify_service("this worker (verify@ADDR in --worker)")
             request = verify_pb2.VerifyRequest(guest=self.name, target=target, mode=self.job.verify_boot,
                                                accelerator=self.job.convert.accelerator)
             with VERIFY_SLOTS:
-                result = None
                 call = self.clients.verify.VerifyBoot(request)
                 self._track(call)
-                for ev in call:
-                    if ev.HasField("result"):
-                        result = ev.result
-                    elif ev.step.parent:  # the service's own verify step is this phase's
-                        self.sink(pb.Event(step=ev.step))
-            if result is None:
-                raise V2VError("the verify service ended without a result", pb.ERROR_CODE_INTERNAL)
-            if result.outcome == verify_pb2.VERIFY_OUTCOME_BOOTED:
-                self.report.note(summary(result), step=Step.VERIFY)
-            elif result.outcome == verify_pb2.VERIFY_OUTCOME_NOT_CHECKED:
-                self.report.warn(f"boot not checked: {result.message}", step=Step.VERIFY)
-            else:
-                raise V2VError(f"the converted guest did not boot: {result.message}", pb.ERROR_CODE_BOOT_FAILED,
-                               detail="\n".join(result.console_tail))
+                boot_verdict(call, lambda step: self.sink(pb.Event(step=step)), self.report)
 
     def _converted_by(self, result: convert_pb2.ConvertResult) -> Converted:
         assert self._workdir is not None and self.source is not None

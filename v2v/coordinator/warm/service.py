@@ -28,6 +28,7 @@ import grpc
 from google.protobuf import duration_pb2
 
 from v2v.changed_blocks import FIRST_CHECKPOINT, ChangedBlockSource, Changes, next_checkpoint, open_source
+from v2v.coordinator.bootcheck import VERIFY_SLOTS, boot_verdict, no_verify_service
 from v2v.coordinator.phases import OpenedGuest, PhaseServices, convert_guest
 from v2v.errors import V2VError, from_rpc_error
 from v2v.events import StepReporter
@@ -35,7 +36,17 @@ from v2v.grpcserver import channel, rpc, stream_rpc
 from v2v.naming import name_from_path
 from v2v.steps import Step
 from v2v.streaming import stream_events
-from v2v.v1 import copier_pb2, copier_pb2_grpc, input_pb2, output_pb2, output_pb2_grpc, warm_pb2, warm_pb2_grpc
+from v2v.v1 import (
+    copier_pb2,
+    copier_pb2_grpc,
+    input_pb2,
+    output_pb2,
+    output_pb2_grpc,
+    verify_pb2,
+    verify_pb2_grpc,
+    warm_pb2,
+    warm_pb2_grpc,
+)
 from v2v.v1 import types_pb2 as pb
 from v2v.workdir import WorkDir
 
@@ -273,7 +284,9 @@ class Migration:
 
     # ------------------------------------------------------------------ cutover
 
-    def stop_sources(self, stop: bool) -> None:
+    def stop_sources(self, stop: bool) -> list[ChangedBlockSource]:
+        """The sources still running, stopped (with `stop`), or refused; returns those it stopped."""
+        stopped = []
         for source in self.sources:
             if not source.running():
                 continue
@@ -281,12 +294,14 @@ class Migration:
                 raise V2VError(f"{source.what} is still running: shut the guest down (or pass --stop-source to "
                                "pause it) before cutover", pb.ERROR_CODE_BAD_INPUT)
             source.stop()
+            stopped.append(source)
+        return stopped
 
-    def cutover(self, stop_source: bool) -> None:
+    def cutover(self, request: warm_pb2.CutoverRequest) -> None:
         st = self.state
         started = time.monotonic()
         with self.phase(Step.STOP_SOURCE):
-            self.stop_sources(stop_source)
+            stopped = self.stop_sources(request.stop_source)
         self.delta_round(Step.CUTOVER)
         for disk, source in zip(st.disks, self.sources, strict=True):
             source.end(disk.checkpoint)
@@ -317,9 +332,44 @@ class Migration:
             files = self.output().Finalize(output_pb2.FinalizeRequest(workdir=st.workdir, guest=st.guest,
                                                                       output=st.output, target=target)).files
         st.files[:] = files
+        if request.verify_boot:
+            try:
+                self.verify(target, request.verify_boot)
+            except V2VError as err:
+                if err.code == pb.ERROR_CODE_CANCELLED:
+                    raise
+                # The check failed, or could not run: either way nothing proved the target boots.
+                st.phase = warm_pb2.WARM_PHASE_VERIFY_FAILED
+                self.save()
+                err.message += "; the converted target is kept for inspection"
+                if request.rollback == warm_pb2.ROLLBACK_ON_VERIFY_FAILURE:
+                    err.message += f"; rollback: {self.roll_back(stopped)}"
+                raise
         st.downtime.CopyFrom(duration(time.monotonic() - started))
         st.phase = warm_pb2.WARM_PHASE_DONE
         self.save()
+
+    def verify(self, target: pb.TargetMeta, mode: verify_pb2.VerifyMode) -> None:
+        """The cutover's boot check (docs/verify.md), while the source is still stopped."""
+        with self.phase(Step.VERIFY):
+            if not self.addresses.get("verify"):
+                raise no_verify_service("this Warm service ($V2V_VERIFY)")
+            request = verify_pb2.VerifyRequest(guest=self.state.guest, target=target, mode=mode,
+                                               accelerator=self.state.convert.accelerator)
+            with VERIFY_SLOTS:
+                call = verify_pb2_grpc.VerifyStub(self._channel("verify")).VerifyBoot(request)
+                with self.cancellation.tracking(call):
+                    boot_verdict(call, lambda step: self.sink(warm_pb2.WarmEvent(step=step)), self.report)
+
+    def roll_back(self, stopped: list[ChangedBlockSource]) -> str:
+        """The sources this cutover paused, resumed; says what it did, for the guest's error."""
+        if not stopped:
+            return "cutover stopped no source (it was shut down before): start the source guest yourself"
+        with self.report.step(Step.ROLLBACK):
+            for source in stopped:
+                source.resume()
+                self.report.note(f"{source.what} resumed: the source guest runs on", step=Step.ROLLBACK)
+        return "the source guest was resumed and runs on"
 
     def close(self) -> None:
         for ch in self._channels:
@@ -376,7 +426,7 @@ class WarmService(warm_pb2_grpc.WarmServicer):
                 cancellation: Cancellation | None = None) -> warm_pb2.WarmState:
         state = self.expect(load(request.workdir, self.root), warm_pb2.WARM_PHASE_PRECOPY, Step.CUTOVER)
         with self._migration(state, sink, cancellation) as m:
-            m.cutover(request.stop_source)
+            m.cutover(request)
         return state
 
     @staticmethod
@@ -426,4 +476,4 @@ def serve_warm(root: Path | None = None) -> tuple[WarmService, Callable[..., Non
     addresses = {s: os.environ.get(f"V2V_{s.upper()}", "") for s in WARM_PHASES}
     if missing := [s for s, a in addresses.items() if not a]:
         raise ValueError(f"v2v serve warm: set {', '.join(f'V2V_{s.upper()}' for s in missing)}")
-    return warm_servicer(addresses, root)
+    return warm_servicer(addresses | {"verify": os.environ.get("V2V_VERIFY", "")}, root)
