@@ -66,6 +66,12 @@ def _raise(message: str) -> NoReturn:
     raise _PlanError(message)
 
 
+def _names(keys: Any) -> str:
+    """Keys for a message, on one line: a key that is not plain text (None, a number, one with a
+    newline) as its repr."""
+    return ", ".join(k if isinstance(k, str) and k.isprintable() and k else repr(k) for k in sorted(keys, key=str))
+
+
 def _merge(defaults: dict[str, Any], guest: dict[str, Any]) -> dict[str, Any]:
     """The guest's keys over the defaults', one level into the sections (lists are replaced). A
     `job:` guest is whole already: defaults do not apply to it."""
@@ -117,7 +123,7 @@ def _fields(cls: type, section: str, keys: dict[str, str], options: Any) -> dict
     found: dict[str, Any] = {}
     for key, value in options.items():
         if key not in keys:
-            _raise(f"{section}.{key}: unknown option (known: {', '.join(keys)})")
+            _raise(f"{section}.{_names([key])}: unknown option (known: {', '.join(keys)})")
         dest, where = keys[key], f"{section}.{key}" if section else key
         found[dest] = _typed(where, hints[dest], value)
         if dest in CHOICES and found[dest] not in CHOICES[dest]:
@@ -141,7 +147,7 @@ def _guest_job(guest: dict[str, Any]) -> coordinator_pb2.GuestJob:
         extra = set(guest) - JOB_KEYS
         if extra:
             _raise(f"job: a GuestJob stands alone, with only name and priority beside it "
-                   f"(found {', '.join(sorted(extra))})")
+                   f"(found {_names(extra)})")
         if not isinstance(guest["job"], dict):
             _raise(f"job: expected a GuestJob in protobuf JSON form (a mapping), not {guest['job']!r}")
         job = coordinator_pb2.GuestJob()
@@ -158,22 +164,33 @@ def _guest_job(guest: dict[str, Any]) -> coordinator_pb2.GuestJob:
     return job
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's error on one line, with where it is: its own text spans several (the context, the
+    problem, each with its position)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return " ".join(f"{getattr(exc, 'problem', None) or exc}{where}".split())
+
+
 def parse_plan(text: str, origin: str = "plan") -> Plan:
     """The plan's guests as jobs, in the plan's order; errors name the guest and the option."""
     try:
         doc = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise V2VError(f"{origin}: not valid YAML: {exc}", pb.ERROR_CODE_BAD_INPUT) from None
+        raise V2VError(f"{origin}: not valid YAML: {yaml_problem(exc)}", pb.ERROR_CODE_BAD_INPUT) from None
     if not isinstance(doc, dict) or not isinstance(doc.get("guests"), list) or not doc["guests"]:
         raise V2VError(f"{origin}: expected a mapping with a non-empty `guests:` list", pb.ERROR_CODE_BAD_INPUT)
     unknown = set(doc) - {"defaults", "guests", "limits"}
     if unknown:
-        raise V2VError(f"{origin}: unknown section(s) {', '.join(sorted(unknown))} (known: defaults, guests, limits)",
+        raise V2VError(f"{origin}: unknown section(s) {_names(unknown)} (known: defaults, guests, limits)",
                        pb.ERROR_CODE_BAD_INPUT)
     limits = doc.get("limits") or {}
     if not isinstance(limits, dict) or set(limits) - LIMIT_KEYS:
         raise V2VError(f"{origin}: limits: known keys are {', '.join(sorted(LIMIT_KEYS))}", pb.ERROR_CODE_BAD_INPUT)
     defaults = doc.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise V2VError(f"{origin}: defaults: expected a mapping of a guest's keys, not {defaults!r}",
+                       pb.ERROR_CODE_BAD_INPUT)
     jobs, names = [], set()
     for n, entry in enumerate(doc["guests"]):
         where = f"{origin}: guest {n + 1}"
@@ -186,7 +203,7 @@ def parse_plan(text: str, origin: str = "plan") -> Plan:
             where = f"{origin}: guest {named or n + 1}"
             unknown = set(guest) - GUEST_KEYS
             if unknown:
-                _raise(f"unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(GUEST_KEYS))})")
+                _raise(f"unknown key(s) {_names(unknown)} (known: {', '.join(sorted(GUEST_KEYS))})")
             job = _guest_job(guest)
         except _PlanError as exc:
             raise V2VError(f"{where}: {exc}", pb.ERROR_CODE_BAD_INPUT) from None

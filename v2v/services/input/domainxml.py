@@ -123,6 +123,8 @@ def parse_xml(data: bytes, where: str) -> ET.Element:
     except ET.ParseError as exc:
         line, col = exc.position
         raise _bad(where, f"not XML (line {line}, column {col}: {str(exc).split(':')[0]})") from None
+    except LookupError as exc:  # <?xml encoding="..."?> names no codec Python has
+        raise _bad(where, f"not readable XML ({exc})") from None
 
 
 def memory_bytes(where: str, el: ET.Element) -> int:

@@ -107,6 +107,8 @@ def safe_relative(name: str, where: str, what: str) -> str:
     if "://" in name:
         raise V2VError(f"{where}: {what} {name!r} is a URL; v2v reads only files inside the OVA",
                        pb.ERROR_CODE_BAD_INPUT)
+    if not name.isprintable():  # a newline or control character in a name would forge lines in logs and errors
+        raise V2VError(f"{where}: unsafe {what} {name!r} (control characters)", pb.ERROR_CODE_BAD_INPUT)
     parts = name.replace("\\", "/").split("/")
     if not name or name.startswith(("/", "\\")) or ".." in parts or re.match(r"[A-Za-z]:", name):
         raise V2VError(f"{where}: unsafe {what} {name!r} (absolute or with '..')", pb.ERROR_CODE_BAD_INPUT)
@@ -136,6 +138,8 @@ def _parse_xml(data: bytes, where: str) -> Element:
                        pb.ERROR_CODE_BAD_INPUT) from None
     except ParseError as exc:
         raise V2VError(f"{where}: not well-formed XML ({exc})", pb.ERROR_CODE_BAD_INPUT) from None
+    except LookupError as exc:  # <?xml encoding="..."?> names no codec Python has
+        raise V2VError(f"{where}: not readable XML ({exc})", pb.ERROR_CODE_BAD_INPUT) from None
 
 
 def _virtual_system(root: Element, where: str) -> Element:
