@@ -99,6 +99,25 @@ HEAVY_FIRST = ("test_variant_guest", "test_e2e", "test_windows_conversion", "tes
                "test_output_qemu", "test_copy_while_converting")
 
 
+# Modules that share the session's `converted` conversion go to one worker, one after another: on
+# two, the second waited about five minutes, idle, while the first converted it.
+SAME_WORKER = {"test_verify": "converted", "test_output_libvirt": "converted", "test_output_qemu": "converted"}
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """--dist loadfile with the SAME_WORKER modules as one unit of work (at the place of the first)."""
+    if config.getoption("dist", None) != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class GroupedFileScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = super()._split_scope(nodeid)
+            return SAME_WORKER.get(Path(module).stem, module)
+
+    return GroupedFileScheduling(config, log)  # type: ignore[arg-type]
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.stem, len(HEAVY_FIRST)))  # stable: a module stays whole

@@ -26,7 +26,7 @@ def test_convert_boots_under_virtio(v2v, real_guest, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     r = v2v("-i", "disk", str(real_guest), "-o", "local", "-os", str(out), "-of", "qcow2", "--machine-readable",
-            "--accel", "tcg", "--verify-boot")
+            "--accel", "tcg", "--verify-boot=strict")
     assert r.rc == 0, r.stderr
     evs = events(r.stdout)
     status = evs[-1]["status"]

@@ -61,7 +61,7 @@ def test_variant_converts_and_boots_uefi(v2v, variant_guest, tmp_path):
     # the ESP on vda, /home on the second disk as vdb; the vmxnet3 NIC's name and static address,
     # kept on virtio-net with the .vmx's MAC.
     booted = notes["verify"]
-    assert "observed by probe; firmware UEFI; root /dev/mapper/vg0-root;" in booted, booted
+    assert "(observed by probe); firmware UEFI; root /dev/mapper/vg0-root;" in booted, booted
     for mount in ("/ /dev/mapper/vg0-root", "/boot /dev/vda2", "/boot/efi /dev/vda1", "/home /dev/vdb1"):
         assert mount in booted, booted
     assert "nics ens160 00:50:56:a1:b2:c3 192.168.122.50/24" in booted and "failed units: none" in booted, booted
