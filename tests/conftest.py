@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,6 +105,7 @@ HEAVY_FIRST = ("test_variant_guest", "test_e2e", "test_windows_conversion", "tes
 SAME_WORKER = {"test_verify": "converted", "test_output_libvirt": "converted", "test_output_qemu": "converted"}
 
 
+@pytest.hookimpl(optionalhook=True)  # xdist's hook: unknown (and fine) when xdist is not loaded
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
     """--dist loadfile with the SAME_WORKER modules as one unit of work (at the place of the first)."""
     if config.getoption("dist", None) != "loadfile":
@@ -260,3 +262,18 @@ def write_target(target: pb.TargetMeta, disks: list[Path], spec: output_pb2.Outp
         raise
     finally:
         inputs.close(wd.name)
+
+
+@contextmanager
+def tiny_filesystem(path: Path, size: str = "3M", options: str = "") -> Iterator[Path]:
+    """A small tmpfs (`options`: also ro): target storage that fills up in the middle of a copy, or
+    that cannot be written."""
+    path.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}{options}", "tmpfs", str(path)],
+                         capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {res.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import V2V
+from tests.conftest import V2V, tiny_filesystem
 from v2v.cli.plan import parse_plan
 from v2v.client import FleetClient
 from v2v.coordinator.scheduler import Worker
@@ -56,20 +56,6 @@ def convertible(phony: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run(["guestfish", "-a", str(image), "-i", "glob", "upload", str(work / "initrd.gz"),
                     "/boot/initrd.img-*"], check=True, capture_output=True)
     return image
-
-
-@contextmanager
-def tiny_filesystem(path: Path, size: str = "3M") -> Iterator[Path]:
-    """A small tmpfs: a target storage that fills up in the middle of a copy."""
-    path.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True,
-                         text=True, check=False)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {res.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def plan_text(guests: list[dict], out: Path, **defaults: object) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import threading
@@ -11,6 +12,7 @@ from pathlib import Path
 from v2v.nbdclient import location_uri
 from v2v.process import Process
 from v2v.v1 import copier_pb2
+from v2v.v1 import types_pb2 as pb
 
 # nbdcopy --progress=FD writes "N/100\n", N the integer percentage. It writes a line only when it
 # hands out another 128 MiB work range (and "100/100" at the end), so small disks jump 0 -> 100.
@@ -81,7 +83,12 @@ class Nbdcopy:
         rc = self.process.wait()
         self._reader.join()
         if rc != 0:
-            raise self.process.failure(f"copying disk {self.copy.disk} from {self.copy.source} to {self.copy.target}")
+            err = self.process.failure(f"copying disk {self.copy.disk} from {self.copy.source} to {self.copy.target}")
+            if os.strerror(errno.ENOSPC) in err.detail:  # the output's storage filled up (libnbd's ENOSPC)
+                err.code = pb.ERROR_CODE_NO_SPACE
+                err.message = (f"the target of disk {self.copy.disk} ({self.copy.target}) is full (No space left "
+                               "on device): make room on the output storage, or choose another, and run again")
+            raise err
 
     def kill(self) -> None:
         self.killed = True

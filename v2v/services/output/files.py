@@ -33,7 +33,8 @@ def output_directory(spec: output_pb2.OutputSpec) -> Path:
     if not directory.is_dir():
         raise V2VError(f"-os {directory}: is not a directory", pb.ERROR_CODE_BAD_INPUT)
     if not os.access(directory, os.W_OK | os.X_OK):
-        raise V2VError(f"-os {directory}: cannot write to it (permission denied)", pb.ERROR_CODE_BAD_INPUT)
+        why = "a read-only filesystem" if os.statvfs(directory).f_flag & os.ST_RDONLY else "permission denied"
+        raise V2VError(f"-os {directory}: cannot write to it ({why})", pb.ERROR_CODE_BAD_INPUT)
     return directory
 
 
@@ -47,9 +48,14 @@ def disk_format(spec: output_pb2.OutputSpec) -> str:
     return fmt
 
 
+# Storage the user named that cannot be written is theirs to fix: BAD_INPUT, not an internal error.
+_USER_STORAGE = {errno.EROFS: pb.ERROR_CODE_BAD_INPUT, errno.EACCES: pb.ERROR_CODE_BAD_INPUT,
+                 errno.EPERM: pb.ERROR_CODE_BAD_INPUT, errno.ENOSPC: pb.ERROR_CODE_NO_SPACE}
+
+
 def os_error(what: str, exc: OSError) -> V2VError:
-    code = pb.ERROR_CODE_NO_SPACE if exc.errno == errno.ENOSPC else pb.ERROR_CODE_INTERNAL
-    return V2VError(f"{what}: {exc.strerror}", code, detail=str(exc))
+    return V2VError(f"{what}: {exc.strerror}", _USER_STORAGE.get(exc.errno or 0, pb.ERROR_CODE_INTERNAL),
+                    detail=str(exc))
 
 
 def target_exists(paths: list[Path]) -> V2VError:
