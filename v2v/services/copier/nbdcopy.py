@@ -5,18 +5,22 @@ from __future__ import annotations
 import errno
 import os
 import re
+import subprocess
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+from v2v.errors import V2VError
 from v2v.nbdclient import location_uri
-from v2v.process import Process
+from v2v.process import Process, tail
 from v2v.v1 import copier_pb2
 from v2v.v1 import types_pb2 as pb
 
 # nbdcopy --progress=FD writes "N/100\n", N the integer percentage. It writes a line only when it
 # hands out another 128 MiB work range (and "100/100" at the end), so small disks jump 0 -> 100.
 _PROGRESS_LINE = re.compile(r"(\d+)/100")
+DEFAULT_STALL_SECONDS = 600
 
 
 def parse_progress(line: str) -> int | None:
@@ -38,6 +42,7 @@ class Nbdcopy:
         self.process: Process | None = None
         self.killed = False  # stopped on purpose (cancel, another disk failed), not failed
         self._reader: threading.Thread | None = None
+        self._moved_at = time.monotonic()  # the last progress line (or the start)
 
     def command(self, progress_fd: int) -> list[str]:
         opts = self.options
@@ -72,6 +77,7 @@ class Nbdcopy:
             for line in pipe:
                 pct = parse_progress(line)
                 if pct is not None:
+                    self._moved_at = time.monotonic()
                     self.on_progress(pct)
 
     def running(self) -> bool:
@@ -80,7 +86,19 @@ class Nbdcopy:
     def wait(self) -> None:
         """Waits for the copy to end and for its last progress report; raises if nbdcopy failed."""
         assert self.process is not None and self._reader is not None
-        rc = self.process.wait()
+        stall = self.options.stall_seconds or DEFAULT_STALL_SECONDS
+        self._moved_at = time.monotonic()
+        while True:
+            try:
+                rc = self.process.wait(timeout=1.0)
+                break
+            except subprocess.TimeoutExpired:
+                if time.monotonic() - self._moved_at > stall:
+                    self.process.stop()
+                    self._reader.join()
+                    raise V2VError(f"copying disk {self.copy.disk} from {self.copy.source}: no data moved for "
+                                   f"{stall} s: the source or the target stopped answering; the copy was stopped",
+                                   pb.ERROR_CODE_PROCESS_FAILED, detail=tail(self.log, 20)) from None
         self._reader.join()
         if rc != 0:
             err = self.process.failure(f"copying disk {self.copy.disk} from {self.copy.source} to {self.copy.target}")
