@@ -1,6 +1,7 @@
-"""Matrix item 7, for the input that logs in with a password (-i vmx -it https -ip FILE): the
-password never appears in any process's arguments while v2v runs, in its output or events, or in
-any file of its work directory, on success and on a failure that keeps the directory's logs."""
+"""Matrix item 7, for the input that logs in with a password (-i vmx -it https -ip FILE, from the
+command line and from a fleet plan): the password never appears in any process's arguments while
+v2v runs, in its output or events, in the fleet's state database, or in any file of its work
+directory, on success and on a failure that keeps the directory's logs."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import V2V
 from tests.test_input_https import VMX, datastore  # noqa: F401  (a fixture: the HTTPS datastore stand-in)
@@ -55,4 +57,27 @@ def test_the_datastore_password_is_nowhere(datastore, workroot, tmp_path, outcom
     assert password not in result.stdout and password not in result.stderr
     if outcome == "failure":
         assert list(workroot.rglob("logs")), "the failed run kept no work directory to look into"
+    assert files_holding(workroot, password) == []
+
+
+def test_a_fleet_plans_password_is_nowhere(datastore, workroot, tmp_path):  # noqa: F811
+    """The same input through `v2v fleet`: a plan names the password file; the password is in no
+    process's arguments, not in the output or events, the state database or the guest's kept logs
+    (the guest fails after open: its output directory is missing)."""
+    password = datastore.password_file.read_text().strip()
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(yaml.safe_dump({"guests": [{
+        "name": "secret01",
+        "input": {"type": "vmx", "transport": "https", "files": [datastore.url(VMX)],
+                  "password_file": str(datastore.password_file), "options": ["sslverify=false"]},
+        "output": {"type": "local", "storage": str(tmp_path / "missing")}}]}))
+    state = workroot / "coordinator.db"
+    env = {**os.environ, "V2V_WORKDIR_ROOT": str(workroot)}
+    result, argvs = run_watching_argv([str(V2V), "fleet", str(plan), "--state", str(state), "--machine-readable"],
+                                      env)
+    assert result.returncode == 1 and "secret01" in result.stdout, result.stdout[-2000:] + result.stderr
+    assert argvs and not any(password in argv for argv in argvs)
+    assert password not in result.stdout and password not in result.stderr
+    assert state.exists() and password.encode() not in state.read_bytes()
+    assert list(workroot.rglob("logs")), "the failed guest kept no work directory to look into"
     assert files_holding(workroot, password) == []
