@@ -365,10 +365,18 @@ class Migration:
         """The sources this cutover paused, resumed; says what it did, for the guest's error."""
         if not stopped:
             return "cutover stopped no source (it was shut down before): start the source guest yourself"
+        failed = []
         with self.report.step(Step.ROLLBACK):
             for source in stopped:
-                source.resume()
+                try:
+                    source.resume()
+                except (V2VError, OSError) as exc:  # the verify failure stays the error; this one is said
+                    failed.append(source.what)
+                    self.report.warn(f"{source.what} could not be resumed: {exc}", step=Step.ROLLBACK)
+                    continue
                 self.report.note(f"{source.what} resumed: the source guest runs on", step=Step.ROLLBACK)
+        if failed:
+            return f"{', '.join(failed)} could not be resumed: start the source guest yourself"
         return "the source guest was resumed and runs on"
 
     def close(self) -> None:
