@@ -20,11 +20,12 @@ FREE_INODES = 100
 # udev re-reads a disk's partition table when a writer closes it, removing and re-adding the
 # partition nodes; on a loaded host e2fsck has met that window even after udevadm settle (ENOENT,
 # "Possibly non-existent device?", exit 8) and the check silently did nothing. So wait for the
-# node and try again while e2fsck says the device is missing.
+# node, and try again while e2fsck could not check at all (exit 8 or more: an operational error,
+# never a verdict on the filesystem).
 _E2FSCK = ("for try in 1 2 3 4 5 6 7 8 9 10; do udevadm settle; i=0; "
            "while [ ! -b {dev} ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; "
            "out=$(e2fsck -n -f {dev} 2>&1); rc=$?; "
-           "case \"$out\" in *non-existent*) sleep 1 ;; *) break ;; esac; done; "
+           "[ $rc -lt 8 ] && break; sleep 1; done; "
            "printf '%s\\n' \"$out\"; echo rc=$rc")
 
 
