@@ -68,9 +68,10 @@ def listens(service: dict) -> list[str]:
 
 def test_two_images_each_service_on_its_socket(config: dict):
     services = config["services"]
-    assert set(services) == {*PHASES, "coordinator"}
+    assert set(services) == {*PHASES, "verify", "coordinator"}
     assert {n: s["image"] for n, s in services.items()} == {**{n: "v2v:latest" for n in services},
-                                                           "convert": "v2v-convert:latest"}
+                                                           "convert": "v2v-convert:latest",
+                                                           "verify": "v2v-convert:latest"}
     # Each image is built by one service only: `up --build` builds it once.
     assert {n: s["build"]["target"] for n, s in services.items() if "build" in s} == {"input": "small",
                                                                                     "convert": "convert"}
@@ -98,15 +99,17 @@ def test_coordinator_on_tls_tcp_and_unix_sockets(config: dict):
     assert "/run/v2v-host" in binds
 
 
-def test_kvm_override_passes_the_device_to_convert_only(compose_ready: None):
+def test_kvm_override_passes_the_device_to_convert_and_verify_only(compose_ready: None):
+    """The two services that run qemu: the appliance (convert) and the boot check (verify)."""
     p = compose("-f", str(REPO / "deploy" / "docker-compose.kvm.yml"), "config", "--format", "json",
                 env_extra={"V2V_KVM_GID": "994", "V2V_LIBGUESTFS_BACKEND_SETTINGS": ""})
     assert p.returncode == 0, p.stderr
     services = json.loads(p.stdout)["services"]
-    convert = services["convert"]
-    assert [(d["source"], d["target"]) for d in convert["devices"]] == [("/dev/kvm", "/dev/kvm")]
-    assert convert["group_add"] == ["994"] and convert["environment"]["LIBGUESTFS_BACKEND_SETTINGS"] == ""
-    assert all(not s.get("devices") for n, s in services.items() if n != "convert")
+    for name in ("convert", "verify"):
+        svc = services[name]
+        assert [(d["source"], d["target"]) for d in svc["devices"]] == [("/dev/kvm", "/dev/kvm")], name
+        assert svc["group_add"] == ["994"] and svc["environment"]["LIBGUESTFS_BACKEND_SETTINGS"] == "", name
+    assert all(not s.get("devices") for n, s in services.items() if n not in ("convert", "verify"))
 
 
 def test_worker_projects_each_on_their_own_ports_and_volumes(compose_ready: None):
