@@ -22,11 +22,17 @@ FREE_INODES = 100
 # "Possibly non-existent device?", exit 8) and the check silently did nothing. So wait for the
 # node, and try again while e2fsck could not check at all (exit 8 or more: an operational error,
 # never a verdict on the filesystem).
-_E2FSCK = ("for try in 1 2 3 4 5 6 7 8 9 10; do udevadm settle; i=0; "
-           "while [ ! -b {dev} ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; "
-           "out=$(e2fsck -n -f {dev} 2>&1); rc=$?; "
+_E2FSCK = ("d={dev}; b=$(basename \"$(readlink -f $d)\"); "
+           "for try in 1 2 3 4 5 6 7 8 9 10; do udevadm settle; i=0; "
+           "while [ ! -b $d ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; node=$d; "
+           # A node still missing while the kernel has the partition (sysfs): check it through one
+           # made here from its major:minor, as the mount step opens it moments later.
+           "if [ ! -b $d ] && [ -r /sys/class/block/$b/dev ]; then node=/tmp/v2v-fsck-$b; rm -f $node; "
+           "mknod $node b $(tr : ' ' < /sys/class/block/$b/dev); fi; "
+           "out=$(e2fsck -n -f $node 2>&1); rc=$?; "
            "[ $rc -lt 8 ] && break; sleep 1; done; "
-           "printf '%s\\n' \"$out\"; echo rc=$rc")
+           "[ -b $d ] && seen=yes || seen=no; grep -qw $b /proc/partitions && part=yes || part=no; "
+           "printf '%s\\n' \"$out (node $d: $seen; in /proc/partitions: $part)\"; echo rc=$rc")
 
 
 def fsck(g: guestfs.GuestFS, insp: pb.Inspection, report: StepReporter) -> None:
