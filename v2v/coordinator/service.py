@@ -394,6 +394,17 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
             if (done and sent == self._log.last) or not context.is_active():
                 return
 
+    def events(self, after: int, timeout: float) -> tuple[int, list[coordinator_pb2.FleetEvent]]:
+        """Every guest's events after sequence number `after` (the whole log for a number not of
+        this coordinator's life, as in follow), and the newest number; waits up to `timeout` seconds
+        for one. Unlike follow it never ends: for a watcher that outlives the guests (the console)."""
+        with self._log_lock:
+            if after > self._log.last:
+                after = 0
+            if self._log.last <= after:
+                self._condition("").wait(timeout)
+            return self._log.after(after)
+
     def _ended(self, gid: str) -> bool:
         guests = [self.guests[gid]] if gid else list(self.guests.values())
         return all(g.rec.finished and (g.thread is None or not g.thread.is_alive()) for g in guests)
