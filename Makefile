@@ -12,11 +12,13 @@ TEST_WORKERS ?= 2
 export LIBGUESTFS_BACKEND ?= direct
 export LIBGUESTFS_BACKEND_SETTINGS ?= force_tcg
 
+# chromium and its driver: the console's browser test (tests/test_console.py, selenium).
 DEB_PACKAGES := nbdkit libnbd-bin python3-libnbd python3-guestfs libguestfs-tools qemu-utils \
 	qemu-system-x86 linux-image-amd64 libvirt-clients libvirt-daemon-system python3-libvirt python3-venv \
 	debootstrap fdisk e2fsprogs dosfstools mtools ovmf libxml2-utils xfsprogs libguestfs-xfs \
 	openssh-client openssh-server sshpass openssl rpm busybox iproute2 \
-	python3-hivex libwin-hivex-perl libhivex-bin genisoimage
+	python3-hivex libwin-hivex-perl libhivex-bin genisoimage \
+	chromium chromium-driver
 PROTOS := $(wildcard protos/v2v/v1/*.proto)
 GENERATED := $(patsubst protos/%.proto,%_pb2.py,$(PROTOS))
 # The buf CLI is npm's @bufbuild/buf (PyPI's `buf` is another program), pinned in package-lock.json.

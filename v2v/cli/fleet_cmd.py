@@ -29,6 +29,7 @@ from google.protobuf import timestamp_pb2
 from rich.console import Console
 from rich.table import Table
 
+from v2v.cli.console_args import add_console_arguments, console
 from v2v.cli.display import FleetDisplay, FleetMachineDisplay, to_dict
 from v2v.cli.plan import plan_limits, read_plan
 from v2v.client import FleetClient
@@ -108,7 +109,11 @@ def fleet_main(argv: Sequence[str]) -> int:
                         "running a plan again with the same state resumes it")
     p.add_argument("--metrics", default="", metavar="HOST:PORT", help="embedded: serve Prometheus metrics there")
     p.add_argument("--machine-readable", action="store_true", help="the fleet's events as JSON lines")
+    add_console_arguments(p)
+    p.add_argument("--insecure", action="store_true", help="--http on an address other than loopback, without TLS")
     a = p.parse_args(argv)
+    if a.http and a.coordinator:
+        p.error("--http: embedded only; a running coordinator serves its own (v2v serve coordinator --http)")
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -117,8 +122,9 @@ def fleet_main(argv: Sequence[str]) -> int:
             return _run_plan(a.coordinator, plan.jobs, a.machine_readable, err)
         limits, capacity = plan_limits(plan.limits)
         template = Worker("local", None, **capacity)  # type: ignore[arg-type]  # addresses: set by EmbeddedServices
-        with EmbeddedServices(worker=template, limits=limits, state=a.state or default_state(),
-                              metrics=a.metrics) as address:
+        services = EmbeddedServices(worker=template, limits=limits, state=a.state or default_state(),
+                                    metrics=a.metrics)
+        with services as address, console(services.coordinator, a):
             return _run_plan(address, plan.jobs, a.machine_readable, err)
     except V2VError as exc:
         err.print(f"v2v fleet: error: {exc.one_line()}", markup=False)

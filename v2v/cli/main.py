@@ -82,6 +82,7 @@ def convert_main(argv: Sequence[str]) -> int:
 
 
 def serve_main(argv: Sequence[str]) -> int:
+    from v2v.cli.console_args import add_console_arguments, console
     from v2v.cli.fleet_cmd import add_coordinator_arguments, coordinator_config
     from v2v.coordinator.servers import coordinator_servicer
     from v2v.grpcserver import RunningService
@@ -100,7 +101,10 @@ def serve_main(argv: Sequence[str]) -> int:
                    help="where the work directories are: a phase service's own, a coordinator's embedded "
                         "workers' (default $V2V_WORKDIR_ROOT, else /var/tmp/v2v)")
     add_coordinator_arguments(p)
+    add_console_arguments(p)
     a = p.parse_args(argv)
+    if a.http and a.service != "coordinator":
+        p.error("--http: only the coordinator serves the console")
     try:
         use_tls_dir(a.tls_dir, "server")
     except V2VError as err:
@@ -131,9 +135,13 @@ def serve_main(argv: Sequence[str]) -> int:
     print(f"v2v {a.service} service listening on {', '.join(a.listen)}", file=sys.stderr, flush=True)
     signal.signal(signal.SIGTERM, terminate)
     try:
-        svc.server.wait_for_termination()
+        with console(svc.servicer, a, a.tls_dir):
+            svc.server.wait_for_termination()
     except KeyboardInterrupt:
         pass
+    except V2VError as err:
+        print(f"v2v {a.service}: error: {err.message}", file=sys.stderr)
+        return 1
     finally:
         svc.stop()
     return 0
