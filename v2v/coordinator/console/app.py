@@ -103,7 +103,7 @@ def console_app(service: CoordinatorService, board: FleetBoard, read_plan: ReadP
         async def stream() -> AsyncIterator[str]:
             sent = _after(request)
             yield "retry: 2000\n\n"
-            while True:
+            while not board.stopped:  # a stopping console ends its streams, rather than have them cut
                 seq, rows = board.changed_since(sent, guest)
                 if rows or seq != sent:
                     yield _sse(seq, {"rows": rows, **({} if guest else {"summary": board.summary()})})

@@ -124,9 +124,18 @@ class FleetBoard:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stops following the log; the listeners are told once more, so that their streams end."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+        with self._lock:
+            listeners = list(self._listeners)
+        for changed in listeners:
+            changed()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
 
     def listen(self, changed: Callable[[], None]) -> None:
         with self._lock:

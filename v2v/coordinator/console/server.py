@@ -102,8 +102,8 @@ class ConsoleServer:
         return self
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.board.stop()  # first: its streams end, so that the server's shutdown has none to cut
         self._server.should_exit = True
         if self._thread is not None:
             self._thread.join()
-        self.board.stop()
         self._socket.close()
