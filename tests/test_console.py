@@ -280,3 +280,51 @@ def test_the_grafana_dashboard_asks_for_the_coordinators_metrics():
     asked = {name for panel in dashboard["panels"] for t in panel.get("targets", [])
              for name in re.findall(r"\bv2v_[a-z_]+", t["expr"])}
     assert asked and asked <= exported, asked - exported
+
+
+def first_message(url: str, headers: dict[str, str]) -> tuple[int, dict]:
+    """The stream's first `rows` message: (its id, its data)."""
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as stream:
+        seq = 0
+        for raw in stream:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("id: "):
+                seq = int(line[4:])
+            elif line.startswith("data: "):
+                return seq, json.loads(line[6:])
+    raise AssertionError("the stream ended")
+
+
+def test_a_plan_submitted_and_the_stream_resumed(workroot, tmp_path):
+    """A plan file posted as the page does becomes the coordinator's guests; a stream asked after a
+    sequence number (or with Last-Event-ID) brings only the rows changed since."""
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(b"\0" * 65536)
+    services = EmbeddedServices(workroot, limits=Limits(per_source_host=1), state=tmp_path / "s.db")
+    with services, ConsoleServer(services.coordinator, ConsoleOptions("127.0.0.1:0"), plan_jobs) as console:
+        service = services.coordinator
+        base, token = console.url.split("?token=")
+        auth = {"authorization": f"Bearer {token}"}
+        act = {**auth, "x-v2v-console": "1"}
+        before = json.loads(fetch(base + "api/fleet", auth)[2])["seq"]
+        holder = service.scheduler.ticket("test", 100, "localhost")
+        with service.scheduler.admitted(holder):  # the source host's slot: the plan's guests stay queued
+            plan = "guests:\n" + "".join(f"  - {{name: {n}, input: {{type: disk, files: [{disk}]}}, "
+                                          "output: {type: 'null'}}\n" for n in ("p1", "p2"))
+            req = urllib.request.Request(base + "api/plan", data=plan.encode(), headers=act, method="POST")
+            with urllib.request.urlopen(req, timeout=10) as r:
+                ids = json.loads(r.read())["submitted"]
+            assert [service.guests[gid].rec.name for gid in ids] == ["p1", "p2"]
+            seq, msg = first_message(f"{base}api/events?after={before}", auth)
+            assert [(r["name"], r["state"]) for r in msg["rows"]] == [("p1", "queued"), ("p2", "queued")]
+            assert seq > before and msg["summary"]["states"]["queued"] == 2
+            assert fetch(base + f"api/guests/{ids[1]}/cancel", act, "POST")[0] == 200
+            # resumed after `seq` (as a browser reconnects: Last-Event-ID wins over ?after=): p2 alone
+            _, resumed = first_message(base + "api/events?after=0", {**auth, "last-event-id": str(seq)})
+            assert [(r["name"], r["state"]) for r in resumed["rows"]] == [("p2", "cancelled")]
+            fetch(base + f"api/guests/{ids[0]}/cancel", act, "POST")  # before it could run
+        bad = urllib.request.Request(base + "api/plan", data=b"guests:\n  - {name: x, input: {type: dsk}}\n",
+                                     headers=act, method="POST")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(bad, timeout=10)
+        assert refused.value.code == 400 and "guest x" in json.loads(refused.value.read())["error"]

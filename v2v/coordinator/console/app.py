@@ -39,22 +39,29 @@ _HTTP_STATUS = {pb.ERROR_CODE_BAD_INPUT: 400, pb.ERROR_CODE_NOT_FOUND: 404, pb.E
 
 
 class Wakeup:
-    """Wakes the streams of one event loop when the board changed (rung from the board's thread)."""
+    """Wakes the streams of one event loop when the board changed (rung from the board's thread).
+    A stream notes `rung` before it reads the board, and its wait returns at once if a ring came
+    since: none is lost while the stream was sending."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.changed = asyncio.Event()
+        self.rung = 0
+        self._changed = asyncio.Event()
 
     def ring(self) -> None:
         self.loop.call_soon_threadsafe(self._ring)
 
     def _ring(self) -> None:
-        self.changed.set()
-        self.changed = asyncio.Event()
+        self.rung += 1
+        self._changed.set()
+        self._changed = asyncio.Event()
 
-    async def wait(self, timeout: float) -> bool:
+    async def wait(self, seen: int, timeout: float) -> bool:
+        """False if nothing rang after `seen` within `timeout` seconds."""
+        if self.rung != seen:
+            return True
         try:
-            await asyncio.wait_for(self.changed.wait(), timeout)
+            await asyncio.wait_for(self._changed.wait(), timeout)
         except TimeoutError:
             return False
         return True
@@ -104,13 +111,14 @@ def console_app(service: CoordinatorService, board: FleetBoard, read_plan: ReadP
             sent = _after(request)
             yield "retry: 2000\n\n"
             while not board.stopped:  # a stopping console ends its streams, rather than have them cut
+                rung = wakeup[0].rung
                 seq, rows = board.changed_since(sent, guest)
                 if rows or seq != sent:
                     yield _sse(seq, {"rows": rows, **({} if guest else {"summary": board.summary()})})
                     sent = seq
-                if not await wakeup[0].wait(KEEPALIVE):
+                    await asyncio.sleep(MIN_INTERVAL)
+                if not await wakeup[0].wait(rung, KEEPALIVE):
                     yield ": keepalive\n\n"
-                await asyncio.sleep(MIN_INTERVAL)
 
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"cache-control": "no-store", "x-accel-buffering": "no"})
