@@ -328,3 +328,20 @@ def test_a_plan_submitted_and_the_stream_resumed(workroot, tmp_path):
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(bad, timeout=10)
         assert refused.value.code == 400 and "guest x" in json.loads(refused.value.read())["error"]
+
+
+def test_fleet_serves_the_console_while_it_runs(phony, workroot, tmp_path):
+    """`v2v fleet plan.yaml --http`: the embedded coordinator's console, its address printed, for the
+    command's life; the plan's guest (a print-source job: its disk opened, nothing converted) ends."""
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(f"guests:\n  - job: {{name: look, print_source: true, input: {{disk: {{paths: "
+                    f"[{phony / 'debian-single.img'}]}}}}}}\n")
+    env = dict(os.environ, V2V_WORKDIR_ROOT=str(workroot))
+    res = subprocess.run([str(V2V), "fleet", str(plan), "--state", str(tmp_path / "s.db"), "--machine-readable",
+                          "--http", "127.0.0.1:0", "--read-only"], capture_output=True, text=True, env=env,
+                         timeout=300, check=False)
+    assert res.returncode == 0, res.stderr
+    assert re.search(r"v2v console: http://127\.0\.0\.1:\d+/\?token=\S+ \(read-only\)", res.stderr), res.stderr
+    refused = subprocess.run([str(V2V), "fleet", str(plan), "--coordinator", "unix:/nonexistent", "--http",
+                              "127.0.0.1:0"], capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert refused.returncode == 2 and "--http: embedded only" in refused.stderr
