@@ -83,19 +83,23 @@ def free_port() -> int:
 
 
 def test_https_serves_the_real_guest_with_one_login_then_the_cookie(real_guest, datastore, workroot):
+    """v2v logs in once; nbdkit once more, through its cookie-script (a HEAD of the extent), and
+    then sends that session's cookie. Renewal: tests/reliability/test_session_renewal.py."""
     before = len(datastore.requests())
     with opened(workroot, vmware_https=https(datastore.url(VMX), datastore.password_file)) as (wd, resp):
         check_real_source(resp.source)
         disk = resp.source.disks[0]
         assert disk.format == "raw" and disk.location == datastore.url(FLAT)
-        assert not (wd.path / "vmware-cookie").exists()  # nbdkit has read it
         size, got = read_at(resp.sockets[0], OFFSETS)
         assert size == 4 * GiB and got == raw_at(real_guest, OFFSETS)
         write_reads_back(resp.sockets[0])  # lands in the overlay, never in the source
+        assert not [f for f in wd.path.rglob("*") if f.is_file() and b"vmware_soap_session" in f.read_bytes()]
     assert raw_at(real_guest.parent / "vmx" / "debian12-vmware-flat.vmdk", [0]) == raw_at(real_guest, [0])
     requests = datastore.requests()[before:]
     assert requests[0].startswith(f"GET /folder/{VMX}?") and requests[0].endswith("auth=basic 206")
-    assert len(requests) > 3 and all(" auth=cookie " in r for r in requests[1:])  # nbdkit's reads too
+    logins = [r for r in requests if " auth=basic " in r]
+    assert logins[1:] == [f"HEAD /folder/{FLAT}?dcPath={DATACENTER}&dsName={DATASTORE} auth=basic 200"]
+    assert len(requests) > 4 and all(" auth=cookie " in r for r in requests if r not in logins)
     assert any(r.startswith(f"GET /folder/{FLAT}?") and r.endswith(" 206") for r in requests)
 
 
@@ -236,6 +240,10 @@ def test_cli_maps_https_vddk_and_xen(tmp_path):
                                                            insecure=True)
     assert input_location(spec) == f"/folder/{VMX}"
     assert spec_of("vmx", [url]).vmware_https.insecure is False  # an https:// location needs no -it
+    assert spec_of("vmx", [url], io=["session-renew=600"]).vmware_https.session_renew_seconds == 600
+    for bad in ("0", "25m", ""):
+        with pytest.raises(V2VError, match=f"-io session-renew={bad}: expected a number of seconds|needs a value"):
+            spec_of("vmx", [url], io=[f"session-renew={bad}"])
     spec = spec_of("vmx", [url], transport="vddk", password="pw", io=[
         f"vddk-libdir={tmp_path}", "vddk-thumbprint=AA:BB", "vddk-moref=vm-42", "vddk-transports=nbdssl:nbd",
         "vddk-port=902"])
@@ -252,6 +260,8 @@ def test_cli_maps_https_vddk_and_xen(tmp_path):
         spec_of("vmx", ["/local/x.vmx"], transport="https")
     with pytest.raises(V2VError, match="unknown -io option"):
         spec_of("vmx", [url], transport="https", io=["vddk-libdir=/x"])
+    with pytest.raises(V2VError, match="unknown -io option"):  # VDDK logs in itself
+        spec_of("vmx", [url], transport="vddk", io=[f"vddk-libdir={tmp_path}", "session-renew=600"])
 
 
 # ---------------------------------------------------------------- -it vddk

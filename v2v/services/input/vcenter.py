@@ -4,8 +4,9 @@ guest's inactive domain XML: its disks are datastore paths ("[datastore1] guest/
 <vmware:datacenterpath> names the datacenter. Each disk is then read as -i vmx -it https reads one,
 by the same code (vmware_https): its descriptor and flat extent at
 https://SERVER[:PORT]/folder/guest/guest.vmdk?dcPath=DATACENTER&dsName=datastore1, the first request
-logged in with the URI's user and the -ip password, the others (nbdkit curl's too) with the
-vmware_soap_session cookie that request got; ?no_verify=1 in the URI turns off certificate checks.
+logged in with the URI's user and the -ip password, the others with the vmware_soap_session cookie
+that request got, and nbdkit curl with sessions of its own that it renews (-io session-renew=SECS);
+?no_verify=1 in the URI turns off certificate checks.
 
 Unlike virt-v2v, which appends "-flat" to the name unseen and, for a snapshot disk (NAME-00000N.vmdk),
 silently reads the base disk's extent instead (losing what the snapshot holds), the descriptor is
@@ -26,7 +27,15 @@ from v2v.plugins import InputArgs, InputCli
 from v2v.services.input.base import INPUTS, InputPlugin, absolute, host_of
 from v2v.services.input.domainxml import DiskRef, parse_domain, parse_xml
 from v2v.services.input.libvirt import VMWARE_SCHEMES, inactive_domain_xml
-from v2v.services.input.vmware_https import DsFile, Server, flat_extent, read_password, serve_extents
+from v2v.services.input.vmware_https import (
+    RENEW_HELP,
+    DsFile,
+    Server,
+    flat_extent,
+    read_password,
+    renew_from_cli,
+    serve_extents,
+)
 from v2v.services.input.vmx import bad_input, check_local_file
 from v2v.v1 import input_pb2
 from v2v.v1 import types_pb2 as pb
@@ -137,9 +146,11 @@ def domain_xml(uri: str, domain: str, server: Server) -> bytes:
         return inactive_domain_xml(conn, uri, domain).encode()
 
 
-def open_vcenter_domain(xml: bytes, where: str, server: Server, workdir: WorkDir, stack: ExitStack) -> pb.Source:
+def open_vcenter_domain(xml: bytes, where: str, server: Server, workdir: WorkDir, stack: ExitStack,
+                        renew_seconds: int) -> pb.Source:
     """The guest of a domain XML whose disks are datastore paths on `server`'s datastores, each flat
-    extent served on its in socket behind an overlay. `where` names the guest in messages."""
+    extent served on its in socket behind an overlay, its session renewed every `renew_seconds` (0:
+    the default). `where` names the guest in messages."""
     domain = parse_domain(xml, where)
     source = domain.source
     session = server.session()
@@ -154,14 +165,14 @@ def open_vcenter_domain(xml: bytes, where: str, server: Server, workdir: WorkDir
         flats.append(flat)
         source.disks.append(pb.SourceDisk(index=ref.index, location=server.url(flat), format="raw",
                                           virtual_size=size, controller=ref.controller))
-    serve_extents(session, source.disks, flats, workdir, stack)
+    serve_extents(session, source.disks, flats, workdir, stack, renew_seconds)
     return source
 
 
 def _from_cli(a: InputArgs) -> input_pb2.VCenterInput:
     return input_pb2.VCenterInput(
         uri=a.uri, domain=a.one(), password_file=absolute(a.password_file), insecure=not a.io.switch("sslverify", True),
-        server=a.io.value("vpx-server"), datacenter=a.io.value("vpx-dcpath"))
+        server=a.io.value("vpx-server"), datacenter=a.io.value("vpx-dcpath"), session_renew_seconds=renew_from_cli(a))
 
 
 def _picks(a: InputArgs) -> bool:
@@ -175,7 +186,8 @@ class VCenterInput(InputPlugin[input_pb2.VCenterInput]):
                    files="-ic vpx://USER@VCENTER/DC/ESXI | esx://USER@ESXI: a VMware guest's name (-ip FILE required)",
                    io=[("sslverify=false", "-ic vpx:// or esx://: accept any certificate"),
                        ("vpx-server=USER@HOST[:PORT]", "read the datastores from this server, not the URI's"),
-                       ("vpx-dcpath=DATACENTER", "the datastores' dcPath when the domain XML has none")])
+                       ("vpx-dcpath=DATACENTER", "the datastores' dcPath when the domain XML has none"),
+                       ("session-renew=SECS", f"-ic vpx:// or esx://: {RENEW_HELP}")])
 
     def location(self, options: input_pb2.VCenterInput) -> str:
         return options.domain
@@ -190,4 +202,4 @@ class VCenterInput(InputPlugin[input_pb2.VCenterInput]):
         where = f"{options.uri} guest {options.domain}"
         xml = domain_xml(options.uri, options.domain, server)
         server = replace(server, datacenter=datacenter(options, xml, where))
-        return open_vcenter_domain(xml, where, server, workdir, stack)
+        return open_vcenter_domain(xml, where, server, workdir, stack, options.session_renew_seconds)

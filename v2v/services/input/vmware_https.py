@@ -6,18 +6,21 @@ serve_extents) are also those of -i libvirt -ic vpx://|esx:// (vcenter), where l
 describes the guest instead.
 
 The first request logs in with basic auth; VMware answers with a session cookie
-(vmware_soap_session) that every later request carries instead, including those of nbdkit's curl
-plugin, which serves each disk's flat extent (-flat.vmdk) under the retry filter (brief outages of
-the host) and the cow filter (later phases write to an overlay, never to the datastore). Sparse and
-snapshot disks cannot be read as plain bytes over HTTP and are refused."""
+(vmware_soap_session) that every later request of v2v's carries instead. nbdkit's curl plugin
+serves each disk's flat extent (-flat.vmdk) under the retry filter (brief outages of the host) and
+the cow filter (later phases write to an overlay, never to the datastore); it gets its cookie from
+a cookie-script (vmware_cookie) that logs in afresh at its start and every session_renew_seconds
+(25 minutes, as virt-v2v), so that a copy outlives the vSphere session. Sparse and snapshot disks
+cannot be read as plain bytes over HTTP and are refused."""
 
 from __future__ import annotations
 
 import base64
 import http.client
-import os
 import posixpath
+import shlex
 import ssl
+import sys
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -41,6 +44,10 @@ _VMX_MAX = 1 << 20  # a .vmx is a few KiB: a URL naming a disk by mistake must n
 _DEFAULT_PORT = 443
 _FOLDER = "/folder/"
 _VOLUMES = "/vmfs/volumes/"  # how an ESXi host writes an absolute path to another datastore
+# virt-v2v's interval: vSphere ends a session after 30 minutes idle (its default)
+DEFAULT_RENEW_SECONDS = 25 * 60
+# named, not imported: that module imports this one (and runs in nbdkit's child, not here)
+_COOKIE_SCRIPT = "v2v.services.input.vmware_cookie"
 
 
 @dataclass(frozen=True)
@@ -214,12 +221,13 @@ class Session(Generic[S]):
             raise bad_input(f"{self.server.url(f)}: the server does not serve byte ranges (Accept-Ranges: bytes)")
         return int(length or 0)
 
-    def curl_args(self, f: DsFile, cookie_file: Path | None) -> list[str]:
-        """nbdkit curl's parameters for a file: the session cookie (from a file: not on the command
-        line, where any user could read it) or, if the host gave none, the user and password file."""
+    def curl_args(self, f: DsFile, what: str, renew_seconds: int) -> list[str]:
+        """nbdkit curl's parameters for a file (`what` names it in errors): a cookie-script that logs
+        in and is run again every `renew_seconds` or, if the host gave this session no cookie, the
+        user and password file."""
         args = [f"url={self.server.url(f, user=False)}", "protocols=https", f"timeout={_TIMEOUT:.0f}"]
-        if cookie_file is not None:
-            args.append(f"cookie=+{cookie_file}")
+        if self.cookie:
+            args += [f"cookie-script={self.cookie_script(f, what)}", f"cookie-script-renew={renew_seconds}"]
         elif self.server.user:
             args.append(f"user={self.server.user}")
             if self.server.password_file:
@@ -227,6 +235,19 @@ class Session(Generic[S]):
         if not self.server.verify:
             args.append("sslverify=false")
         return args
+
+    def cookie_script(self, f: DsFile, what: str) -> str:
+        """The shell command nbdkit runs for a cookie: vmware_cookie, given where the password is
+        (the -ip file), never the password; and nbdkit's $iteration, how many times it ran before."""
+        server = self.server
+        cmd = [sys.executable, "-m", _COOKIE_SCRIPT, "--host", server.host, "--user", server.user,
+               "--password-file", server.password_file, "--datacenter", server.datacenter,
+               "--datastore", f.datastore, "--path", f.path, "--what", what]
+        if server.port:
+            cmd += ["--port", str(server.port)]
+        if not server.verify:
+            cmd.append("--insecure")
+        return f'{shlex.join(cmd)} --iteration "$iteration"'
 
 
 def _status(status: int) -> str:
@@ -276,6 +297,9 @@ class CurlNbdkit(FailFastNbdkit):
         super().__init__(sock, log, what, "curl", args, filters=["cow", "retry"])
 
     def refusal(self, error: str) -> V2VError:
+        _, found, why = error.partition("cookie-script failed: ")
+        if found:  # vmware_cookie's own line, which names the disk
+            return V2VError(why, pb.ERROR_CODE_BAD_INPUT, detail=error)
         low = error.lower()
         if "401" in error or "unauthorized" in low:
             return V2VError(f"cannot serve {self.what}: authentication failed (nbdkit curl)", pb.ERROR_CODE_BAD_INPUT,
@@ -287,33 +311,32 @@ class CurlNbdkit(FailFastNbdkit):
         return super().refusal(error)
 
 
-def _write_secret(path: Path, text: str) -> Path:
-    """A file only its owner can read (the session cookie is as good as the password)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    return path
-
-
 def serve_extents(session: Session[S], disks: Sequence[pb.SourceDisk], flats: Sequence[DsFile],
-                  workdir: WorkDir, stack: ExitStack) -> None:
-    """Each disk's flat extent served on its in socket by nbdkit curl, logged in with the session's
-    cookie (or, if the host gave none, the user and password file)."""
-    cookie_file = None
-    if session.cookie:
-        # nbdkit reads it once, at its start: it is removed as soon as the servers run
-        cookie_file = _write_secret(workdir.path / "vmware-cookie", session.cookie)
-        stack.callback(cookie_file.unlink, missing_ok=True)
+                  workdir: WorkDir, stack: ExitStack, renew_seconds: int) -> None:
+    """Each disk's flat extent served on its in socket by nbdkit curl, with sessions of its own that
+    it renews every `renew_seconds` (0: DEFAULT_RENEW_SECONDS), or, if the host gave `session` no
+    cookie, the user and password file."""
     for disk, flat in zip(disks, flats, strict=True):
+        what = f"disk {disk.index} ({disk.location})"
         server = CurlNbdkit(session.server, workdir.in_sock(disk.index), workdir.log(f"input-disk{disk.index}.log"),
-                            f"disk {disk.index} ({disk.location})", session.curl_args(flat, cookie_file))
+                            what, session.curl_args(flat, what, renew_seconds or DEFAULT_RENEW_SECONDS))
         try:
             stack.enter_context(server)
         except V2VError as err:
             err.fill(disk=disk.index)
             raise
-    if cookie_file is not None:
-        cookie_file.unlink(missing_ok=True)
+
+
+def renew_from_cli(a: InputArgs) -> int:
+    """-io session-renew=SECS, or 0 (the default)."""
+    value = a.io.value("session-renew")
+    if value and not (value.isdigit() and int(value) > 0):
+        raise V2VError(f"-io session-renew={value}: expected a number of seconds", pb.ERROR_CODE_BAD_INPUT,
+                       step="open")
+    return int(value or 0)
+
+
+RENEW_HELP = f"renew the datastore session every SECS seconds (default {DEFAULT_RENEW_SECONDS}: 25 minutes)"
 
 
 def https_from_cli(a: InputArgs) -> input_pb2.VmwareHttpsInput:
@@ -326,15 +349,23 @@ def https_from_cli(a: InputArgs) -> input_pb2.VmwareHttpsInput:
                                       insecure=not a.io.switch("sslverify", True))
 
 
+def _from_cli(a: InputArgs) -> input_pb2.VmwareHttpsInput:
+    """-i vmx -it https: the .vmx's URL and the disks' session renewal (-it vddk has no such disks)."""
+    options = https_from_cli(a)
+    options.session_renew_seconds = renew_from_cli(a)
+    return options
+
+
 def _picks(a: InputArgs) -> bool:
     return a.transport == "https" or (not a.transport and a.files[:1] != [] and a.files[0].startswith("https://"))
 
 
 @INPUTS.register("vmware_https")
 class VmwareHttpsInput(InputPlugin[input_pb2.VmwareHttpsInput]):
-    cli = InputCli("vmx", https_from_cli, transports=["https"], picks=_picks,
+    cli = InputCli("vmx", _from_cli, transports=["https"], picks=_picks,
                    files="-it https: https://[USER@]HOST/folder/PATH.vmx?dcPath=DC&dsName=DATASTORE (-ip FILE)",
-                   io=[("sslverify=false", "-it https: accept any certificate (ESXi's self-signed one)")])
+                   io=[("sslverify=false", "-it https: accept any certificate (ESXi's self-signed one)"),
+                       ("session-renew=SECS", f"-it https: {RENEW_HELP}")])
 
     def location(self, options: input_pb2.VmwareHttpsInput) -> str:
         return urlsplit(options.url).path
@@ -356,5 +387,5 @@ class VmwareHttpsInput(InputPlugin[input_pb2.VmwareHttpsInput]):
             flats.append(flat)
             source.disks.append(pb.SourceDisk(index=i, location=https.url(flat), format="raw", virtual_size=size,
                                               controller=d.controller))
-        serve_extents(session, source.disks, flats, workdir, stack)
+        serve_extents(session, source.disks, flats, workdir, stack, options.session_renew_seconds)
         return source
