@@ -6,6 +6,12 @@ does:
 - basic auth on a request without a session, which then gets a `vmware_soap_session` cookie that
   later requests may carry instead (the log says which of the two each request used); with
   cookies=False no cookie is given out, and every request must log in;
+- with session_seconds, a session ends that long after its login, and a request carrying its
+  cookie then gets 401 as one without a login does (auth=expired in the log). vSphere ends a
+  session after 30 minutes idle (its default); ending it a fixed time after the login, however
+  busy, is stricter and what a test of renewal can wait for;
+- with rate, the bodies of all answers together go out at most that many bytes a second, so that
+  a copy of a few MiB outlives a session of a few seconds;
 - 401 with a WWW-Authenticate challenge for a wrong or missing login, 404 for a file that is not
   there or a wrong dcPath/dsName;
 - HEAD with Content-Length and Accept-Ranges: bytes, and single-range GETs answered 206 (nbdkit's
@@ -25,6 +31,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -82,11 +89,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _session(self) -> str:
-        """"cookie" when the request carries a session cookie this server gave out."""
+        """"cookie" when the request carries a session cookie this server gave out, "expired" when
+        that session has ended."""
         for part in self.headers.get("Cookie", "").split(";"):
             name, _, value = part.strip().partition("=")
-            if name == COOKIE and value.strip('"') in self.server.sessions:
-                return "cookie"
+            ends = self.server.sessions.get(value.strip('"')) if name == COOKIE else None
+            if ends is not None:
+                return "cookie" if time.monotonic() < ends else "expired"
         return ""
 
     def _basic(self) -> bool:
@@ -116,15 +125,16 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self) -> None:
         auth = self._session()
         headers: dict[str, str] = {}
-        if not auth:
+        if auth != "cookie":
             if not self._basic():
-                self._record("none", 401)
+                self._record(auth or "none", 401)
                 self._answer(401, {"WWW-Authenticate": 'Basic realm="VMware HTTP server"'}, b"login required\n")
                 return
             auth = "basic"
             if self.server.cookies:
                 session = secrets.token_hex(16)
-                self.server.sessions.add(session)
+                lifetime = self.server.session_seconds or float("inf")
+                self.server.sessions[session] = time.monotonic() + lifetime
                 headers["Set-Cookie"] = f'{COOKIE}="{session}"; Path=/; HttpOnly; Secure'
         path = self._file()
         if path is None:
@@ -167,6 +177,7 @@ class _Handler(BaseHTTPRequestHandler):
                 chunk = f.read(min(_CHUNK, left))
                 if not chunk:
                     break
+                self.server.throttle(len(chunk))
                 self.wfile.write(chunk)
                 left -= len(chunk)
 
@@ -182,14 +193,24 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, port: int, root: Path, password: str, log: Path, cookies: bool, datacenter: str) -> None:
+    def __init__(self, port: int, root: Path, password: str, log: Path, cookies: bool, datacenter: str,
+                 session_seconds: float, rate: int) -> None:
         self.root = root
         self.datacenter = datacenter
         self.cookies = cookies
         self.password = password
         self.log = log
-        self.sessions: set[str] = set()
+        self.session_seconds = session_seconds  # 0: sessions never end
+        self.sessions: dict[str, float] = {}  # cookie -> when its session ends (time.monotonic())
+        self.rate = rate  # bytes/s of all answers' bodies together; 0: no limit
+        self._sending = threading.Lock()
         super().__init__(("127.0.0.1", port), _Handler)
+
+    def throttle(self, size: int) -> None:
+        """Waits as long as sending `size` bytes takes at `rate`, one answer at a time."""
+        if self.rate:
+            with self._sending:
+                time.sleep(size / self.rate)
 
 
 def make_certificate(directory: Path) -> tuple[Path, Path]:
@@ -217,9 +238,12 @@ def _answers(port: int) -> bool:
 
 @contextmanager
 def running_datastore(directory: Path, root: Path, password: str = "datastore-secret", cookies: bool = True,
-                      datacenter: str = DATACENTER, timeout: float = 30) -> Iterator[Datastore]:
+                      datacenter: str = DATACENTER, timeout: float = 30, session_seconds: float = 0,
+                      rate: int = 0) -> Iterator[Datastore]:
     """The stand-in serving `root` on 127.0.0.1:PORT inside the block as datastore DATASTORE of
-    `datacenter` (a vCenter's inventory path, or ESXi's ha-datacenter); its files live in `directory`."""
+    `datacenter` (a vCenter's inventory path, or ESXi's ha-datacenter); its files live in `directory`.
+    session_seconds: how long a session lasts after its login (0: for ever); rate: bytes/s of the
+    answers' bodies (0: no limit)."""
     directory.mkdir(parents=True, exist_ok=True)
     cert, key = make_certificate(directory)
     password_file = directory / "password"
@@ -230,6 +254,7 @@ def running_datastore(directory: Path, root: Path, password: str = "datastore-se
         proc = subprocess.Popen([sys.executable, __file__, "--port", str(port), "--root", str(root),
                                  "--cert", str(cert), "--key", str(key), "--password-file", str(password_file),
                                  "--log", str(log), "--datacenter", datacenter,
+                                 "--session-seconds", str(session_seconds), "--rate", str(rate),
                                  *([] if cookies else ["--no-cookies"])],
                                 stdin=subprocess.DEVNULL, stdout=errf, stderr=errf, start_new_session=True)
     try:
@@ -256,9 +281,11 @@ def main() -> None:
     p.add_argument("--log", type=Path, required=True)
     p.add_argument("--datacenter", default=DATACENTER, help="the dcPath it answers (default: %(default)s)")
     p.add_argument("--no-cookies", action="store_true", help="give out no session cookie: basic auth every time")
+    p.add_argument("--session-seconds", type=float, default=0, help="a session ends this long after its login")
+    p.add_argument("--rate", type=int, default=0, help="bytes/s of all answers' bodies together")
     a = p.parse_args()
     server = _Server(a.port, a.root, a.password_file.read_text().rstrip("\r\n"), a.log, not a.no_cookies,
-                     a.datacenter)
+                     a.datacenter, a.session_seconds, a.rate)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(a.cert, a.key)
     # the handshake in the thread of each connection: a client that connects and never speaks TLS

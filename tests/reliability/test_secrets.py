@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -21,8 +23,9 @@ def every_argv() -> str:
     return subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True, check=True).stdout
 
 
-def run_watching_argv(cmd: list[str], env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], list[str]]:
-    """Runs `cmd`, sampling every process's arguments meanwhile."""
+@contextmanager
+def watching_argv() -> Iterator[list[str]]:
+    """Every process's arguments, sampled every 50 ms while the block runs (one string a sample)."""
     seen: list[str] = []
     done = threading.Event()
 
@@ -33,10 +36,16 @@ def run_watching_argv(cmd: list[str], env: dict[str, str]) -> tuple[subprocess.C
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False), seen
+        yield seen
     finally:
         done.set()
         sampler.join()
+
+
+def run_watching_argv(cmd: list[str], env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """Runs `cmd`, sampling every process's arguments meanwhile."""
+    with watching_argv() as seen:
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False), seen
 
 
 def files_holding(root: Path, secret: str) -> list[Path]:
