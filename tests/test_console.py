@@ -35,9 +35,12 @@ from v2v.coordinator.console.server import ConsoleOptions, ConsoleServer
 from v2v.coordinator.metrics import FleetMetrics
 from v2v.coordinator.scheduler import Limits
 from v2v.coordinator.servers import EmbeddedServices
+from v2v.coordinator.steplogs import StepLogs
 from v2v.errors import V2VError
+from v2v.events import step_event
 from v2v.tls import TLSFiles
 from v2v.v1 import convert_pb2, coordinator_pb2, input_pb2, output_pb2
+from v2v.v1 import types_pb2 as pb
 
 GS = coordinator_pb2
 REPO = Path(__file__).resolve().parent.parent
@@ -345,3 +348,35 @@ def test_fleet_serves_the_console_while_it_runs(phony, workroot, tmp_path):
     refused = subprocess.run([str(V2V), "fleet", str(plan), "--coordinator", "unix:/nonexistent", "--http",
                               "127.0.0.1:0"], capture_output=True, text=True, env=env, timeout=60, check=False)
     assert refused.returncode == 2 and "--http: embedded only" in refused.stderr
+
+
+def test_a_guest_page_shows_its_boot_check(workroot, tmp_path):
+    """The boot check as a guest's page tells it: the verify step's notes, and the console's last
+    lines of a guest that did not boot (the error's detail). A real boot check takes a converted
+    guest and minutes (tests/test_verify.py); here the coordinator's own event sink is given the
+    events a failed one sends, and the console reads them back from the step log and the state."""
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(b"\0" * 65536)
+    services = EmbeddedServices(workroot, limits=Limits(per_source_host=1), state=tmp_path / "s.db")
+    with services, ConsoleServer(services.coordinator, ConsoleOptions("127.0.0.1:0")) as console:
+        service = services.coordinator
+        holder = service.scheduler.ticket("test", 100, "localhost")
+        with service.scheduler.admitted(holder):
+            (gid,) = service.submit([source_only("booted", disk)])
+            service.cancel(gid)
+        guest = service.guests[gid]
+        guest.logs = StepLogs(service.logs_root, gid, guest.rec.attempt)
+        for ev in (step_event("booted", "verify", pb.STEP_STATE_STARTED),
+                   step_event("booted", "verify", pb.STEP_STATE_NOTE, message="expect: NIC ens192; mounts /"),
+                   step_event("booted", "verify", pb.STEP_STATE_FAILED, seconds=42.0,
+                              error=V2VError("the converted guest did not boot", pb.ERROR_CODE_BOOT_FAILED))):
+            service._sink(guest, pb.Event(step=ev))
+        service._end(guest, V2VError("the converted guest did not boot: no marker", pb.ERROR_CODE_BOOT_FAILED,
+                                     step="verify", detail="[  3.1] Kernel panic\n[  3.2] end Kernel panic"),
+                     GS.GUEST_STATE_FAILED)
+        base, token = console.url.split("?token=")
+        page = json.loads(fetch(f"{base}api/guests/{gid}", {"authorization": f"Bearer {token}"})[2])
+        assert page["boot"] == {"notes": [{"message": "expect: NIC ens192; mounts /", "warning": False}],
+                                "console_tail": ["[  3.1] Kernel panic", "[  3.2] end Kernel panic"]}
+        assert page["row"]["error"]["code"] == "BOOT_FAILED" and page["row"]["error"]["step"] == "verify"
+        assert [(s["step"], s["state"], s["duration"]) for s in page["steps"]] == [("verify", "failed", 42.0)]
