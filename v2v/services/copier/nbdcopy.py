@@ -29,6 +29,10 @@ def parse_progress(line: str) -> int | None:
     return min(int(m.group(1)), 100) if m else None
 
 
+# libnbd's words for a connection whose server is gone.
+_DISCONNECTED = (os.strerror(errno.ENOTCONN), os.strerror(errno.EPIPE), os.strerror(errno.ECONNRESET),
+                 "not in a connected state")
+
 class Nbdcopy:
     """nbdcopy SOURCE TARGET for one disk. `on_progress(percent)` is called from a reader thread with
     each percentage nbdcopy prints (what it means: progress.py)."""
@@ -106,7 +110,21 @@ class Nbdcopy:
                 err.code = pb.ERROR_CODE_NO_SPACE
                 err.message = (f"the target of disk {self.copy.disk} ({self.copy.target}) is full (No space left "
                                "on device): make room on the output storage, or choose another, and run again")
+            elif (end := self._gone(err.detail)) is not None:
+                what, uri = end
+                err.message = (f"copying disk {self.copy.disk}: its {what} ({uri}) stopped serving during the copy "
+                               f"(its NBD server closed the connection): {err.detail.strip().splitlines()[-1]}")
             raise err
+
+    def _gone(self, detail: str) -> tuple[str, str] | None:
+        """("source" or "target", its URI) when nbdcopy failed because that end's NBD server went
+        away (it died, or the service owning it did), else None. nbdcopy says "read at offset" for
+        the source and names the target's URI for failures on the target."""
+        if not any(sign in detail for sign in _DISCONNECTED):
+            return None
+        if self.copy.target in detail and "read at offset" not in detail:
+            return "target", self.copy.target
+        return "source", self.copy.source
 
     def kill(self) -> None:
         self.killed = True
