@@ -44,6 +44,19 @@ def test_root_choice():
         root_choice("sda2")
 
 
+def test_luks_keys(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    j = job("g.img", "-o", "null", "--key", "/dev/sda2:file:k", "--key", "all:file:/etc/all.key",
+            "--key", "0d5e-uuid:clevis")
+    assert [(k.device, k.WhichOneof("kind"), k.file) for k in j.convert.keys] == [
+        ("/dev/sda2", "file", str(tmp_path / "k")), ("", "file", "/etc/all.key"), ("0d5e-uuid", "clevis", "")]
+    with pytest.raises(V2VError, match=r"--key /dev/sda2:key:\.\.\.: a key on the command line is visible"):
+        job("g.img", "-o", "null", "--key", "/dev/sda2:key:s3cret")
+    for bad in ("/dev/sda2", "/dev/sda2:file:", ":file:k", "all:clevis:x", "all:tpm"):
+        with pytest.raises(V2VError, match="expected DEVICE:file:FILE"):
+            job("g.img", "-o", "null", "--key", bad)
+
+
 def test_output_types_and_options():
     j = job("g.img", "-o", "libvirt", "-oc", "qemu:///session", "-os", "images", "-oo", "domain-type=qemu")
     assert (j.output.libvirt.uri, j.output.libvirt.pool, j.output.libvirt.domain_type) == (

@@ -170,7 +170,7 @@ def convert(image: Path, block_driver: int = pb.BLOCK_BUS_UNSPECIFIED) -> Conver
         events: list[pb.StepEvent] = []
         report = StepReporter(image.stem, events.append, parent="convert")
         t0 = time.monotonic()
-        insp = inspect(g, convert_pb2.RootChoice())
+        insp, _ = inspect(g, convert_pb2.RootChoice())
         caps, error, log, files = None, None, "", {}
         try:
             with report.step("fsck"):  # as the service runs it: a failure names the guest and the step

@@ -81,11 +81,12 @@ guests:
   - input: {type: vmx, transport: https, password_file: /pw, options: {sslverify: false},
             files: "https://root@esx1/folder/db/db.vmx?dcPath=ha-datacenter&dsName=ds1"}
     output: {type: qemu, storage: /out, options: [qemu-boot]}
-    convert: {block_driver: virtio-scsi}
+    convert: {block_driver: virtio-scsi, keys: [/dev/sda2:file:/keys/db.key, all:clevis]}
 """)
     assert plan.jobs == [cli_job("-i", "vmx", "-it", "https", "-ip", "/pw", "-io", "sslverify=false",
                                  "https://root@esx1/folder/db/db.vmx?dcPath=ha-datacenter&dsName=ds1",
-                                 "-o", "qemu", "-os", "/out", "-oo", "qemu-boot", "--block-driver", "virtio-scsi")]
+                                 "-o", "qemu", "-os", "/out", "-oo", "qemu-boot", "--block-driver", "virtio-scsi",
+                                 "--key", "/dev/sda2:file:/keys/db.key", "--key", "all:clevis")]
     assert plan.jobs[0].input.WhichOneof("kind") == "vmware_https"
 
 

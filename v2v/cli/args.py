@@ -66,6 +66,10 @@ def conversion_parser() -> argparse.ArgumentParser:
     p.add_argument("-on", dest="output_name", default="", metavar="NAME", help="rename the guest on the target")
     p.add_argument("--root", default="ask", metavar="ask|single|first|/dev/X",
                    help="which OS to convert when the disks hold several (ask = single: fail and list them)")
+    p.add_argument("--key", dest="keys", action="append", default=[], metavar="SELECTOR",
+                   help="open a LUKS-encrypted device (its name or LUKS UUID, or all) with the key in FILE, on the "
+                        "convert service's host, or by Clevis: /dev/sda2:file:/root/sda2.key, all:file:FILE, "
+                        "/dev/sda2:clevis")
     add_verify_boot(p)
     p.add_argument("--block-driver", choices=sorted(BLOCK_DRIVERS), default="virtio-blk",
                    help="the converted guest's disk bus when its kernel has virtio (virtio-scsi keeps sdX names)")
@@ -105,6 +109,25 @@ def root_choice(text: str) -> convert_pb2.RootChoice:
     if text.startswith("/dev/"):
         return convert_pb2.RootChoice(device=text)
     raise V2VError(f"--root {text}: expected ask, single, first or /dev/DEVICE", pb.ERROR_CODE_BAD_INPUT)
+
+
+def luks_key(text: str) -> convert_pb2.LuksKey:
+    """--key SELECTOR: virt-v2v's ID:file:FILE and ID:clevis (ID a device, a LUKS UUID or `all`).
+    ID:key:STRING is refused: a key on the command line is in every user's `ps` and in the request
+    the fleet's state database keeps."""
+    selector, _, rest = text.partition(":")
+    kind, _, value = rest.partition(":")
+    device = "" if selector == "all" else selector
+    if selector and kind == "file" and value:
+        return convert_pb2.LuksKey(device=device, file=service_path(value))
+    if selector and kind == "clevis" and not value:
+        return convert_pb2.LuksKey(device=device, clevis=True)
+    if selector and kind == "key":
+        raise V2VError(f"--key {selector}:key:...: a key on the command line is visible to every user (ps) and "
+                       f"kept in requests: put it in a file and give --key {selector}:file:FILE",
+                       pb.ERROR_CODE_BAD_INPUT)
+    raise V2VError(f"--key {text}: expected DEVICE:file:FILE, all:file:FILE or DEVICE:clevis",
+                   pb.ERROR_CODE_BAD_INPUT)
 
 
 # --verify-boot[=strict]
@@ -165,6 +188,7 @@ class JobArgs:
     overwrite: bool = False
     accel: str = field(default_factory=default_accel)  # one of ACCELERATORS
     root: str = "ask"
+    keys: list[str] = field(default_factory=list)  # --key
     verbose: bool = False
     trace: bool = False
     block_driver: str = "virtio-blk"  # one of BLOCK_DRIVERS
@@ -191,7 +215,7 @@ class JobArgs:
         job.convert.CopyFrom(convert_pb2.ConvertOptions(
             accelerator=ACCELERATORS[self.accel], root=root_choice(self.root), verbose=self.verbose, trace=self.trace,
             block_driver=BLOCK_DRIVERS[self.block_driver], virtio_win=service_path(self.virtio_win),
-            virt_tools_dir=service_path(self.virt_tools_dir)))
+            virt_tools_dir=service_path(self.virt_tools_dir), keys=[luks_key(k) for k in self.keys]))
         if not self.print_source:
             job.output.CopyFrom(output_spec(self.output, self.output_storage, self.output_uri, self.output_options,
                                             name=self.output_name, format=FORMATS[self.output_format],

@@ -34,7 +34,7 @@ SECTIONS: dict[str, dict[str, str]] = {
     "output": {"type": "output", "storage": "output_storage", "uri": "output_uri", "options": "output_options",
                "format": "output_format", "allocation": "output_alloc", "name": "output_name",
                "overwrite": "overwrite"},
-    "convert": {"accel": "accel", "root": "root", "verbose": "verbose", "trace": "trace",
+    "convert": {"accel": "accel", "root": "root", "keys": "keys", "verbose": "verbose", "trace": "trace",
                 "block_driver": "block_driver", "virtio_win": "virtio_win", "virt_tools_dir": "virt_tools_dir"},
     "copy": {"parallel": "parallel", "verify": "verify", "while_converting": "copy_while_converting"},
 }

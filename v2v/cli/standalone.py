@@ -23,6 +23,7 @@ from v2v.cli.args import (
     answer_plugin_help,
     conversion_parser,
     input_args,
+    luks_key,
     root_choice,
     service_path,
     terminate,
@@ -36,7 +37,7 @@ from v2v.v1 import types_pb2 as pb
 
 # dests of conversion_parser()'s options that the standalone commands take as they are
 INPUT_OPTIONS = ("input", "input_uri", "input_format", "input_transport", "input_options", "input_password", "files")
-CONVERT_OPTIONS = ("root", "accel", "verbose", "trace", "quiet", "virtio_win", "virt_tools_dir")
+CONVERT_OPTIONS = ("root", "keys", "accel", "verbose", "trace", "quiet", "virtio_win", "virt_tools_dir")
 
 Display = HumanDisplay | MachineDisplay
 
@@ -73,7 +74,8 @@ def convert_options(a: argparse.Namespace, *, inspect_only: bool = False,
     return convert_pb2.ConvertOptions(accelerator=ACCELERATORS[a.accel], root=root_choice(a.root),
                                       verbose=a.verbose, trace=a.trace, inspect_only=inspect_only,
                                       skip_trim=skip_trim, virtio_win=service_path(a.virtio_win),
-                                      virt_tools_dir=service_path(a.virt_tools_dir))
+                                      virt_tools_dir=service_path(a.virt_tools_dir),
+                                      keys=[luks_key(k) for k in a.keys])
 
 
 def write_report(report: convert_pb2.InspectorReport, path: str) -> str:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import guestfs
 
 from v2v.errors import V2VError
+from v2v.services.convert.encryption import refuse_locked, unlock
 from v2v.v1 import convert_pb2
 from v2v.v1 import types_pb2 as pb
 
@@ -27,7 +30,10 @@ def choose_root(roots: list[str], choice: convert_pb2.RootChoice) -> str:
                    "--root first or --root DEVICE", pb.ERROR_CODE_MULTIPLE_ROOTS)
 
 
-def inspect(g: guestfs.GuestFS, choice: convert_pb2.RootChoice) -> pb.Inspection:
+def inspect(g: guestfs.GuestFS, choice: convert_pb2.RootChoice,
+            keys: Sequence[convert_pb2.LuksKey] = ()) -> tuple[pb.Inspection, list[str]]:
+    """The chosen root's inspection, and the encrypted devices no key opened."""
+    locked = unlock(g, list(keys))
     try:
         roots = g.inspect_os()
     except RuntimeError as exc:
@@ -37,6 +43,7 @@ def inspect(g: guestfs.GuestFS, choice: convert_pb2.RootChoice) -> pb.Inspection
                            pb.ERROR_CODE_NO_OS) from None
         raise V2VError(f"inspection failed: {exc}", pb.ERROR_CODE_NO_OS) from None
     if not roots:
+        refuse_locked(locked)
         refuse_bitlocker(g)
         refuse_dynamic_disks(g)
     root = choose_root(sorted(roots), choice)
@@ -54,7 +61,7 @@ def inspect(g: guestfs.GuestFS, choice: convert_pb2.RootChoice) -> pb.Inspection
         mountpoints=g.inspect_get_mountpoints(root),
     )
     insp.firmware = pb.FIRMWARE_UEFI if has_esp(g) else pb.FIRMWARE_BIOS
-    return insp
+    return insp, locked
 
 
 def refuse_bitlocker(g: guestfs.GuestFS) -> None:

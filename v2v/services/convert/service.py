@@ -95,8 +95,11 @@ class ConvertService(convert_pb2_grpc.ConvertServicer):
         try:
             g = appliance.g
             with report.step("inspect"):
-                insp = inspect(g, opts.root)
+                insp, locked = inspect(g, opts.root, opts.keys)
                 report.note(f"{insp.distro} {insp.product_name} ({insp.arch}), root {insp.root}", step="inspect")
+                if locked:
+                    report.warn(f"{', '.join(locked)}: encrypted (LUKS), no key given (--key): left closed, "
+                                "not checked or trimmed", step="inspect")
             if not opts.inspect_only:
                 with report.step("fsck"):
                     fsck(g, insp, report)
