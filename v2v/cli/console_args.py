@@ -7,12 +7,15 @@ import argparse
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING
 
 from v2v.cli.plan import parse_plan
 from v2v.coordinator.console.server import ConsoleOptions, ConsoleServer
 from v2v.tls import TLSFiles
 from v2v.v1 import coordinator_pb2
+
+if TYPE_CHECKING:
+    from v2v.coordinator.service import CoordinatorService
 
 
 def add_console_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,7 +32,7 @@ def plan_jobs(text: str) -> list[coordinator_pb2.GuestJob]:
 
 
 @contextmanager
-def console(service: Any, a: argparse.Namespace, tls_dir: str = "") -> Iterator[ConsoleServer | None]:
+def console(service: CoordinatorService, a: argparse.Namespace, tls_dir: str = "") -> Iterator[ConsoleServer | None]:
     """The console of `service` while the context lasts, if --http asked for one; says where it is."""
     if not a.http:
         yield None

@@ -18,6 +18,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from v2v.coordinator.console.board import FleetBoard
+from v2v.coordinator.state import StepRecord
 from v2v.coordinator.steplogs import log_records
 from v2v.coordinator.view import logged_steps
 from v2v.errors import V2VError
@@ -77,7 +78,7 @@ def _after(request: Request) -> int:
     return int(text) if text.isdigit() else 0
 
 
-def _step_dict(s: Any) -> dict[str, Any]:
+def _step_dict(s: StepRecord) -> dict[str, Any]:
     return {"attempt": s.attempt, "step": s.step, "parent": s.parent, "disk": s.disk, "state": s.state,
             "started": s.started, "ended": s.ended, "duration": s.duration, "error": s.error}
 

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from google.protobuf import timestamp_pb2
+
 from v2v.coordinator.pipeline import RESUMABLE_STEPS
 from v2v.coordinator.state import FINAL, state_name
 from v2v.services.input.locations import source_host
@@ -26,7 +28,7 @@ GS = coordinator_pb2
 _COPY_STEPS = (Step.COPY, Step.PRECOPY)
 
 
-def _seconds(ts: Any, present: bool) -> float | None:
+def _seconds(ts: timestamp_pb2.Timestamp, present: bool) -> float | None:
     return ts.ToNanoseconds() / 1e9 if present else None
 
 
