@@ -100,8 +100,14 @@ def logins(datastore, before: int) -> list[str]:
 NBDKIT_LOGIN = f"HEAD /folder/{FLAT}?dcPath={DATACENTER}&dsName={DATASTORE} auth=basic 200"
 
 
+def nbdkit_error_files() -> set[Path]:
+    """Where nbdkit sends each cookie-script's stderr (vmware_cookie.forget_error_file)."""
+    return set(Path("/tmp").glob("errors??????"))
+
+
 def test_a_copy_that_outlives_its_session_renews_it(datastore, opened, password_file, workroot, tmp_path):
     password = password_file.read_text().strip()
+    error_files = nbdkit_error_files()
     with watching_argv() as argvs:
         wd, resp = opened(RENEW)
         before = len(datastore.requests())
@@ -112,6 +118,7 @@ def test_a_copy_that_outlives_its_session_renews_it(datastore, opened, password_
     assert any("cookie-script-renew=1" in argv for argv in argvs)  # the sampler saw nbdkit at work
     assert not any(password in argv for argv in argvs)
     assert files_holding(wd.path, password) == []
+    assert nbdkit_error_files() - error_files == set()  # one a renewal, else
 
 
 def test_a_renewal_that_comes_too_late_fails_the_copy(datastore, opened, tmp_path):

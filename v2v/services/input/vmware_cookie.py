@@ -15,7 +15,10 @@ A failed login prints one line, naming the disk, to stderr and exits 1: nbdkit l
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
+from pathlib import Path
 
 from v2v.errors import V2VError
 from v2v.services.input.vmware_https import DsFile, Server
@@ -31,6 +34,18 @@ def login(server: Server, f: DsFile) -> str:
     if not session.cookie:
         raise V2VError(f"{server.url(f)}: the login got no session cookie")
     return session.cookie
+
+
+def forget_error_file() -> None:
+    """nbdkit sends the script's stderr to a /tmp/errorsXXXXXX of its own, which it reads after a
+    failure and never removes (1.32, and still in its sources since): one file a login. After a
+    success it holds nothing to read, so the script removes it."""
+    try:
+        stderr = os.readlink("/proc/self/fd/2")
+    except OSError:
+        return
+    if re.fullmatch(r"/tmp/errors[A-Za-z0-9]{6}", stderr):
+        Path(stderr).unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             else f"cannot log in to the datastore for {a.what}"
         print(f"{doing}: {err.message}", file=sys.stderr)
         return 1
+    forget_error_file()
     return 0
 
 
