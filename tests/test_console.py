@@ -97,6 +97,12 @@ def wait_for(driver: webdriver.Chrome, what: str, check: object, timeout: float 
         lambda d: check(d), message=what)  # type: ignore[operator]
 
 
+def click(driver: webdriver.Chrome, selector: str) -> None:
+    """Clicks the element, found again if the page redrew it between finding and clicking."""
+    wait_for(driver, f"a click on {selector}",
+             lambda d: d.find_element(By.CSS_SELECTOR, selector).click() or True)  # type: ignore[func-returns-value]
+
+
 def screenshot_dir(tmp_path: Path) -> Path:
     where = os.environ.get("V2V_CONSOLE_SCREENSHOTS")
     return (REPO / where) if where else tmp_path
@@ -118,7 +124,7 @@ def test_the_page_follows_the_fleet(phony, workroot, tmp_path, browser):
             wait_for(browser, "five queued rows", lambda d: len(d.find_elements(
                 By.CSS_SELECTOR, '#guests tr[data-state="queued"]')) == 5)
             browser.execute_script("window.sameLoad = true")
-            browser.find_element(By.CSS_SELECTOR, '#guests tr[data-guest="spare"] button[data-action="cancel"]').click()
+            click(browser, '#guests tr[data-guest="spare"] button[data-action="cancel"]')
             wait_for(browser, "spare cancelled", lambda d: row_states(d).get("spare") == "cancelled")
         # The guests run now, one at a time: the page sees each row change, without a reload.
         wait_for(browser, "web1..3 succeeded, db1 failed", lambda d: row_states(d) == {
@@ -134,7 +140,7 @@ def test_the_page_follows_the_fleet(phony, workroot, tmp_path, browser):
         shots = screenshot_dir(tmp_path)
         browser.save_screenshot(str(shots / "console-fleet.png"))
 
-        browser.find_element(By.LINK_TEXT, "db1").click()
+        click(browser, '#guests tr[data-guest="db1"] a')
         wait_for(browser, "db1's error", lambda d: d.find_elements(By.CSS_SELECTOR, '#error dd[data-field="step"]'))
         error = {e.get_attribute("data-field"): e.text for e in browser.find_elements(By.CSS_SELECTOR, "#error dd")}
         assert error["guest"] == "db1" and error["step"] == "convert" and error["cause"] == "NO_OS", error
@@ -144,11 +150,12 @@ def test_the_page_follows_the_fleet(phony, workroot, tmp_path, browser):
         phases = [(r.get_attribute("data-step"), r.get_attribute("data-outcome"))
                   for r in browser.find_elements(By.CSS_SELECTOR, '#timeline tr.phase[data-attempt="1"]')]
         assert phases[:3] == [("open", "succeeded"), ("check", "succeeded"), ("convert", "failed")], phases
-        browser.find_element(By.CSS_SELECTOR, '#logs details[data-step="convert"] summary').click()
-        assert "convert-appliance.log" in browser.find_element(By.ID, "logs").text
+        click(browser, '#logs details[data-step="convert"] summary')
+        wait_for(browser, "the convert step's appliance log",
+                 lambda d: "convert-appliance.log" in d.find_element(By.ID, "logs").text)
         browser.save_screenshot(str(shots / "console-guest.png"))
 
-        browser.find_element(By.CSS_SELECTOR, 'button[data-action="retry"][data-from="open"]').click()
+        click(browser, 'button[data-action="retry"][data-from="open"]')
         wait_for(browser, "db1 running again", lambda d: d.find_elements(
             By.CSS_SELECTOR, '#timeline tr[data-step="open"][data-attempt="2"]'), timeout=LONG)
         retried = services.coordinator.guests[fleet_id(fleet, "db1")].rec
