@@ -57,20 +57,35 @@ class PhaseClients:
 
     quick = 120.0  # seconds: Check, Abort, Close, Describe, ReadLogs, Cancel
     disk_work = 3600.0  # Setup and Finalize, which create and flush the target disks
+    reconnect = 20.0  # seconds a step waits for its service to take connections: one restarting
 
     def __init__(self, addresses: ServiceAddresses) -> None:
         self.addresses = addresses
-        self._channels: list[grpc.Channel] = []
-        self.input = input_pb2_grpc.InputStub(self._open(addresses.input))
-        self.convert = convert_pb2_grpc.ConvertStub(self._open(addresses.convert))
-        self.output = output_pb2_grpc.OutputStub(self._open(addresses.output))
-        self.copier = copier_pb2_grpc.CopierStub(self._open(addresses.copier))
-        self.verify = verify_pb2_grpc.VerifyStub(self._open(addresses.verify)) if addresses.verify else None
+        self._channels: dict[str, grpc.Channel] = {}
+        self.input = input_pb2_grpc.InputStub(self._open("input", addresses.input))
+        self.convert = convert_pb2_grpc.ConvertStub(self._open("convert", addresses.convert))
+        self.output = output_pb2_grpc.OutputStub(self._open("output", addresses.output))
+        self.copier = copier_pb2_grpc.CopierStub(self._open("copier", addresses.copier))
+        self.verify = verify_pb2_grpc.VerifyStub(self._open("verify", addresses.verify)) if addresses.verify else None
 
-    def _open(self, address: str) -> grpc.Channel:
+    def _open(self, service: str, address: str) -> grpc.Channel:
         ch = channel(address)
-        self._channels.append(ch)
+        self._channels[service] = ch
         return ch
+
+    def ready(self, step: str) -> None:
+        """Waits, up to `reconnect` seconds, until the service of `step` takes connections. A
+        channel whose connect failed (its service was being restarted) fails every call at once
+        with that failure ("Connection refused") for a while after the new service listens: a
+        guest reaching a service restarted a second before failed there (tests/reliability/
+        test_kill_matrix.py). A service still down after the wait fails the step with the call's
+        own error, as before."""
+        ch = self._channels.get(STEP_SERVICE.get(step, ""))
+        if ch is not None:
+            try:
+                grpc.channel_ready_future(ch).result(timeout=self.reconnect)
+            except grpc.FutureTimeoutError:
+                pass
 
     def rpc_error(self, exc: grpc.RpcError, *, step: str, guest: str = "") -> V2VError:
         """from_rpc_error for a call made in `step`, naming the service called and its address."""
@@ -79,5 +94,5 @@ class PhaseClients:
         return from_rpc_error(exc, step=step, guest=guest, service=who)
 
     def close(self) -> None:
-        for ch in self._channels:
+        for ch in self._channels.values():
             ch.close()

@@ -124,6 +124,7 @@ class GuestRun:
         with self.report.step(step):
             if self._cancelled.is_set():
                 raise V2VError("cancelled", pb.ERROR_CODE_CANCELLED)
+            self.clients.ready(step)
             try:
                 yield
             except grpc.RpcError as exc:
