@@ -2,6 +2,8 @@
 its .vmx locally and over ssh (a private sshd), with real qemu-nbd/nbdkit: the served disks are the
 guest's bytes, writes stay in the overlay, bad input is one line naming what is wrong."""
 
+import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -334,6 +336,39 @@ def test_ssh_serves_the_flat_extent(real_guest, vmx_file, sshd, workroot):
         svc.close(wd.name)
     flat = vmx_file.parent / "debian12-vmware-flat.vmdk"
     assert raw_at(flat, [0]) == raw_at(real_guest, [0])
+    assert child_servers() == []
+
+
+def ssh_sessions(sshd) -> list[int]:
+    """The processes sshd forked for its connections (each serves one login), by their parent."""
+    config = str(sshd.log.parent / "sshd_config").encode()
+    pids = {int(p): Path(f"/proc/{p}") for p in os.listdir("/proc") if p.isdigit()}
+    daemons = [pid for pid, proc in pids.items() if config in proc.joinpath("cmdline").read_bytes()]
+    return [pid for pid, proc in pids.items()
+            if int(proc.joinpath("stat").read_text().rsplit(")", 1)[1].split()[1]) in daemons]
+
+
+def test_ssh_session_killed_mid_read_is_retried(real_guest, vmx_file, sshd, workroot):
+    """The host drops the ssh connection under an open NBD connection (a network blip, an sshd
+    restart): nbdkit's retry filter opens a new session and the read returns the right data, where
+    the ssh plugin alone failed every later read (virt-v2v stacks retry on its ssh inputs too)."""
+    svc = InputService()
+    wd, resp = open_vmx(svc, workroot, ssh_uri(sshd, vmx_file), identity_file=str(sshd.key),
+                        insecure_host_key=True)
+    try:
+        h = nbd.NBD()
+        h.connect_uri(f"nbd+unix:///?socket={resp.sockets[0]}")
+        assert h.pread(4096, OFFSETS[0]) == raw_at(real_guest, OFFSETS[:1])[0]
+        sessions = ssh_sessions(sshd)
+        assert sessions, "no ssh session to drop"
+        for pid in sessions:
+            os.kill(pid, signal.SIGKILL)
+        assert [h.pread(4096, off) for off in OFFSETS[1:]] == raw_at(real_guest, OFFSETS[1:])
+        h.shutdown()
+        # "disconnected" or "Connection reset by peer", as the kill lands
+        assert "read failed: Socket error: " in (wd.path / "logs" / "input-disk0.log").read_text()
+    finally:
+        svc.close(wd.name)
     assert child_servers() == []
 
 

@@ -295,11 +295,14 @@ def _open_ssh(options: input_pb2.VmxInput, workdir: WorkDir, stack: ExitStack) -
 
 
 class SshNbdkit(FailFastNbdkit):
-    """nbdkit's ssh plugin under the cow filter; a refused login is an authentication error."""
+    """nbdkit's ssh plugin under the cow filter, with the retry filter next to the plugin: a
+    dropped ssh connection (a network blip, the host's sshd restarted) is a new session and the
+    read again, as virt-v2v stacks it, instead of every later read failing. A refused login is an
+    authentication error."""
 
     def __init__(self, ssh: SshSource, sock: Path, log: Path, what: str, args: Sequence[str]) -> None:
         self.ssh = ssh
-        super().__init__(sock, log, what, "ssh", args, filters=["cow"])
+        super().__init__(sock, log, what, "ssh", args, filters=["cow", "retry"])
 
     def refusal(self, error: str) -> V2VError:
         if "authentication" in error:
