@@ -8,6 +8,7 @@ holding a shut-off guest whose disks are datastore paths (-io vpx-server= names 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import subprocess
 from contextlib import contextmanager
@@ -15,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import child_servers, sha256, write_reads_back
+from tests.conftest import V2V, child_servers, sha256, write_reads_back
 from tests.https_datastore import DATACENTER, DATASTORE, running_datastore
+from tests.reliability.test_secrets import files_holding, run_watching_argv
 from tests.test_input_vmx import OFFSETS, raw_at, read_at
 from v2v.cli.inputs import input_spec
 from v2v.errors import V2VError
@@ -243,6 +245,22 @@ def test_libvirt_test_driver_guest_read_through_vpx_server(real_guest, datastore
     err = refused(workroot, options(uri, pw, domain="vmguest", server="root@127.0.0.1:1", datacenter=DATACENTER))
     assert err.code == pb.ERROR_CODE_BAD_INPUT
     assert err.message.startswith(f"libvirt cannot connect to {uri}: authentication failed")
+
+
+def test_the_password_of_a_libvirt_login_is_nowhere(datastore, test_driver_node, workroot):
+    """Matrix item 7 for -i libvirt with VMware datastores: the password file serves libvirt's
+    login (the test driver asks for it as ESX does) and the datastores'; the password is in no
+    process's arguments while the guest is opened, not in the output, and in no work-directory file."""
+    password = datastore.password_file.read_text().strip()
+    cmd = [str(V2V), "-i", "libvirt", "-ic", f"test://{test_driver_node}", "-io",
+           f"vpx-server=root@127.0.0.1:{datastore.port}", "-io", f"vpx-dcpath={DATACENTER}", "-io", "sslverify=false",
+           "-ip", str(datastore.password_file), "vmguest", "--print-source", "--machine-readable"]
+    result, argvs = run_watching_argv(cmd, {**os.environ, "V2V_WORKDIR_ROOT": str(workroot)})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+    assert datastore.url("guest/debian12-vmware-flat.vmdk") in result.stdout
+    assert argvs and not any(password in argv for argv in argvs)
+    assert password not in result.stdout and password not in result.stderr
+    assert files_holding(workroot, password) == []
 
 
 # ---------------------------------------------------------------- refused

@@ -90,3 +90,30 @@ def test_a_fleet_plans_password_is_nowhere(datastore, workroot, tmp_path):  # no
     assert state.exists() and password.encode() not in state.read_bytes()
     assert list(workroot.rglob("logs")), "the failed guest kept no work directory to look into"
     assert files_holding(workroot, password) == []
+
+
+URI_PASSWORD = "uri-secret-5b0e"
+
+
+@pytest.mark.parametrize(("args", "error"), [
+    (["-i", "vmx", "-it", "https", f"https://root:{URI_PASSWORD}@127.0.0.1:1/folder/x/x.vmx?dcPath=a&dsName=b"],
+     "guest x: step open: -it https: the URL carries a password"),
+    (["-i", "vmx", "-it", "ssh", f"ssh://root:{URI_PASSWORD}@127.0.0.1:1/x/x.vmx"],
+     "guest x: step open: -i vmx: the ssh:// URI carries a password"),
+    (["-i", "libvirt", "-ic", f"vpx://root:{URI_PASSWORD}@127.0.0.1/dc/host?no_verify=1", "web01"],
+     "guest web01: step open: -ic vpx://...: the URI carries a password"),
+    (["-i", "libvirt", "-ic", f"esx://root:{URI_PASSWORD}@127.0.0.1/?no_verify=1", "web01"],
+     "guest web01: step open: -ic esx://...: the URI carries a password"),
+    (["-i", "libvirt", "-ic", f"xen+ssh://root:{URI_PASSWORD}@127.0.0.1/", "web01"],
+     "guest web01: step open: -ic xen+ssh://...: the URI carries a password"),
+], ids=["https", "ssh", "vpx", "esx", "xen"])
+def test_a_password_in_a_uri_is_refused_and_repeated_nowhere(workroot, args, error):
+    """The user typed it into v2v's own arguments; it goes no further: the refusal says where the
+    password belongs without quoting the URI, and no file of the run holds it."""
+    env = {**os.environ, "V2V_WORKDIR_ROOT": str(workroot)}
+    result = subprocess.run([str(V2V), *args, "-o", "null"], capture_output=True, text=True, env=env, timeout=120,
+                            check=False)
+    assert result.returncode == 1
+    assert f"v2v: error: {error}: put it in a file and pass that (-ip FILE)" in result.stderr, result.stderr
+    assert URI_PASSWORD not in result.stdout and URI_PASSWORD not in result.stderr
+    assert files_holding(workroot, URI_PASSWORD) == []
