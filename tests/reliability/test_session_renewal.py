@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -105,7 +106,7 @@ def nbdkit_error_files() -> set[Path]:
     return set(Path("/tmp").glob("errors??????"))
 
 
-def test_a_copy_that_outlives_its_session_renews_it(datastore, opened, password_file, workroot, tmp_path):
+def test_a_copy_that_outlives_its_session_renews_it(datastore, opened, password_file, tmp_path):
     password = password_file.read_text().strip()
     error_files = nbdkit_error_files()
     with watching_argv() as argvs:
@@ -118,7 +119,7 @@ def test_a_copy_that_outlives_its_session_renews_it(datastore, opened, password_
     assert any("cookie-script-renew=1" in argv for argv in argvs)  # the sampler saw nbdkit at work
     assert not any(password in argv for argv in argvs)
     assert files_holding(wd.path, password) == []
-    assert nbdkit_error_files() - error_files == set()  # one a renewal, else
+    assert nbdkit_error_files() - error_files == set()  # nbdkit alone would leave one a renewal
 
 
 def test_a_renewal_that_comes_too_late_fails_the_copy(datastore, opened, tmp_path):
@@ -137,13 +138,27 @@ def test_a_renewal_that_comes_too_late_fails_the_copy(datastore, opened, tmp_pat
 
 
 def test_a_refused_renewal_fails_the_copy_saying_why(datastore, opened, password_file, tmp_path):
-    """The password changes during the copy: the next renewal's login is refused, the copy fails
-    (after the retry filter's five tries: not a hang), and the disk's log names the disk and the
-    refusal."""
+    """The password changes once the stand-in has served the copy's first read of the disk: the next
+    renewal's login is refused, the copy fails (after the retry filter's five tries: not a hang),
+    and the disk's log names the disk and the refusal."""
     wd, resp = opened(RENEW)
-    password_file.write_text("changed-meanwhile\n")
-    with pytest.raises(V2VError) as exc:
-        copy(resp.sockets[0], tmp_path)
+    before = len(datastore.requests())
+    ended = threading.Event()
+
+    def change_password_once_copying() -> None:
+        while not any(r.startswith(f"GET /folder/{FLAT}?") for r in datastore.requests()[before:]):
+            if ended.wait(0.05):
+                return  # the copy ended first: the assertions below say so
+        password_file.write_text("changed-meanwhile\n")
+
+    changer = threading.Thread(target=change_password_once_copying)
+    changer.start()
+    try:
+        with pytest.raises(V2VError) as exc:
+            copy(resp.sockets[0], tmp_path)
+    finally:
+        ended.set()
+        changer.join()
     err = exc.value
     assert (err.step, err.disk) == ("copy", 0) and "nbdcopy: read at offset" in err.message, err
     log = (wd.path / "logs" / "input-disk0.log").read_text()
