@@ -68,11 +68,12 @@ def run_program(template: str, sockets: Sequence[str]) -> int:
 
 
 def serve_until_stopped(uris: Sequence[str]) -> int:
-    """One URI per line on stdout (for scripts), then wait for Ctrl-C or SIGTERM."""
-    print("\n".join(uris), flush=True)
-    print(f"v2v open: serving {len(uris)} disk(s) until Ctrl-C or SIGTERM; writes go to overlays, never to the "
-          "source", file=sys.stderr, flush=True)
+    """One URI per line on stdout (for scripts), then wait for Ctrl-C or SIGTERM. A script may stop us
+    as soon as it has read the URIs, while the notice is still being written: that is a stop too."""
     try:
+        print("\n".join(uris), flush=True)
+        print(f"v2v open: serving {len(uris)} disk(s) until Ctrl-C or SIGTERM; writes go to overlays, never to "
+              "the source", file=sys.stderr, flush=True)
         while True:
             signal.pause()
     except KeyboardInterrupt:
