@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from v2v.errors import V2VError, from_rpc_error
 from v2v.grpcserver import channel
@@ -74,18 +75,25 @@ class PhaseClients:
         return ch
 
     def ready(self, step: str) -> None:
-        """Waits, up to `reconnect` seconds, until the service of `step` takes connections. A
-        channel whose connect failed (its service was being restarted) fails every call at once
-        with that failure ("Connection refused") for a while after the new service listens: a
-        guest reaching a service restarted a second before failed there (tests/reliability/
-        test_kill_matrix.py). A service still down after the wait fails the step with the call's
-        own error, as before."""
-        ch = self._channels.get(STEP_SERVICE.get(step, ""))
-        if ch is not None:
+        """Waits, up to `reconnect` seconds, until the service of `step` answers a health check.
+        After its service was restarted, a channel fails calls at once for a while: on the
+        connection to the dead process, which it has not noticed is closed ("Socket closed"), or
+        with the refused connect it tried meanwhile ("Connection refused"), while the new service
+        listens. A guest reaching a service restarted a second before failed there (tests/
+        reliability/test_kill_matrix.py). The first check may be lost on the dead connection; the
+        second waits for a new one. A service still down after the wait fails the step with the
+        call's own error, as before."""
+        service = STEP_SERVICE.get(step, "")
+        if service not in self._channels:
+            return
+        health = health_pb2_grpc.HealthStub(self._channels[service])
+        for _ in range(2):
             try:
-                grpc.channel_ready_future(ch).result(timeout=self.reconnect)
-            except grpc.FutureTimeoutError:
-                pass
+                health.Check(health_pb2.HealthCheckRequest(), timeout=self.reconnect, wait_for_ready=True)
+                return
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    return
 
     def rpc_error(self, exc: grpc.RpcError, *, step: str, guest: str = "") -> V2VError:
         """from_rpc_error for a call made in `step`, naming the service called and its address."""
