@@ -20,6 +20,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -167,3 +168,24 @@ class WorkDir:
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def remove_dead_sockets(root: Path | None, kind: str) -> list[Path]:
+    """Removes the `kind` sockets ("in": in0.sock ..., "out": out0.sock ...) of the work directories
+    under `root` that nothing answers on, and returns them: a service killed outright takes its NBD
+    servers with it (their parent-death signal), but a Unix socket's file outlives its server. A
+    phase service runs this as it starts, when none of them is its own yet; one that takes a
+    connection is another service's, and stays."""
+    removed = []
+    for sock in sorted((root or default_root()).glob(f"*/{kind}[0-9]*.sock")):
+        if not WorkDir(sock.parent.name, sock.parent.parent).is_workdir():
+            continue
+        with socket.socket(socket.AF_UNIX) as s:
+            try:
+                s.connect(str(sock))
+            except ConnectionRefusedError:
+                sock.unlink(missing_ok=True)
+                removed.append(sock)
+            except OSError:
+                pass
+    return removed

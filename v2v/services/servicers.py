@@ -8,6 +8,8 @@ from typing import Any
 
 import grpc
 
+from v2v.workdir import remove_dead_sockets
+
 PHASES = ("input", "convert", "output", "copier")
 # Services `v2v serve` runs besides the coordinators: the phases and the boot check (docs/verify.md).
 SERVICES = (*PHASES, "verify")
@@ -21,6 +23,7 @@ def phase_servicer(name: str, root: Path | None = None) -> tuple[Any, Callable[[
         from v2v.services.input.service import InputService
         from v2v.v1 import input_pb2_grpc
 
+        remove_dead_sockets(root, "in")  # a killed input's servers died, and left their sockets
         return InputService(root), input_pb2_grpc.add_InputServicer_to_server, "v2v.v1.Input"
     if name == "convert":
         from v2v.services.convert.service import ConvertService
@@ -31,6 +34,7 @@ def phase_servicer(name: str, root: Path | None = None) -> tuple[Any, Callable[[
         from v2v.services.output.service import OutputService
         from v2v.v1 import output_pb2_grpc
 
+        remove_dead_sockets(root, "out")
         return OutputService(root), output_pb2_grpc.add_OutputServicer_to_server, "v2v.v1.Output"
     if name == "copier":
         from v2v.services.copier.service import CopierService
